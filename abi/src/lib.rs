@@ -1,0 +1,461 @@
+//! The binary interface between picket's host and its WebAssembly rule modules.
+//!
+//! Both sides depend on this crate, so the exported names, the import names, the ABI version and
+//! the wire types are defined exactly once. `docs/abi.md` describes the same contract for authors
+//! who write rules in other languages.
+//!
+//! Every value that crosses the boundary is encoded with bincode 2 in one fixed configuration,
+//! [`CONFIG`]: little endian, variable-length integers. Event views borrow their strings from the
+//! encoded buffer, so a rule decodes an event without allocating.
+#![no_std]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use bincode::enc::write::Writer;
+use bincode::error::{DecodeError, EncodeError};
+use bincode::{BorrowDecode, Decode, Encode};
+
+/// Version of this interface. A module reports the version it was built against through
+/// [`EXPORT_ABI_VERSION`]; the host refuses any other.
+pub const ABI_VERSION: u32 = 1;
+
+/// Name of the import module under which the host provides its functions.
+pub const IMPORT_MODULE: &str = "picket";
+
+/// Export: `() -> i32`, the [`ABI_VERSION`] the module was built against.
+pub const EXPORT_ABI_VERSION: &str = "picket_abi_version";
+/// Export: `() -> i64`, the encoded [`Manifest`] as `ptr << 32 | len` in the module's memory.
+pub const EXPORT_MANIFEST: &str = "picket_manifest";
+/// Export: `(len: i32) -> i32`, a buffer of at least `len` bytes for the host to write an event
+/// into. The buffer stays valid until the next call of this export.
+pub const EXPORT_ALLOC: &str = "picket_alloc";
+/// Export: `(ptr: i32, len: i32) -> i32`, handle one encoded [`EventView`]; returns
+/// [`HANDLER_OK`] or a rule-defined nonzero error code.
+pub const EXPORT_ON_EVENT: &str = "picket_on_event";
+/// Export: the module's linear memory.
+pub const EXPORT_MEMORY: &str = "memory";
+
+/// Import: `(state_ptr, state_len, group_ptr, group_len, value_ptr, value_len: i32) -> i32`,
+/// asks whether `value` is new for `group` in the named new-value state; returns
+/// [`NEW_VALUE_NEW`] or [`NEW_VALUE_NOT_NEW`]. All three are UTF-8 strings.
+pub const IMPORT_NEW_VALUE: &str = "new_value";
+/// Import: `(ptr: i32, len: i32) -> i32`, raise the encoded [`SignalRequest`] for the event
+/// being handled; returns 0.
+pub const IMPORT_EMIT_SIGNAL: &str = "emit_signal";
+/// Import: `(level: i32, ptr: i32, len: i32)`, a UTF-8 log line; level is a [`LogLevel`].
+pub const IMPORT_LOG: &str = "log";
+
+/// What `picket_on_event` returns when the event was handled.
+pub const HANDLER_OK: i32 = 0;
+/// `picket_on_event` return value: the event bytes could not be decoded.
+pub const HANDLER_BAD_EVENT: i32 = 1;
+/// `new_value` answer: the value is new (and the host has now learned it).
+pub const NEW_VALUE_NEW: i32 = 1;
+/// `new_value` answer: the value is known, or the group is still learning.
+pub const NEW_VALUE_NOT_NEW: i32 = 0;
+
+/// Largest encoded manifest the host accepts.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+/// Largest encoded signal request the host accepts.
+pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
+
+/// The one bincode configuration used on both sides of the boundary.
+pub const CONFIG: bincode::config::Configuration = bincode::config::standard();
+
+/// How severe a rule's signals are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Severity {
+    /// Worth recording; not worth waking anyone for.
+    Info,
+    /// Unusual, low impact.
+    Low,
+    /// Likely malicious or risky; investigate.
+    Medium,
+    /// Malicious with high impact; investigate now.
+    High,
+    /// Compromise in progress.
+    Critical,
+}
+
+impl Severity {
+    /// The lower-case name used in signals.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Kinds of events a rule can subscribe to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum EventKind {
+    /// A file was opened.
+    Open,
+}
+
+impl EventKind {
+    /// The name used in event JSON.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Open => "open",
+        }
+    }
+}
+
+/// How a file was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Access {
+    /// Opened for reading only.
+    Read,
+    /// Opened for writing only.
+    Write,
+    /// Opened for reading and writing.
+    ReadWrite,
+}
+
+impl Access {
+    /// The name used in event JSON.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "read_write",
+        }
+    }
+}
+
+/// Which events a rule wants. The host, and the kernel where it can, drop every other event
+/// before the rule runs.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Subscription {
+    /// Event kinds the rule handles.
+    pub kinds: Vec<EventKind>,
+    /// File basenames (the last path component, after links are resolved) the rule handles.
+    /// Empty means every file, which disables the kernel prefilter for this rule.
+    pub basenames: Vec<String>,
+}
+
+/// Defaults for the rule's new-value states; an operator may override them per run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct NewValueDefaults {
+    /// Nanoseconds from a group's first event during which values are learned silently.
+    pub learning_period_ns: u64,
+    /// Nanoseconds after which an unseen value is forgotten.
+    pub forget_after_ns: u64,
+}
+
+/// What a rule module says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Manifest {
+    /// Stable identifier, `[a-z0-9][a-z0-9-]*`; new-value state is kept under it.
+    pub id: String,
+    /// One-line title carried by every signal.
+    pub title: String,
+    /// What the rule detects and why it matters.
+    pub description: String,
+    /// Severity of the rule's signals.
+    pub severity: Severity,
+    /// MITRE ATT&CK tactic, such as `TA0006-credential-access`.
+    pub tactic: String,
+    /// MITRE ATT&CK technique, such as `T1552-unsecured-credentials`.
+    pub technique: String,
+    /// The events the rule handles.
+    pub subscription: Subscription,
+    /// New-value defaults.
+    pub new_value: NewValueDefaults,
+}
+
+/// An event as a rule sees it; strings borrow from the encoded buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct EventView<'a> {
+    /// Event time, nanoseconds since the Unix epoch (UTC).
+    pub ts_ns: i64,
+    /// What happened.
+    pub kind: EventKind,
+    /// Name of the node, when known.
+    pub host: Option<&'a str>,
+    /// The file acted on.
+    pub file: FileView<'a>,
+    /// The process that acted.
+    pub process: ProcessView<'a>,
+    /// The container the process runs in; `None` for a process of the host itself.
+    pub container: Option<ContainerView<'a>>,
+}
+
+/// The file an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct FileView<'a> {
+    /// Absolute path as the kernel resolved it for the process (links followed, seen from the
+    /// process's own root).
+    pub path: &'a str,
+    /// How the file was opened, when known.
+    pub access: Option<Access>,
+}
+
+/// The process behind an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct ProcessView<'a> {
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// Parent process id, when known.
+    pub ppid: Option<u32>,
+    /// Real user id, when known.
+    pub uid: Option<u32>,
+    /// Real group id, when known.
+    pub gid: Option<u32>,
+    /// Command name (the kernel's `comm`), when known.
+    pub comm: Option<&'a str>,
+    /// Absolute path of the executable.
+    pub exe: &'a str,
+    /// Command line, when known.
+    pub args: Option<Args<'a>>,
+}
+
+/// The container behind an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct ContainerView<'a> {
+    /// Container id, when known.
+    pub id: Option<&'a str>,
+    /// Image reference, when known.
+    pub image: Option<&'a str>,
+}
+
+/// A command line encoded as its arguments joined by NUL bytes, which no Linux argument can
+/// contain; iterating it allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct Args<'a> {
+    joined: &'a str,
+    count: u32,
+}
+
+impl<'a> Args<'a> {
+    /// Wraps arguments already joined by NUL bytes.
+    pub fn from_joined(joined: &'a str, count: u32) -> Self {
+        Args { joined, count }
+    }
+
+    /// Number of arguments.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether there are no arguments.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The arguments in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        let joined = self.joined;
+        let count = self.count as usize;
+        joined.split('\0').take(count)
+    }
+}
+
+/// The new value behind a signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct NewValueView<'a> {
+    /// The event field the value came from, such as `process.exe`.
+    pub field: &'a str,
+    /// The unfamiliar value.
+    pub value: &'a str,
+    /// The group it was unfamiliar in.
+    pub group: &'a str,
+}
+
+/// What a rule sends with `emit_signal`. The host adds the rule's manifest fields and the event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct SignalRequest<'a> {
+    /// The new value that raised the signal, for new-value rules.
+    pub new_value: Option<NewValueView<'a>>,
+}
+
+/// Levels of the `log` import.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum LogLevel {
+    /// Something failed.
+    Error = 0,
+    /// Something looks wrong.
+    Warn = 1,
+    /// Routine information.
+    Info = 2,
+    /// Detail for rule authors.
+    Debug = 3,
+    /// The message of a panic that is about to trap; the host reports it as the reason for the
+    /// failure instead of as a log line.
+    Panic = 4,
+}
+
+impl LogLevel {
+    /// The level for a raw import argument; unknown values read as `Info`.
+    pub fn from_raw(raw: i32) -> LogLevel {
+        match raw {
+            0 => LogLevel::Error,
+            1 => LogLevel::Warn,
+            3 => LogLevel::Debug,
+            4 => LogLevel::Panic,
+            _ => LogLevel::Info,
+        }
+    }
+}
+
+/// Packs a pointer and a length into the `i64` that `picket_manifest` returns.
+pub const fn pack_ptr_len(ptr: u32, len: u32) -> i64 {
+    (((ptr as u64) << 32) | len as u64) as i64
+}
+
+/// Splits what `picket_manifest` returns into pointer and length.
+pub const fn unpack_ptr_len(packed: i64) -> (u32, u32) {
+    let packed = packed as u64;
+    ((packed >> 32) as u32, packed as u32)
+}
+
+/// Appends the encoding of `value` to `buf`, reusing its allocation.
+pub fn encode_into_vec<T: Encode>(value: &T, buf: &mut Vec<u8>) -> Result<usize, EncodeError> {
+    struct VecWriter<'b>(&'b mut Vec<u8>);
+    impl Writer for VecWriter<'_> {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+            self.0.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+    let start = buf.len();
+    bincode::encode_into_writer(value, VecWriter(buf), CONFIG)?;
+    Ok(buf.len() - start)
+}
+
+/// Decodes a value that borrows from `bytes`, refusing trailing bytes.
+pub fn decode_borrowed<'a, T: BorrowDecode<'a, ()>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    let (value, used) = bincode::borrow_decode_from_slice(bytes, CONFIG)?;
+    if used != bytes.len() {
+        return Err(DecodeError::OtherString(alloc::format!(
+            "{} trailing bytes after the value",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Decodes an owned value, refusing trailing bytes.
+pub fn decode_owned<T: Decode<()>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (value, used) = bincode::decode_from_slice(bytes, CONFIG)?;
+    if used != bytes.len() {
+        return Err(DecodeError::OtherString(alloc::format!(
+            "{} trailing bytes after the value",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_round_trips_without_copying_strings() {
+        let event = EventView {
+            ts_ns: 1_700_000_000_000_000_001,
+            kind: EventKind::Open,
+            host: Some("node-a"),
+            file: FileView {
+                path: "/run/secrets/kubernetes.io/serviceaccount/token",
+                access: Some(Access::Read),
+            },
+            process: ProcessView {
+                pid: 42,
+                ppid: Some(1),
+                uid: Some(0),
+                gid: None,
+                comm: Some("cat"),
+                exe: "/usr/bin/cat",
+                args: Some(Args::from_joined("cat\0token", 2)),
+            },
+            container: Some(ContainerView {
+                id: None,
+                image: Some("registry.example/app:1.2"),
+            }),
+        };
+        let mut buf = Vec::new();
+        encode_into_vec(&event, &mut buf).unwrap();
+        let back: EventView<'_> = decode_borrowed(&buf).unwrap();
+        assert_eq!(back, event);
+        let range = buf.as_ptr_range();
+        assert!(range.contains(&back.file.path.as_ptr()));
+        let args: Vec<&str> = back.process.args.unwrap().iter().collect();
+        assert_eq!(args, ["cat", "token"]);
+    }
+
+    /// Pins the wire format that docs/abi.md describes for authors in other languages.
+    #[test]
+    fn wire_format_matches_the_documentation() {
+        let mut buf = Vec::new();
+        let request = SignalRequest {
+            new_value: Some(NewValueView {
+                field: "f",
+                value: "v",
+                group: "g",
+            }),
+        };
+        encode_into_vec(&request, &mut buf).unwrap();
+        assert_eq!(buf, [1, 1, b'f', 1, b'v', 1, b'g']);
+
+        buf.clear();
+        let event = EventView {
+            ts_ns: -1,
+            kind: EventKind::Open,
+            host: None,
+            file: FileView {
+                path: "/t",
+                access: Some(Access::ReadWrite),
+            },
+            process: ProcessView {
+                pid: 300,
+                ppid: None,
+                uid: None,
+                gid: None,
+                comm: None,
+                exe: "/x",
+                args: None,
+            },
+            container: None,
+        };
+        encode_into_vec(&event, &mut buf).unwrap();
+        #[rustfmt::skip]
+        let expected = [
+            1,                      // ts_ns -1, zigzag
+            0,                      // kind Open
+            0,                      // host None
+            2, b'/', b't', 1, 2,    // file.path, access Some(ReadWrite)
+            251, 0x2c, 0x01,        // pid 300 as 251 + u16 LE
+            0, 0, 0, 0,             // ppid, uid, gid, comm None
+            2, b'/', b'x',          // exe
+            0,                      // args None
+            0,                      // container None
+        ];
+        assert_eq!(buf, expected);
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut buf = Vec::new();
+        encode_into_vec(&SignalRequest { new_value: None }, &mut buf).unwrap();
+        buf.push(0);
+        assert!(decode_borrowed::<SignalRequest<'_>>(&buf).is_err());
+    }
+
+    #[test]
+    fn ptr_len_packing_round_trips() {
+        assert_eq!(
+            unpack_ptr_len(pack_ptr_len(0xdead_beef, 17)),
+            (0xdead_beef, 17)
+        );
+    }
+}

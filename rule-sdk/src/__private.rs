@@ -1,0 +1,63 @@
+//! What `rule!` expands to on wasm32; not a public API.
+#![cfg(target_arch = "wasm32")]
+
+use crate::{Event, Manifest};
+use std::cell::RefCell;
+use std::sync::Once;
+
+thread_local! {
+    /// The buffer the host writes events into; see `picket_alloc` in docs/abi.md.
+    static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The encoded manifest, kept alive so the host can read it after the export returns.
+    static MANIFEST: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+static PANIC_HOOK: Once = Once::new();
+
+/// Routes panic messages to the host's log before the panic traps, so the operator sees why.
+fn install_panic_hook() {
+    PANIC_HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            crate::host::log(crate::LogLevel::Panic, &format!("rule panicked: {info}"));
+        }))
+    });
+}
+
+pub fn abi_version() -> i32 {
+    picket_abi::ABI_VERSION as i32
+}
+
+pub fn manifest(build: fn() -> Manifest) -> i64 {
+    install_panic_hook();
+    MANIFEST.with_borrow_mut(|buf| {
+        buf.clear();
+        picket_abi::encode_into_vec(&build(), buf).expect("encoding into a Vec cannot fail");
+        picket_abi::pack_ptr_len(buf.as_ptr() as u32, buf.len() as u32)
+    })
+}
+
+pub fn alloc(len: i32) -> i32 {
+    install_panic_hook();
+    INPUT.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.resize(len.max(0) as usize, 0);
+        buf.as_mut_ptr() as i32
+    })
+}
+
+pub fn on_event(ptr: i32, len: i32, handler: fn(&Event<'_>)) -> i32 {
+    INPUT.with_borrow(|buf| {
+        // The host may only hand back the buffer it was given; anything else is refused rather
+        // than trusted as a raw pointer.
+        if ptr as u32 != buf.as_ptr() as u32 || len < 0 || len as usize > buf.len() {
+            return picket_abi::HANDLER_BAD_EVENT;
+        }
+        match picket_abi::decode_borrowed::<Event<'_>>(&buf[..len as usize]) {
+            Ok(event) => {
+                handler(&event);
+                picket_abi::HANDLER_OK
+            }
+            Err(_) => picket_abi::HANDLER_BAD_EVENT,
+        }
+    })
+}

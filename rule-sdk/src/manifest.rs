@@ -1,0 +1,106 @@
+//! Building a rule's manifest.
+
+use picket_abi::{EventKind, Manifest, NewValueDefaults, Severity, Subscription};
+
+/// Nanoseconds in `n` minutes, for [`ManifestBuilder::learning_period`] and
+/// [`ManifestBuilder::forget_after`].
+pub const fn minutes(n: u64) -> u64 {
+    n * 60 * 1_000_000_000
+}
+
+/// Nanoseconds in `n` hours.
+pub const fn hours(n: u64) -> u64 {
+    minutes(n * 60)
+}
+
+/// Nanoseconds in `n` days.
+pub const fn days(n: u64) -> u64 {
+    hours(n * 24)
+}
+
+/// Builds a [`Manifest`]; unset fields take sensible defaults (severity medium, learning period
+/// 7 days, forget after 28 days).
+#[derive(Clone, Debug)]
+pub struct ManifestBuilder {
+    manifest: Manifest,
+}
+
+impl ManifestBuilder {
+    /// Starts a manifest for the rule `id` (`[a-z0-9][a-z0-9-]*`, at most 64 bytes).
+    pub fn new(id: &str) -> Self {
+        ManifestBuilder {
+            manifest: Manifest {
+                id: id.into(),
+                title: String::new(),
+                description: String::new(),
+                severity: Severity::Medium,
+                tactic: String::new(),
+                technique: String::new(),
+                subscription: Subscription {
+                    kinds: Vec::new(),
+                    basenames: Vec::new(),
+                },
+                new_value: NewValueDefaults {
+                    learning_period_ns: days(7),
+                    forget_after_ns: days(28),
+                },
+            },
+        }
+    }
+
+    /// The one-line title every signal carries.
+    pub fn title(mut self, title: &str) -> Self {
+        self.manifest.title = title.into();
+        self
+    }
+
+    /// What the rule detects and why it matters.
+    pub fn description(mut self, description: &str) -> Self {
+        self.manifest.description = description.into();
+        self
+    }
+
+    /// Severity of the rule's signals.
+    pub fn severity(mut self, severity: Severity) -> Self {
+        self.manifest.severity = severity;
+        self
+    }
+
+    /// MITRE ATT&CK tactic and technique, such as `TA0006-credential-access` and
+    /// `T1552-unsecured-credentials`.
+    pub fn mitre(mut self, tactic: &str, technique: &str) -> Self {
+        self.manifest.tactic = tactic.into();
+        self.manifest.technique = technique.into();
+        self
+    }
+
+    /// Subscribes to events of `kind` on files with one of these basenames (after links are
+    /// resolved). The kernel drops opens of every other file before they reach user space.
+    pub fn subscribe(mut self, kind: EventKind, basenames: &[&str]) -> Self {
+        let subscription = &mut self.manifest.subscription;
+        if !subscription.kinds.contains(&kind) {
+            subscription.kinds.push(kind);
+        }
+        subscription
+            .basenames
+            .extend(basenames.iter().map(|name| String::from(*name)));
+        self
+    }
+
+    /// Default learning period of the rule's new-value states, in nanoseconds.
+    pub fn learning_period(mut self, ns: u64) -> Self {
+        self.manifest.new_value.learning_period_ns = ns;
+        self
+    }
+
+    /// Default time after which an unseen value is forgotten, in nanoseconds.
+    pub fn forget_after(mut self, ns: u64) -> Self {
+        self.manifest.new_value.forget_after_ns = ns;
+        self
+    }
+
+    /// The finished manifest.
+    pub fn build(self) -> Manifest {
+        self.manifest
+    }
+}

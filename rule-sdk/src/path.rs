@@ -1,0 +1,218 @@
+//! Matching file paths the way the kernel reports them.
+//!
+//! Event paths are resolved by the kernel: links are followed, so a token read through
+//! `/var/run/...` may arrive as `/run/...`, and files that the kubelet projects into a pod
+//! arrive through its atomic-writer directories (`..data` or `..2026_11_22_10_00_00.123456789`).
+//! These helpers match all of those spellings of one file and nothing that merely looks like it.
+
+/// The last component of `path`.
+pub fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Whether `segment` is a directory the kubelet's atomic writer creates: `..data`, or a
+/// timestamped `..YYYY_MM_DD_HH_MM_SS.N` with one or more fraction digits.
+pub fn is_atomic_writer_dir(segment: &str) -> bool {
+    if segment == "..data" {
+        return true;
+    }
+    let Some(stamp) = segment.strip_prefix("..") else {
+        return false;
+    };
+    let Some((date_time, fraction)) = stamp.split_once('.') else {
+        return false;
+    };
+    let fields: [usize; 6] = [4, 2, 2, 2, 2, 2];
+    let mut parts = date_time.split('_');
+    let fields_ok = fields.iter().all(|&width| {
+        parts
+            .next()
+            .is_some_and(|part| part.len() == width && part.bytes().all(|b| b.is_ascii_digit()))
+    });
+    fields_ok
+        && parts.next().is_none()
+        && !fraction.is_empty()
+        && fraction.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A file the kubelet projects into pods, such as a service-account token.
+///
+/// It matches the file under `/run` or `/var/run`, directly or through one atomic-writer
+/// directory, and, for processes of the host, in the kubelet's own copy of the volume
+/// (`/var/lib/kubelet/pods/<pod>/volumes/kubernetes.io~projected/<volume>/...`) when the volume
+/// name is known.
+#[derive(Clone, Copy, Debug)]
+pub struct ProjectedFile {
+    dir: &'static str,
+    name: &'static str,
+    volume: Option<VolumeName>,
+}
+
+/// How the kubelet names the projected volume that holds a file.
+#[derive(Clone, Copy, Debug)]
+pub enum VolumeName {
+    /// Exactly this name.
+    Exact(&'static str),
+    /// This prefix followed by a generated suffix.
+    Prefix(&'static str),
+}
+
+impl VolumeName {
+    fn matches(self, volume: &str) -> bool {
+        match self {
+            VolumeName::Exact(name) => volume == name,
+            VolumeName::Prefix(prefix) => volume
+                .strip_prefix(prefix)
+                .is_some_and(|suffix| !suffix.is_empty()),
+        }
+    }
+}
+
+/// The Kubernetes service-account token (`kube-api-access-*` projected volume).
+pub const KUBERNETES_SERVICE_ACCOUNT_TOKEN: ProjectedFile =
+    ProjectedFile::new("secrets/kubernetes.io/serviceaccount", "token")
+        .in_volume(VolumeName::Prefix("kube-api-access-"));
+
+/// The AWS EKS (IRSA) web-identity token (`aws-iam-token` projected volume).
+pub const EKS_WEB_IDENTITY_TOKEN: ProjectedFile =
+    ProjectedFile::new("secrets/eks.amazonaws.com/serviceaccount", "token")
+        .in_volume(VolumeName::Exact("aws-iam-token"));
+
+const KUBELET_PODS: &str = "/var/lib/kubelet/pods/";
+const PROJECTED_VOLUMES: &str = "volumes/kubernetes.io~projected/";
+
+impl ProjectedFile {
+    /// The file `name` in the directory `dir`, relative to `/run` (for example
+    /// `secrets/kubernetes.io/serviceaccount` and `token`).
+    pub const fn new(dir: &'static str, name: &'static str) -> Self {
+        ProjectedFile {
+            dir,
+            name,
+            volume: None,
+        }
+    }
+
+    /// Also match the kubelet's copy of the volume on the host, for volumes named so.
+    pub const fn in_volume(mut self, volume: VolumeName) -> Self {
+        self.volume = Some(volume);
+        self
+    }
+
+    /// The file's basename, for the manifest's subscription.
+    pub const fn basename(&self) -> &'static str {
+        self.name
+    }
+
+    /// Whether `path` is this file.
+    pub fn matches(&self, path: &str) -> bool {
+        if let Some(rest) = path
+            .strip_prefix("/run/")
+            .or_else(|| path.strip_prefix("/var/run/"))
+        {
+            return rest
+                .strip_prefix(self.dir)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|rest| self.matches_in_volume(rest));
+        }
+        match (self.volume, path.strip_prefix(KUBELET_PODS)) {
+            (Some(volume), Some(rest)) => {
+                let Some((pod, rest)) = rest.split_once('/') else {
+                    return false;
+                };
+                let Some((name, rest)) = rest
+                    .strip_prefix(PROJECTED_VOLUMES)
+                    .and_then(|rest| rest.split_once('/'))
+                else {
+                    return false;
+                };
+                !pod.is_empty() && volume.matches(name) && self.matches_in_volume(rest)
+            }
+            _ => false,
+        }
+    }
+
+    /// `rest` is the path inside the volume: the name, optionally behind one atomic-writer dir.
+    fn matches_in_volume(&self, rest: &str) -> bool {
+        match rest.split_once('/') {
+            None => rest == self.name,
+            Some((dir, name)) => name == self.name && is_atomic_writer_dir(dir),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K8S: &str = "secrets/kubernetes.io/serviceaccount";
+
+    #[test]
+    fn token_matches_every_spelling_the_kernel_produces() {
+        let token = KUBERNETES_SERVICE_ACCOUNT_TOKEN;
+        for path in [
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "/run/secrets/kubernetes.io/serviceaccount/token",
+            "/run/secrets/kubernetes.io/serviceaccount/..data/token",
+            "/run/secrets/kubernetes.io/serviceaccount/..2026_11_22_10_00_00.123456789/token",
+            "/var/run/secrets/kubernetes.io/serviceaccount/..2026_11_22_10_00_00.1/token",
+            "/var/lib/kubelet/pods/0b5e/volumes/kubernetes.io~projected/kube-api-access-x7k2p/token",
+            "/var/lib/kubelet/pods/0b5e/volumes/kubernetes.io~projected/kube-api-access-x7k2p/..2026_11_22_10_00_00.1/token",
+        ] {
+            assert!(token.matches(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn look_alikes_do_not_match() {
+        let token = KUBERNETES_SERVICE_ACCOUNT_TOKEN;
+        for path in [
+            "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+            "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+            "/var/run/secrets/kubernetes.io/serviceaccount/..data/ca.crt",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token.bak",
+            "/var/run/secrets/kubernetes.io/serviceaccount/tokens",
+            "/var/run/secrets/kubernetes.io/serviceaccount/x/token",
+            "/var/run/secrets/kubernetes.io/serviceaccount/..data/..data/token",
+            "/var/run/secrets/kubernetes.io/serviceaccount/..2026_11_22/token",
+            "/var/run/secrets/kubernetes.io/serviceaccount/..2026_11_22_10_00_00./token",
+            "/var/run/secrets/kubernetes.io/serviceaccount/..2026_11_22_10_00_0a.1/token",
+            "/var/run/secrets/kubernetes.io/serviceaccountx/token",
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            "/tmp/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "/run/secrets/eks.amazonaws.com/serviceaccount/token",
+            "/var/run/../run/secrets/kubernetes.io/serviceaccount/token",
+            "run/secrets/kubernetes.io/serviceaccount/token",
+            "/var/lib/kubelet/pods/0b5e/volumes/kubernetes.io~projected/aws-iam-token/token",
+            "/var/lib/kubelet/pods/0b5e/volumes/kubernetes.io~projected/kube-api-access-/token",
+            "/var/lib/kubelet/pods/0b5e/volumes/kubernetes.io~secret/kube-api-access-x/token",
+            "/var/lib/kubelet/pods//volumes/kubernetes.io~projected/kube-api-access-x/token",
+        ] {
+            assert!(!token.matches(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn eks_token_is_its_own_file() {
+        let eks = EKS_WEB_IDENTITY_TOKEN;
+        assert!(eks.matches("/var/run/secrets/eks.amazonaws.com/serviceaccount/token"));
+        assert!(eks.matches("/run/secrets/eks.amazonaws.com/serviceaccount/..data/token"));
+        assert!(eks.matches(
+            "/var/lib/kubelet/pods/p/volumes/kubernetes.io~projected/aws-iam-token/token"
+        ));
+        assert!(!eks.matches("/run/secrets/kubernetes.io/serviceaccount/token"));
+        assert!(!ProjectedFile::new(K8S, "token").matches(
+            "/var/lib/kubelet/pods/p/volumes/kubernetes.io~projected/kube-api-access-x/token"
+        ));
+    }
+
+    #[test]
+    fn atomic_writer_dirs() {
+        assert!(is_atomic_writer_dir("..data"));
+        assert!(is_atomic_writer_dir("..2026_11_22_10_00_00.123456789"));
+        assert!(!is_atomic_writer_dir("..2026_11_22_10_00_00_00.1"));
+        assert!(!is_atomic_writer_dir("..."));
+        assert!(!is_atomic_writer_dir("data"));
+        assert_eq!(basename("/a/b/token"), "token");
+        assert_eq!(basename("token"), "token");
+    }
+}

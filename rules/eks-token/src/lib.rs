@@ -1,0 +1,38 @@
+//! An unfamiliar process read the AWS EKS (IRSA) web-identity token.
+//!
+//! Pods that use IAM Roles for Service Accounts get a projected token at
+//! `/var/run/secrets/eks.amazonaws.com/serviceaccount/token`. Whoever reads it can exchange it
+//! for the pod role's AWS credentials with `sts:AssumeRoleWithWebIdentity`. The AWS SDK in the
+//! workload reads it routinely, so the rule learns which executables do, per image, and raises a
+//! signal when another one does (MITRE ATT&CK TA0006, T1552).
+
+use picket_rule_sdk::path::EKS_WEB_IDENTITY_TOKEN;
+use picket_rule_sdk::prelude::*;
+
+fn manifest() -> Manifest {
+    ManifestBuilder::new("eks-token")
+        .title("Unfamiliar process accessed AWS EKS service account token")
+        .description(
+            "A process not seen before in this workload read the EKS web-identity token, which \
+             can be exchanged for the pod role's AWS credentials (sts:AssumeRoleWithWebIdentity).",
+        )
+        .severity(Severity::Medium)
+        .mitre("TA0006-credential-access", "T1552-unsecured-credentials")
+        .subscribe(EventKind::Open, &[EKS_WEB_IDENTITY_TOKEN.basename()])
+        .learning_period(days(7))
+        .forget_after(days(28))
+        .build()
+}
+
+fn on_event(event: &Event) {
+    if !event.may_read() || !EKS_WEB_IDENTITY_TOKEN.matches(event.file.path) {
+        return;
+    }
+    let group = event.workload();
+    let exe = event.process.exe;
+    if new_value("process.exe", group, exe) {
+        Signal::new().new_value("process.exe", exe, group).emit();
+    }
+}
+
+picket_rule_sdk::rule!(manifest, on_event);

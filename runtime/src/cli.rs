@@ -1,0 +1,323 @@
+//! The `picket` command line (design.md "CLI").
+
+use crate::conformance::{Outcome, collect_cases, run_case_file};
+use crate::output::JsonLinesSink;
+use crate::pipeline::{Overrides, Pipeline, PipelineConfig};
+use crate::rules_dir::{load_dir, load_file};
+use crate::sandbox::{Limits, Sandbox};
+use crate::state::DEFAULT_CAPACITY;
+use crate::time::{duration_nanos, parse_duration};
+use clap::{Args, Parser, Subcommand};
+use picket_abi::{ABI_VERSION, Manifest};
+use std::io::{self, BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Exit status: everything worked and every case passed.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: a conformance case failed, or the command failed while running.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: input could not be used (a module, a case file, an event line, a flag).
+pub const EXIT_UNUSABLE: u8 = 2;
+
+/// picket: a node agent that runs sandboxed WebAssembly detection rules on file events.
+#[derive(Debug, Parser)]
+#[command(name = "picket", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Feed a JSON-lines event file through the rules; signals go to stdout.
+    Replay(ReplayArgs),
+    /// Check a rule module's exports and manifest, then run conformance cases against it.
+    Test(TestArgs),
+    /// Print a rule module's manifest as JSON.
+    Inspect(InspectArgs),
+}
+
+/// Settings for running rules, shared by the commands that run them.
+#[derive(Debug, Args)]
+struct RuleArgs {
+    /// Learning period for every rule, instead of each manifest's default (e.g. 0s, 90m, 7d).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    learning_period: Option<Duration>,
+    /// Forget values unseen for this long, instead of each manifest's default (e.g. 28d).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    forget_after: Option<Duration>,
+    /// Longest a rule may take on one event before it is interrupted.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "50ms")]
+    rule_timeout: Duration,
+    /// Largest memory a rule module may use, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 16)]
+    rule_memory: usize,
+    /// Most new-value entries kept per rule; the least recently seen are evicted past it.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY)]
+    state_capacity: usize,
+}
+
+impl RuleArgs {
+    fn sandbox(&self) -> anyhow::Result<Arc<Sandbox>> {
+        let limits = Limits {
+            memory_bytes: self.rule_memory.saturating_mul(1 << 20),
+            timeout: self.rule_timeout,
+            ..Limits::default()
+        };
+        Ok(Arc::new(Sandbox::new(limits)?))
+    }
+
+    fn pipeline_config(&self) -> PipelineConfig {
+        PipelineConfig {
+            overrides: Overrides {
+                learning_period_ns: self.learning_period.map(duration_nanos),
+                forget_after_ns: self.forget_after.map(duration_nanos),
+            },
+            state_capacity: self.state_capacity,
+            ..PipelineConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Directory of rule modules (*.wasm).
+    #[arg(long, value_name = "DIR")]
+    rules: PathBuf,
+    #[command(flatten)]
+    settings: RuleArgs,
+    /// JSON-lines event file, or - for stdin.
+    #[arg(value_name = "FILE|-")]
+    input: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    #[command(flatten)]
+    settings: RuleArgs,
+    /// The rule module.
+    #[arg(value_name = "RULE.wasm")]
+    module: PathBuf,
+    /// Case files, or directories of *.json case files.
+    #[arg(value_name = "CASE", required = true)]
+    cases: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// The rule module.
+    #[arg(value_name = "RULE.wasm")]
+    module: PathBuf,
+}
+
+/// Runs a parsed command line; returns the process exit status.
+pub fn main(cli: Cli) -> ExitCode {
+    init_logging();
+    let status = match cli.command {
+        Command::Replay(args) => replay(args),
+        Command::Test(args) => test(args),
+        Command::Inspect(args) => inspect(args),
+    };
+    match status {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PICKET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
+    let sandbox = args.settings.sandbox()?;
+    let mut pipeline = Pipeline::new(Arc::clone(&sandbox), args.settings.pipeline_config());
+    let mut unusable = false;
+    let (modules, errors) = load_dir(&sandbox, &args.rules)
+        .map_err(|err| anyhow::anyhow!("rules directory {}: {err}", args.rules.display()))?;
+    for error in errors {
+        tracing::error!("rule module refused: {error}");
+        unusable = true;
+    }
+    for module in modules {
+        let source = module.source.clone();
+        match pipeline.install(module) {
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!("rule module refused: {source}: {err}");
+                unusable = true;
+            }
+        }
+    }
+    if pipeline.rules().next().is_none() {
+        tracing::warn!("no rules loaded from {}", args.rules.display());
+    }
+
+    let stdin = io::stdin();
+    let (name, mut input): (String, Box<dyn io::BufRead>) = if args.input.as_os_str() == "-" {
+        ("stdin".into(), Box::new(stdin.lock()))
+    } else {
+        let file = std::fs::File::open(&args.input)
+            .map_err(|err| anyhow::anyhow!("{}: {err}", args.input.display()))?;
+        (
+            args.input.display().to_string(),
+            Box::new(BufReader::with_capacity(1 << 16, file)),
+        )
+    };
+    let stdout = io::stdout();
+    let mut sink = JsonLinesSink::new(io::BufWriter::with_capacity(1 << 16, stdout.lock()));
+    let report = crate::replay::replay(&mut pipeline, &mut input, &name, &mut sink, &mut |msg| {
+        tracing::error!("event refused: {msg}")
+    })?;
+    sink.flush()?;
+    if let Some(err) = sink.error.take() {
+        anyhow::bail!("writing signals: {err}");
+    }
+    tracing::info!(
+        events = report.events,
+        rejected = report.rejected,
+        signals = sink.written,
+        "replay done"
+    );
+    for rule in pipeline.rules() {
+        if rule.stats.failures > 0 {
+            tracing::warn!(
+                rule = %rule.manifest.id,
+                failures = rule.stats.failures,
+                events = rule.stats.events,
+                "rule failed on some events"
+            );
+        }
+    }
+    Ok(if unusable || report.rejected > 0 {
+        EXIT_UNUSABLE
+    } else {
+        EXIT_OK
+    })
+}
+
+fn test(args: TestArgs) -> anyhow::Result<u8> {
+    let sandbox = args.settings.sandbox()?;
+    let module = match load_file(&sandbox, &args.module) {
+        Ok(module) => module,
+        Err(err) => {
+            println!("ERROR {err}");
+            return Ok(EXIT_UNUSABLE);
+        }
+    };
+    println!(
+        "module {}: rule `{}` ({}), ABI version {ABI_VERSION}",
+        args.module.display(),
+        module.manifest.id,
+        module.manifest.title
+    );
+    let (mut passed, mut failed, mut unusable) = (0, 0, 0);
+    let mut out = io::stdout().lock();
+    for case in collect_cases(&args.cases) {
+        let path = match case {
+            Ok(path) => path,
+            Err(err) => {
+                writeln!(out, "ERROR {err}")?;
+                unusable += 1;
+                continue;
+            }
+        };
+        let (description, outcome) = run_case_file(&sandbox, &module, &path);
+        let shown = path.display();
+        match outcome {
+            Outcome::Pass => {
+                passed += 1;
+                writeln!(out, "PASS  {shown}  {description}")?;
+            }
+            Outcome::Fail(problems) => {
+                failed += 1;
+                writeln!(out, "FAIL  {shown}  {description}")?;
+                for problem in problems {
+                    writeln!(out, "      {problem}")?;
+                }
+            }
+            Outcome::Unusable(err) => {
+                unusable += 1;
+                writeln!(out, "ERROR {shown}: {err}")?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{} case(s): {passed} passed, {failed} failed, {unusable} unusable",
+        passed + failed + unusable
+    )?;
+    Ok(if unusable > 0 {
+        EXIT_UNUSABLE
+    } else if failed > 0 {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
+    let sandbox = Sandbox::new(Limits::default())?;
+    match load_file(&sandbox, &args.module) {
+        Ok(module) => {
+            let json = manifest_json(&module.manifest);
+            println!("{}", serde_json::to_string_pretty(&json)?);
+            Ok(EXIT_OK)
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            Ok(EXIT_UNUSABLE)
+        }
+    }
+}
+
+/// A manifest as `picket inspect` prints it.
+pub fn manifest_json(manifest: &Manifest) -> serde_json::Value {
+    serde_json::json!({
+        "id": manifest.id,
+        "title": manifest.title,
+        "description": manifest.description,
+        "severity": manifest.severity.as_str(),
+        "tactic": manifest.tactic,
+        "technique": manifest.technique,
+        "subscribe": {
+            "kinds": manifest.subscription.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            "basenames": manifest.subscription.basenames,
+        },
+        "new_value": {
+            "learning_period": format_duration(manifest.new_value.learning_period_ns),
+            "forget_after": format_duration(manifest.new_value.forget_after_ns),
+        },
+        "abi_version": ABI_VERSION,
+    })
+}
+
+/// A duration in the largest unit that divides it: `7d`, `90m`, `0s`.
+pub fn format_duration(ns: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (86_400_000_000_000, "d"),
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+    ];
+    if ns == 0 {
+        return "0s".into();
+    }
+    UNITS
+        .iter()
+        .find(|(unit, _)| ns.is_multiple_of(*unit))
+        .map(|(unit, suffix)| format!("{}{suffix}", ns / unit))
+        .unwrap_or_else(|| format!("{ns}ns"))
+}

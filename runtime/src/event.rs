@@ -1,0 +1,394 @@
+//! The normalized event (design.md "Event"): its JSON form, and parsing that names the line and
+//! field of bad input.
+
+use crate::time::Timestamp;
+use picket_abi::{Access, Args, ContainerView, EventKind, EventView, FileView, ProcessView};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::fmt;
+
+/// One event: a process acted on a file. Strings borrow from the JSON line where they can.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event<'a> {
+    /// When it happened.
+    pub ts: Timestamp,
+    /// What happened.
+    pub kind: Kind,
+    /// Node name, when known.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Cow<'a, str>>,
+    /// The file.
+    #[serde(borrow)]
+    pub file: File<'a>,
+    /// The process.
+    #[serde(borrow)]
+    pub process: Process<'a>,
+    /// The container; absent for a process of the host itself.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container<'a>>,
+}
+
+/// Event kinds in JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A file was opened.
+    Open,
+}
+
+impl From<Kind> for EventKind {
+    fn from(kind: Kind) -> EventKind {
+        match kind {
+            Kind::Open => EventKind::Open,
+        }
+    }
+}
+
+/// How a file was opened, in JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileAccess {
+    /// Read only.
+    Read,
+    /// Write only.
+    Write,
+    /// Read and write.
+    ReadWrite,
+}
+
+impl From<FileAccess> for Access {
+    fn from(access: FileAccess) -> Access {
+        match access {
+            FileAccess::Read => Access::Read,
+            FileAccess::Write => Access::Write,
+            FileAccess::ReadWrite => Access::ReadWrite,
+        }
+    }
+}
+
+/// The file an event is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File<'a> {
+    /// Path as the kernel resolved it for the process.
+    #[serde(borrow)]
+    pub path: Cow<'a, str>,
+    /// How it was opened, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<FileAccess>,
+}
+
+/// The process behind an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process<'a> {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    /// Real user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Real group id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Command name.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<Cow<'a, str>>,
+    /// Executable path.
+    #[serde(borrow)]
+    pub exe: Cow<'a, str>,
+    /// Command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<ArgList>,
+}
+
+/// The container behind an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Container<'a> {
+    /// Container id.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Cow<'a, str>>,
+    /// Image reference.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Cow<'a, str>>,
+}
+
+/// A command line, kept as its arguments joined by NUL bytes: the form the kernel hands over and
+/// the form rules receive, so it is built once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArgList {
+    joined: String,
+    count: u32,
+}
+
+impl ArgList {
+    /// Arguments as the kernel stores them: each one terminated by a NUL byte. A trailing
+    /// fragment without its NUL (a truncated read) counts as an argument too.
+    pub fn from_nul_terminated(raw: &[u8]) -> ArgList {
+        let mut list = ArgList::default();
+        let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+        if raw.is_empty() {
+            return list;
+        }
+        for arg in raw.split(|&b| b == 0) {
+            list.push(&String::from_utf8_lossy(arg));
+        }
+        list
+    }
+
+    /// Appends one argument; a NUL inside it becomes U+FFFD so the joined form stays unambiguous.
+    pub fn push(&mut self, arg: &str) {
+        if self.count > 0 {
+            self.joined.push('\0');
+        }
+        if arg.contains('\0') {
+            self.joined.push_str(&arg.replace('\0', "\u{fffd}"));
+        } else {
+            self.joined.push_str(arg);
+        }
+        self.count += 1;
+    }
+
+    /// The arguments in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.view().iter()
+    }
+
+    fn view(&self) -> Args<'_> {
+        Args::from_joined(&self.joined, self.count)
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for ArgList {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> ArgList {
+        let mut list = ArgList::default();
+        for arg in iter {
+            list.push(arg.as_ref());
+        }
+        list
+    }
+}
+
+impl Serialize for ArgList {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.count as usize))?;
+        for arg in self.iter() {
+            seq.serialize_element(arg)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ArgList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ArgList, D::Error> {
+        struct ArgsVisitor;
+        impl<'de> Visitor<'de> for ArgsVisitor {
+            type Value = ArgList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ArgList, A::Error> {
+                let mut list = ArgList::default();
+                while let Some(arg) = seq.next_element::<Cow<'de, str>>()? {
+                    if arg.contains('\0') {
+                        return Err(de::Error::custom(
+                            "an argument contains a NUL byte, which no Linux argument can",
+                        ));
+                    }
+                    list.push(&arg);
+                }
+                Ok(list)
+            }
+        }
+        deserializer.deserialize_seq(ArgsVisitor)
+    }
+}
+
+impl Event<'_> {
+    /// The view a rule receives, borrowing from this event.
+    pub fn view(&self) -> EventView<'_> {
+        EventView {
+            ts_ns: self.ts.as_nanos(),
+            kind: self.kind.into(),
+            host: self.host.as_deref(),
+            file: FileView {
+                path: &self.file.path,
+                access: self.file.access.map(Access::from),
+            },
+            process: ProcessView {
+                pid: self.process.pid,
+                ppid: self.process.ppid,
+                uid: self.process.uid,
+                gid: self.process.gid,
+                comm: self.process.comm.as_deref(),
+                exe: &self.process.exe,
+                args: self.process.args.as_ref().map(ArgList::view),
+            },
+            container: self.container.as_ref().map(|c| ContainerView {
+                id: c.id.as_deref(),
+                image: c.image.as_deref(),
+            }),
+        }
+    }
+
+    /// The basename of the file, which rules subscribe by.
+    pub fn basename(&self) -> &str {
+        let path: &str = &self.file.path;
+        path.rsplit('/').next().unwrap_or(path)
+    }
+
+    /// This event with every string owned, to keep beyond its input line.
+    pub fn into_owned(self) -> Event<'static> {
+        fn own(s: Cow<'_, str>) -> Cow<'static, str> {
+            Cow::Owned(s.into_owned())
+        }
+        Event {
+            ts: self.ts,
+            kind: self.kind,
+            host: self.host.map(own),
+            file: File {
+                path: own(self.file.path),
+                access: self.file.access,
+            },
+            process: Process {
+                pid: self.process.pid,
+                ppid: self.process.ppid,
+                uid: self.process.uid,
+                gid: self.process.gid,
+                comm: self.process.comm.map(own),
+                exe: own(self.process.exe),
+                args: self.process.args,
+            },
+            container: self.container.map(|c| Container {
+                id: c.id.map(own),
+                image: c.image.map(own),
+            }),
+        }
+    }
+}
+
+/// Parses one JSON event; the error names the field at fault.
+pub fn parse_event(json: &str) -> Result<Event<'_>, String> {
+    // The plain parse is the fast path; only a failure pays for the field-tracking second pass.
+    match serde_json::from_str(json) {
+        Ok(event) => Ok(event),
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_str(json);
+            match serde_path_to_error::deserialize::<_, Event<'_>>(&mut de) {
+                Ok(event) => Ok(event),
+                Err(err) => Err(describe_path_error(&err)),
+            }
+        }
+    }
+}
+
+/// Renders a serde error with the dotted path of the field it concerns, folding a missing or
+/// unknown field's name into the path.
+pub fn describe_path_error(err: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = err.inner();
+    let message = inner.to_string();
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_string();
+    let path = err.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    let field = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    // A missing field's path ends at its parent; an unknown field's already names it.
+    let location = match field {
+        Some(name) if path.is_empty() => name.to_string(),
+        Some(name) if !path.ends_with(&format!(".{name}")) && path != name => {
+            format!("{path}.{name}")
+        }
+        _ => path,
+    };
+    let position = if inner.line() > 0 {
+        format!(" (column {})", inner.column())
+    } else {
+        String::new()
+    };
+    if location.is_empty() {
+        format!("{message}{position}")
+    } else {
+        format!("field `{location}`: {message}{position}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = r#"{"ts": "2026-11-22T10:00:00.000000001Z", "kind": "open", "host": "node-a",
+ "file": {"path": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token", "access": "read"},
+ "process": {"pid": 4242, "ppid": 4200, "uid": 1000, "gid": 1000, "comm": "cat",
+             "exe": "/usr/bin/cat", "args": ["cat", "/var/run/secrets/..."]},
+ "container": {"id": "3f9c0a", "image": "registry.example/app:1.2"}}"#;
+
+    #[test]
+    fn parses_the_design_example_and_borrows_strings() {
+        let event = parse_event(LINE).unwrap();
+        assert_eq!(event.process.pid, 4242);
+        assert!(matches!(event.file.path, Cow::Borrowed(_)));
+        assert_eq!(event.basename(), "token");
+        let args: Vec<&str> = event.process.args.as_ref().unwrap().iter().collect();
+        assert_eq!(args, ["cat", "/var/run/secrets/..."]);
+        let back: serde_json::Value = serde_json::to_value(&event).unwrap();
+        let original: serde_json::Value = serde_json::from_str(LINE).unwrap();
+        assert_eq!(back, original);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                LINE.replace(r#""pid": 4242"#, r#""pid": "x""#),
+                "process.pid",
+            ),
+            (
+                LINE.replace(r#""exe": "/usr/bin/cat", "#, ""),
+                "process.exe",
+            ),
+            (LINE.replace(r#""comm""#, r#""comn""#), "process.comn"),
+            (
+                LINE.replace(r#""ts": "2026-11-22T10:00:00.000000001Z", "#, ""),
+                "`ts`",
+            ),
+            (LINE.replace("2026-11-22T10", "2026-13-22T10"), "`ts`"),
+            (LINE.replace(r#""open""#, r#""exec""#), "`kind`"),
+            (LINE.replace(r#""read""#, r#""rw""#), "file.access"),
+            (
+                LINE.replace(r#""cat", "/var"#, r#""c\u0000at", "/var"#),
+                "process.args",
+            ),
+        ];
+        for (json, field) in cases {
+            let err = parse_event(&json).unwrap_err();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+    }
+
+    #[test]
+    fn minimal_event_needs_only_the_required_fields() {
+        let json = r#"{"ts":"2026-11-22T10:00:00Z","kind":"open","file":{"path":"/x"},"process":{"pid":1,"exe":"/bin/x"}}"#;
+        let event = parse_event(json).unwrap();
+        assert!(event.container.is_none());
+        assert_eq!(serde_json::to_string(&event).unwrap(), json);
+    }
+
+    #[test]
+    fn kernel_args_are_split_on_nul() {
+        let args = ArgList::from_nul_terminated(b"cat\0/run/x\0");
+        assert_eq!(args.iter().collect::<Vec<_>>(), ["cat", "/run/x"]);
+        assert_eq!(ArgList::from_nul_terminated(b"").iter().count(), 0);
+    }
+}

@@ -1,0 +1,16 @@
+//! picket's host runtime: the wasm sandbox for rules, their new-value state, the pipeline that
+//! feeds them events, and the commands of the `picket` CLI.
+//!
+//! Data flows one way: events (live or replayed) → [`pipeline`] → rules in the [`sandbox`] with
+//! their [`state`] → signals → [`output`].
+
+pub mod cli;
+pub mod conformance;
+pub mod event;
+pub mod output;
+pub mod pipeline;
+pub mod replay;
+pub mod rules_dir;
+pub mod sandbox;
+pub mod state;
+pub mod time;

@@ -1,0 +1,5 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    picket::cli::main(picket::cli::Cli::parse())
+}

@@ -1,0 +1,221 @@
+//! The host functions a rule may import (docs/abi.md): `new_value`, `emit_signal`, `log`.
+//!
+//! Every pointer and length a module passes is checked against its memory before it is read, and
+//! every string against a size bound; a bad one becomes a trap with a message naming the import
+//! and argument, never a host panic or an out-of-bounds read.
+
+use super::instance::{NewValue, RaisedSignal, RuleCtx};
+use crate::state::Verdict;
+use picket_abi::{
+    IMPORT_EMIT_SIGNAL, IMPORT_LOG, IMPORT_MODULE, IMPORT_NEW_VALUE, LogLevel, MAX_SIGNAL_BYTES,
+    NEW_VALUE_NEW, NEW_VALUE_NOT_NEW, SignalRequest,
+};
+use std::fmt;
+use wasmtime::{Caller, Engine, Linker};
+
+/// Longest state name accepted.
+const MAX_STATE_NAME: usize = 128;
+/// Longest group, value or signal field accepted (Linux's PATH_MAX).
+const MAX_STRING: usize = 4096;
+/// Longest log line kept; longer ones are cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// A rule misused an import; the call traps with this message.
+#[derive(Debug)]
+pub struct HostError(pub String);
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HostError {}
+
+/// The linker that resolves a rule's imports, and nothing else.
+pub(super) fn linker(engine: &Engine) -> anyhow::Result<Linker<RuleCtx>> {
+    let mut linker = Linker::new(engine);
+    let wrap = |err: wasmtime::Error| anyhow::anyhow!("defining the picket imports: {err}");
+    linker
+        .func_wrap(IMPORT_MODULE, IMPORT_NEW_VALUE, new_value)
+        .map_err(wrap)?;
+    linker
+        .func_wrap(IMPORT_MODULE, IMPORT_EMIT_SIGNAL, emit_signal)
+        .map_err(wrap)?;
+    linker
+        .func_wrap(IMPORT_MODULE, IMPORT_LOG, log)
+        .map_err(wrap)?;
+    Ok(linker)
+}
+
+/// The imports a module may declare, with their signatures as `(params) -> results`.
+pub(super) const ALLOWED: [(&str, &str); 3] = [
+    (IMPORT_NEW_VALUE, "(i32, i32, i32, i32, i32, i32) -> (i32)"),
+    (IMPORT_EMIT_SIGNAL, "(i32, i32) -> (i32)"),
+    (IMPORT_LOG, "(i32, i32, i32) -> ()"),
+];
+
+fn new_value(
+    mut caller: Caller<'_, RuleCtx>,
+    state_ptr: i32,
+    state_len: i32,
+    group_ptr: i32,
+    group_len: i32,
+    value_ptr: i32,
+    value_len: i32,
+) -> wasmtime::Result<i32> {
+    let memory = bound_memory(&caller, IMPORT_NEW_VALUE)?;
+    let (data, ctx) = memory.data_and_store_mut(&mut caller);
+    let arg = |ptr, len, what, limit| guest_str(data, ptr, len, IMPORT_NEW_VALUE, what, limit);
+    let state = arg(state_ptr, state_len, "state name", MAX_STATE_NAME)?;
+    let group = arg(group_ptr, group_len, "group", MAX_STRING)?;
+    let value = arg(value_ptr, value_len, "value", MAX_STRING)?;
+    match ctx.state.check(ctx.ts_ns, state, group, value) {
+        Ok(Verdict::New) => Ok(NEW_VALUE_NEW),
+        Ok(Verdict::Known | Verdict::Learning) => Ok(NEW_VALUE_NOT_NEW),
+        Err(err) => Err(HostError(format!("{IMPORT_NEW_VALUE}: {err}")).into()),
+    }
+}
+
+fn emit_signal(mut caller: Caller<'_, RuleCtx>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    let memory = bound_memory(&caller, IMPORT_EMIT_SIGNAL)?;
+    let (data, ctx) = memory.data_and_store_mut(&mut caller);
+    if ctx.signals.len() >= ctx.limits.max_signals_per_event as usize {
+        return Err(HostError(format!(
+            "{IMPORT_EMIT_SIGNAL}: more than {} signals for one event (a signal flood)",
+            ctx.limits.max_signals_per_event
+        ))
+        .into());
+    }
+    let bytes = guest_bytes(
+        data,
+        ptr,
+        len,
+        IMPORT_EMIT_SIGNAL,
+        "signal request",
+        MAX_SIGNAL_BYTES,
+    )?;
+    let request: SignalRequest<'_> = picket_abi::decode_borrowed(bytes).map_err(|err| {
+        HostError(format!(
+            "{IMPORT_EMIT_SIGNAL}: the signal request is not a valid encoding: {err}"
+        ))
+    })?;
+    let new_value = match request.new_value {
+        None => None,
+        Some(nv) => {
+            for (what, text) in [
+                ("field", nv.field),
+                ("value", nv.value),
+                ("group", nv.group),
+            ] {
+                if text.len() > MAX_STRING {
+                    return Err(HostError(format!(
+                        "{IMPORT_EMIT_SIGNAL}: new_value.{what} is {} bytes, more than {MAX_STRING}",
+                        text.len()
+                    ))
+                    .into());
+                }
+            }
+            Some(NewValue {
+                field: nv.field.to_owned(),
+                value: nv.value.to_owned(),
+                group: nv.group.to_owned(),
+            })
+        }
+    };
+    ctx.signals.push(RaisedSignal { new_value });
+    Ok(0)
+}
+
+fn log(mut caller: Caller<'_, RuleCtx>, level: i32, ptr: i32, len: i32) -> wasmtime::Result<()> {
+    let memory = bound_memory(&caller, IMPORT_LOG)?;
+    let (data, ctx) = memory.data_and_store_mut(&mut caller);
+    // A long line is cut rather than refused: logging must not be what makes a rule fail.
+    let len = len.clamp(0, MAX_LOG_LINE as i32);
+    let bytes = guest_bytes(data, ptr, len, IMPORT_LOG, "message", MAX_LOG_LINE)?;
+    let message = String::from_utf8_lossy(bytes);
+    let level = LogLevel::from_raw(level);
+    if level == LogLevel::Panic {
+        ctx.panic_message = Some(message.into_owned());
+        return Ok(());
+    }
+    if ctx.logs_this_event >= ctx.limits.max_logs_per_event {
+        ctx.logs_dropped += 1;
+        return Ok(());
+    }
+    ctx.logs_this_event += 1;
+    let rule = &*ctx.rule_id;
+    match level {
+        LogLevel::Error => tracing::error!(rule, "{message}"),
+        LogLevel::Warn => tracing::warn!(rule, "{message}"),
+        LogLevel::Info => tracing::info!(rule, "{message}"),
+        LogLevel::Debug => tracing::debug!(rule, "{message}"),
+        LogLevel::Panic => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn bound_memory(caller: &Caller<'_, RuleCtx>, import: &str) -> Result<wasmtime::Memory, HostError> {
+    caller.data().memory.ok_or_else(|| {
+        HostError(format!(
+            "{import} was called before the module's memory was bound (from a start function?)"
+        ))
+    })
+}
+
+fn guest_bytes<'m>(
+    data: &'m [u8],
+    ptr: i32,
+    len: i32,
+    import: &str,
+    what: &str,
+    limit: usize,
+) -> Result<&'m [u8], HostError> {
+    // Wasm passes addresses and sizes as i32 but means them unsigned.
+    let (start, len) = (ptr as u32 as usize, len as u32 as usize);
+    if len > limit {
+        return Err(HostError(format!(
+            "{import}: {what} is {len} bytes, more than the {limit} allowed"
+        )));
+    }
+    start
+        .checked_add(len)
+        .and_then(|end| data.get(start..end))
+        .ok_or_else(|| {
+            HostError(format!(
+                "{import}: {what} at {start:#x} (+{len} bytes) lies outside the module's {}-byte memory",
+                data.len()
+            ))
+        })
+}
+
+fn guest_str<'m>(
+    data: &'m [u8],
+    ptr: i32,
+    len: i32,
+    import: &str,
+    what: &str,
+    limit: usize,
+) -> Result<&'m str, HostError> {
+    let bytes = guest_bytes(data, ptr, len, import, what, limit)?;
+    std::str::from_utf8(bytes)
+        .map_err(|err| HostError(format!("{import}: {what} is not valid UTF-8: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_are_checked_against_memory() {
+        let memory = [0u8; 64];
+        assert!(guest_bytes(&memory, 0, 64, "i", "x", 100).is_ok());
+        assert!(guest_bytes(&memory, 1, 64, "i", "x", 100).is_err());
+        assert!(guest_bytes(&memory, -1, 2, "i", "x", 100).is_err());
+        assert!(guest_bytes(&memory, 60, -1, "i", "x", usize::MAX).is_err());
+        assert!(guest_bytes(&memory, 0, 65, "i", "x", 64).is_err());
+        let err = guest_bytes(&memory, 0x7fff_fff0, 32, "new_value", "group", 100).unwrap_err();
+        assert!(err.0.contains("new_value: group at 0x7ffffff0"), "{err}");
+        assert!(guest_str(&[0xff, 0xfe], 0, 2, "i", "x", 8).is_err());
+    }
+}

@@ -1,0 +1,311 @@
+//! Loading a rule module: compile, check its imports, exports and ABI version, read and validate
+//! its manifest. Each refusal names the module and says what is wrong.
+
+use super::Sandbox;
+use super::imports::ALLOWED;
+use super::instance::{RuleError, RuleInstance};
+use crate::state::{RuleState, Settings};
+use picket_abi::{
+    ABI_VERSION, EXPORT_ABI_VERSION, EXPORT_ALLOC, EXPORT_MANIFEST, EXPORT_MEMORY, EXPORT_ON_EVENT,
+    IMPORT_MODULE, MAX_MANIFEST_BYTES, Manifest,
+};
+use std::fmt;
+use std::sync::Arc;
+use wasmtime::{ExternType, FuncType, Module};
+
+/// A module that compiled, links against picket's imports and has a valid manifest.
+#[derive(Clone)]
+pub struct LoadedModule {
+    /// Where it came from (a file name), for messages.
+    pub source: Arc<str>,
+    /// Its manifest.
+    pub manifest: Arc<Manifest>,
+    /// The compiled code.
+    pub module: Module,
+}
+
+/// Why a module was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    /// Where it came from.
+    pub source: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.source, self.message)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The exports a module must have, with their signatures.
+const REQUIRED_FUNCS: [(&str, &str); 4] = [
+    (EXPORT_ABI_VERSION, "() -> (i32)"),
+    (EXPORT_MANIFEST, "() -> (i64)"),
+    (EXPORT_ALLOC, "(i32) -> (i32)"),
+    (EXPORT_ON_EVENT, "(i32, i32) -> (i32)"),
+];
+
+impl Sandbox {
+    /// Compiles and checks a module, and reads its manifest.
+    pub fn load(&self, source: &str, bytes: &[u8]) -> Result<LoadedModule, LoadError> {
+        let refuse = |message: String| LoadError {
+            source: source.to_string(),
+            message,
+        };
+        check_header(bytes, self.limits.max_module_bytes).map_err(refuse)?;
+        let module = Module::new(&self.engine, bytes)
+            .map_err(|err| refuse(format!("is not a valid WebAssembly module: {err:#}")))?;
+        self.check_compiled(source, module)
+    }
+
+    /// Checks a module that is already compiled (for example, read back from the module cache).
+    pub fn check_compiled(&self, source: &str, module: Module) -> Result<LoadedModule, LoadError> {
+        let refuse = |message: String| LoadError {
+            source: source.to_string(),
+            message,
+        };
+        check_imports(&module).map_err(refuse)?;
+        check_exports(&module).map_err(refuse)?;
+        let manifest = self.read_manifest(&module).map_err(refuse)?;
+        validate_manifest(&manifest).map_err(|err| refuse(format!("manifest: {err}")))?;
+        Ok(LoadedModule {
+            source: source.into(),
+            manifest: Arc::new(manifest),
+            module,
+        })
+    }
+
+    /// Instantiates a loaded module with `state` as its new-value state. Callers that must not
+    /// lose a state on failure pass a fresh one and swap the real one in afterwards.
+    pub fn instantiate(
+        &self,
+        module: &LoadedModule,
+        state: RuleState,
+    ) -> Result<RuleInstance, RuleError> {
+        RuleInstance::new(
+            self,
+            &module.module,
+            module.manifest.id.as_str().into(),
+            state,
+        )
+    }
+
+    fn read_manifest(&self, module: &Module) -> Result<Manifest, String> {
+        let scratch = RuleState::new(
+            Settings {
+                learning_period_ns: 0,
+                forget_after_ns: 0,
+            },
+            2,
+        );
+        let mut instance = RuleInstance::new(self, module, "(loading)".into(), scratch)
+            .map_err(|err| format!("could not be instantiated: {err}"))?;
+        let version: i32 = instance
+            .call_nullary(EXPORT_ABI_VERSION)
+            .map_err(|err| format!("`{EXPORT_ABI_VERSION}` failed: {err}"))?;
+        if version as u32 != ABI_VERSION {
+            return Err(format!(
+                "was built for picket ABI version {version}, but this host speaks version \
+                 {ABI_VERSION}; rebuild it against a matching picket-rule-sdk"
+            ));
+        }
+        let packed: i64 = instance
+            .call_nullary(EXPORT_MANIFEST)
+            .map_err(|err| format!("`{EXPORT_MANIFEST}` failed: {err}"))?;
+        let (ptr, len) = picket_abi::unpack_ptr_len(packed);
+        let (ptr, len) = (ptr as usize, len as usize);
+        if len > MAX_MANIFEST_BYTES {
+            return Err(format!(
+                "`{EXPORT_MANIFEST}` returned {len} bytes, more than the {MAX_MANIFEST_BYTES} allowed"
+            ));
+        }
+        let memory = instance.memory_bytes();
+        let bytes = ptr
+            .checked_add(len)
+            .and_then(|end| memory.get(ptr..end))
+            .ok_or_else(|| {
+                format!(
+                    "`{EXPORT_MANIFEST}` returned {ptr:#x} (+{len} bytes), outside the module's \
+                     {}-byte memory",
+                    memory.len()
+                )
+            })?;
+        picket_abi::decode_owned(bytes)
+            .map_err(|err| format!("`{EXPORT_MANIFEST}` returned an invalid manifest: {err}"))
+    }
+}
+
+fn check_header(bytes: &[u8], max_bytes: usize) -> Result<(), String> {
+    if bytes.len() > max_bytes {
+        return Err(format!(
+            "is {} bytes, more than the {max_bytes} a rule module may be",
+            bytes.len()
+        ));
+    }
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Err(
+            "is a WebAssembly component; picket rules are core modules (wasm32-unknown-unknown)"
+                .into(),
+        ),
+        _ => Err(format!(
+            "is not a WebAssembly module (it starts with {:02x?})",
+            &bytes[..bytes.len().min(8)]
+        )),
+    }
+}
+
+fn signature(ty: &FuncType) -> String {
+    let list = |types: Vec<String>| types.join(", ");
+    format!(
+        "({}) -> ({})",
+        list(ty.params().map(|t| t.to_string()).collect()),
+        list(ty.results().map(|t| t.to_string()).collect())
+    )
+}
+
+fn check_imports(module: &Module) -> Result<(), String> {
+    for import in module.imports() {
+        let name = format!("{}.{}", import.module(), import.name());
+        let expected = (import.module() == IMPORT_MODULE)
+            .then(|| {
+                ALLOWED
+                    .iter()
+                    .find(|(allowed, _)| *allowed == import.name())
+            })
+            .flatten();
+        let Some((_, expected_sig)) = expected else {
+            return Err(format!(
+                "imports `{name}`, which picket does not provide; a rule may import only {}",
+                ALLOWED
+                    .iter()
+                    .map(|(n, _)| format!("{IMPORT_MODULE}.{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        match import.ty() {
+            ExternType::Func(ty) if signature(&ty) == *expected_sig => {}
+            ExternType::Func(ty) => {
+                return Err(format!(
+                    "imports `{name}` as {}, but picket provides {expected_sig}",
+                    signature(&ty)
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "imports `{name}` as something other than a function"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_exports(module: &Module) -> Result<(), String> {
+    match module.get_export(EXPORT_MEMORY) {
+        Some(ExternType::Memory(memory)) if !memory.is_64() && !memory.is_shared() => {}
+        Some(ExternType::Memory(_)) => {
+            return Err(format!(
+                "export `{EXPORT_MEMORY}` must be a plain 32-bit memory (not memory64 or shared)"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "is missing the export `{EXPORT_MEMORY}` (a memory)"
+            ));
+        }
+    }
+    for (name, expected) in REQUIRED_FUNCS {
+        match module.get_export(name) {
+            Some(ExternType::Func(ty)) if signature(&ty) == expected => {}
+            Some(ExternType::Func(ty)) => {
+                return Err(format!(
+                    "export `{name}` has the signature {}, but picket calls it as {expected}",
+                    signature(&ty)
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "is missing the export `{name}` (a function {expected}); was it built with \
+                     picket_rule_sdk::rule!?"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the fields a host relies on.
+pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
+    let id = &manifest.id;
+    let id_ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-');
+    if !id_ok {
+        return Err(format!(
+            "id `{id}` must be 1 to 64 characters of a-z, 0-9 and '-', not starting with '-'"
+        ));
+    }
+    if manifest.title.trim().is_empty() {
+        return Err("title is empty".into());
+    }
+    for (field, text, limit) in [
+        ("title", &manifest.title, 256),
+        ("description", &manifest.description, 4096),
+        ("tactic", &manifest.tactic, 128),
+        ("technique", &manifest.technique, 128),
+    ] {
+        if text.len() > limit {
+            return Err(format!("{field} is longer than {limit} bytes"));
+        }
+    }
+    let subscription = &manifest.subscription;
+    if subscription.kinds.is_empty() {
+        return Err("subscribes to no event kind".into());
+    }
+    if subscription.basenames.len() > 64 {
+        return Err("subscribes to more than 64 basenames".into());
+    }
+    for name in &subscription.basenames {
+        if name.is_empty() || name.len() > 255 || name.contains('/') || name.contains('\0') {
+            return Err(format!(
+                "basename `{}` must be 1 to 255 bytes without '/' or NUL",
+                name.escape_debug()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers() {
+        assert!(check_header(b"\0asm\x01\0\0\0", 100).is_ok());
+        assert!(
+            check_header(b"\0asm\x0d\0\x01\0", 100)
+                .unwrap_err()
+                .contains("component")
+        );
+        assert!(
+            check_header(b"MZ\x90\0", 100)
+                .unwrap_err()
+                .contains("not a WebAssembly")
+        );
+        assert!(
+            check_header(&[0; 200], 100)
+                .unwrap_err()
+                .contains("more than")
+        );
+    }
+}

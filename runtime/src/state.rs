@@ -1,0 +1,565 @@
+//! New-value state: what each rule has learned, kept by the host (design.md "New value").
+//!
+//! For every rule the host keeps named states; in each, per group, the values seen and when each
+//! was last seen. A group's learning period starts at its first event; during it values are
+//! learned silently. Afterwards an unseen value is answered "new" once and learned. A value unseen
+//! for longer than the forget-after period is forgotten and is new again when it returns. Time is
+//! the events' own timestamps, so replays are deterministic.
+//!
+//! The state is bounded: past its capacity the least recently seen values are evicted, and
+//! counted. Every change can be journaled so a durable store can follow the state without
+//! scanning it.
+
+use hashbrown::HashMap;
+
+/// The timing of a rule's new-value states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// How long after a group's first event values are learned silently.
+    pub learning_period_ns: u64,
+    /// How long an unseen value is remembered.
+    pub forget_after_ns: u64,
+}
+
+/// The answer to "is this value new?".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The group is learning; the value is now known.
+    Learning,
+    /// The value was known.
+    Known,
+    /// The value was unseen (or forgotten) after learning; it is now known.
+    New,
+}
+
+/// Counters of what the state did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Values learned silently during a learning period.
+    pub learned: u64,
+    /// Values answered "new".
+    pub new: u64,
+    /// Values that came back after being forgotten.
+    pub forgotten: u64,
+    /// Values dropped by the periodic sweep because they were unseen past forget-after.
+    pub expired: u64,
+    /// Values and groups dropped because the state was full.
+    pub evicted: u64,
+}
+
+/// One change to the state, for a durable store to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A group started learning at `started_ns`.
+    Group {
+        /// State name.
+        state: Box<str>,
+        /// Group.
+        group: Box<str>,
+        /// Start of its learning period.
+        started_ns: i64,
+    },
+    /// A value was seen at `last_seen_ns`.
+    Value {
+        /// State name.
+        state: Box<str>,
+        /// Group.
+        group: Box<str>,
+        /// Value.
+        value: Box<str>,
+        /// When it was last seen.
+        last_seen_ns: i64,
+    },
+    /// A value was dropped (expired or evicted).
+    ValueRemoved {
+        /// State name.
+        state: Box<str>,
+        /// Group.
+        group: Box<str>,
+        /// Value.
+        value: Box<str>,
+    },
+    /// A group was dropped with all its values (evicted).
+    GroupRemoved {
+        /// State name.
+        state: Box<str>,
+        /// Group.
+        group: Box<str>,
+    },
+}
+
+/// Too many distinct state names for one rule.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooManyStates(pub usize);
+
+impl std::fmt::Display for TooManyStates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a rule may use at most {} new-value states", self.0)
+    }
+}
+
+impl std::error::Error for TooManyStates {}
+
+/// Most distinct state names a rule may use.
+pub const MAX_STATES: usize = 64;
+
+/// Default bound on a rule's entries (values plus groups).
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+#[derive(Debug, Default)]
+struct Group {
+    started_ns: i64,
+    values: HashMap<Box<str>, i64>,
+}
+
+type Groups = HashMap<Box<str>, Group>;
+
+/// The new-value states of one rule.
+#[derive(Debug)]
+pub struct RuleState {
+    settings: Settings,
+    capacity: usize,
+    states: HashMap<Box<str>, Groups>,
+    entries: usize,
+    newest_ns: i64,
+    next_sweep_ns: i64,
+    stats: Stats,
+    journal: Option<Vec<Change>>,
+    /// last_seen updates are journaled once per bucket of this many ns, so a value seen
+    /// constantly does not rewrite the store on every event.
+    journal_granularity_ns: i64,
+}
+
+/// Shortest event-time interval between sweeps of expired values.
+const MIN_SWEEP_INTERVAL_NS: i64 = 60 * 1_000_000_000;
+
+impl RuleState {
+    /// An empty state with these settings and at most `capacity` entries.
+    pub fn new(settings: Settings, capacity: usize) -> RuleState {
+        let mut state = RuleState {
+            settings,
+            capacity: capacity.max(2),
+            states: HashMap::new(),
+            entries: 0,
+            newest_ns: i64::MIN,
+            next_sweep_ns: i64::MIN,
+            stats: Stats::default(),
+            journal: None,
+            journal_granularity_ns: 0,
+        };
+        state.set_settings(settings);
+        state
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// Changes the settings (a reloaded rule with new defaults, an operator override); what was
+    /// learned is kept.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = settings;
+        let forget = clamp_i64(settings.forget_after_ns);
+        self.journal_granularity_ns = (forget / 64).clamp(1, 3_600 * 1_000_000_000);
+    }
+
+    /// Starts recording every change; take them with [`RuleState::take_changes`].
+    pub fn enable_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes recorded since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Values plus groups held now.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Answers whether `value` is new for `group` in `state` at event time `ts_ns`, and learns it.
+    pub fn check(
+        &mut self,
+        ts_ns: i64,
+        state: &str,
+        group: &str,
+        value: &str,
+    ) -> Result<Verdict, TooManyStates> {
+        if !self.states.contains_key(state) {
+            if self.states.len() >= MAX_STATES {
+                return Err(TooManyStates(MAX_STATES));
+            }
+            self.states.insert(state.into(), Groups::new());
+        }
+        let learning_period = clamp_i64(self.settings.learning_period_ns);
+        let forget_after = clamp_i64(self.settings.forget_after_ns);
+        let granularity = self.journal_granularity_ns;
+        let groups = self.states.get_mut(state).expect("inserted above");
+        let mut journal = Journal(self.journal.as_mut());
+
+        let verdict = match groups.get_mut(group) {
+            None => {
+                // A group's first value is always learned silently: with a learning period of 0
+                // it is the baseline that later values are new against.
+                let mut values = HashMap::new();
+                values.insert(Box::<str>::from(value), ts_ns);
+                groups.insert(
+                    group.into(),
+                    Group {
+                        started_ns: ts_ns,
+                        values,
+                    },
+                );
+                self.entries += 2;
+                journal.group(state, group, ts_ns);
+                journal.value(state, group, value, ts_ns);
+                self.stats.learned += 1;
+                Verdict::Learning
+            }
+            Some(entry) => {
+                let learning = ts_ns < entry.started_ns.saturating_add(learning_period);
+                let unfamiliar = match entry.values.get_mut(value) {
+                    Some(last_seen) if ts_ns.saturating_sub(*last_seen) > forget_after => {
+                        self.stats.forgotten += 1;
+                        *last_seen = ts_ns;
+                        journal.value(state, group, value, ts_ns);
+                        true
+                    }
+                    Some(last_seen) => {
+                        if ts_ns > *last_seen {
+                            if ts_ns / granularity != *last_seen / granularity {
+                                journal.value(state, group, value, ts_ns);
+                            }
+                            *last_seen = ts_ns;
+                        }
+                        false
+                    }
+                    None => {
+                        entry.values.insert(value.into(), ts_ns);
+                        self.entries += 1;
+                        journal.value(state, group, value, ts_ns);
+                        true
+                    }
+                };
+                match (unfamiliar, learning) {
+                    (false, true) => Verdict::Learning,
+                    (false, false) => Verdict::Known,
+                    (true, true) => {
+                        self.stats.learned += 1;
+                        Verdict::Learning
+                    }
+                    (true, false) => {
+                        self.stats.new += 1;
+                        Verdict::New
+                    }
+                }
+            }
+        };
+
+        self.newest_ns = self.newest_ns.max(ts_ns);
+        if self.newest_ns >= self.next_sweep_ns {
+            self.sweep_expired();
+        }
+        if self.entries > self.capacity {
+            self.evict_oldest();
+        }
+        Ok(verdict)
+    }
+
+    /// Drops values unseen for longer than forget-after, relative to the newest event time.
+    fn sweep_expired(&mut self) {
+        let forget_after = clamp_i64(self.settings.forget_after_ns);
+        let interval = (forget_after / 8).max(MIN_SWEEP_INTERVAL_NS);
+        self.next_sweep_ns = self.newest_ns.saturating_add(interval);
+        let cutoff = self.newest_ns.saturating_sub(forget_after);
+        let mut journal = Journal(self.journal.as_mut());
+        let mut removed = 0;
+        for (state, groups) in &mut self.states {
+            for (group, entry) in groups.iter_mut() {
+                entry.values.retain(|value, last_seen| {
+                    let keep = *last_seen >= cutoff;
+                    if !keep {
+                        journal.value_removed(state, group, value);
+                        removed += 1;
+                    }
+                    keep
+                });
+            }
+        }
+        self.entries -= removed;
+        self.stats.expired += removed as u64;
+    }
+
+    /// Evicts the least recently seen values until the state is at 7/8 of its capacity; groups
+    /// left empty go with them.
+    fn evict_oldest(&mut self) {
+        let target = self.capacity - self.capacity / 8;
+        let mut excess = self.entries.saturating_sub(target);
+        if excess == 0 {
+            return;
+        }
+        let mut seen: Vec<i64> = self
+            .states
+            .values()
+            .flat_map(|groups| groups.values())
+            .flat_map(|entry| entry.values.values().copied())
+            .collect();
+        if seen.is_empty() {
+            return;
+        }
+        let nth = excess.min(seen.len()) - 1;
+        let cutoff = *seen.select_nth_unstable(nth).1;
+        let mut journal = Journal(self.journal.as_mut());
+        let mut evicted = 0;
+        for (state, groups) in &mut self.states {
+            groups.retain(|group, entry| {
+                entry.values.retain(|value, last_seen| {
+                    if excess > 0 && *last_seen <= cutoff {
+                        journal.value_removed(state, group, value);
+                        excess -= 1;
+                        evicted += 1;
+                        return false;
+                    }
+                    true
+                });
+                if entry.values.is_empty() {
+                    journal.group_removed(state, group);
+                    evicted += 1;
+                    return false;
+                }
+                true
+            });
+        }
+        self.entries -= evicted;
+        self.stats.evicted += evicted as u64;
+    }
+
+    /// Restores a group's learning start, as read back from a durable store.
+    pub fn restore_group(&mut self, state: &str, group: &str, started_ns: i64) {
+        let groups = self.states.entry_ref(state).or_default();
+        match groups.get_mut(group) {
+            Some(entry) => entry.started_ns = entry.started_ns.min(started_ns),
+            None => {
+                groups.insert(
+                    group.into(),
+                    Group {
+                        started_ns,
+                        values: HashMap::new(),
+                    },
+                );
+                self.entries += 1;
+            }
+        }
+    }
+
+    /// Restores a value, as read back from a durable store; its group must be restored first.
+    pub fn restore_value(&mut self, state: &str, group: &str, value: &str, last_seen_ns: i64) {
+        let Some(entry) = self
+            .states
+            .get_mut(state)
+            .and_then(|groups| groups.get_mut(group))
+        else {
+            return;
+        };
+        let last_seen = entry.values.entry_ref(value).or_insert_with(|| {
+            self.entries += 1;
+            i64::MIN
+        });
+        *last_seen = (*last_seen).max(last_seen_ns);
+        self.newest_ns = self.newest_ns.max(last_seen_ns);
+    }
+}
+
+/// Appends changes when journaling is on; costs nothing when it is off.
+struct Journal<'a>(Option<&'a mut Vec<Change>>);
+
+impl Journal<'_> {
+    fn group(&mut self, state: &str, group: &str, started_ns: i64) {
+        if let Some(changes) = self.0.as_mut() {
+            changes.push(Change::Group {
+                state: state.into(),
+                group: group.into(),
+                started_ns,
+            });
+        }
+    }
+
+    fn value(&mut self, state: &str, group: &str, value: &str, last_seen_ns: i64) {
+        if let Some(changes) = self.0.as_mut() {
+            changes.push(Change::Value {
+                state: state.into(),
+                group: group.into(),
+                value: value.into(),
+                last_seen_ns,
+            });
+        }
+    }
+
+    fn value_removed(&mut self, state: &str, group: &str, value: &str) {
+        if let Some(changes) = self.0.as_mut() {
+            changes.push(Change::ValueRemoved {
+                state: state.into(),
+                group: group.into(),
+                value: value.into(),
+            });
+        }
+    }
+
+    fn group_removed(&mut self, state: &str, group: &str) {
+        if let Some(changes) = self.0.as_mut() {
+            changes.push(Change::GroupRemoved {
+                state: state.into(),
+                group: group.into(),
+            });
+        }
+    }
+}
+
+fn clamp_i64(ns: u64) -> i64 {
+    i64::try_from(ns).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+    const DAY: i64 = 86_400 * S;
+
+    fn state(learning_days: i64, forget_days: i64) -> RuleState {
+        RuleState::new(
+            Settings {
+                learning_period_ns: (learning_days * DAY) as u64,
+                forget_after_ns: (forget_days * DAY) as u64,
+            },
+            DEFAULT_CAPACITY,
+        )
+    }
+
+    fn check(state: &mut RuleState, ts: i64, group: &str, value: &str) -> Verdict {
+        state.check(ts, "process.exe", group, value).unwrap()
+    }
+
+    #[test]
+    fn learning_then_new_once_then_known() {
+        let mut st = state(7, 28);
+        assert_eq!(check(&mut st, 0, "g", "/a"), Verdict::Learning);
+        assert_eq!(check(&mut st, DAY, "g", "/b"), Verdict::Learning);
+        assert_eq!(check(&mut st, 7 * DAY - 1, "g", "/c"), Verdict::Learning);
+        assert_eq!(check(&mut st, 7 * DAY, "g", "/a"), Verdict::Known);
+        assert_eq!(check(&mut st, 7 * DAY, "g", "/x"), Verdict::New);
+        assert_eq!(check(&mut st, 7 * DAY + 1, "g", "/x"), Verdict::Known);
+        assert_eq!(st.stats().new, 1);
+    }
+
+    #[test]
+    fn learning_period_is_per_group() {
+        let mut st = state(7, 28);
+        check(&mut st, 0, "old", "/a");
+        assert_eq!(check(&mut st, 10 * DAY, "young", "/x"), Verdict::Learning);
+        assert_eq!(check(&mut st, 10 * DAY, "young", "/y"), Verdict::Learning);
+        assert_eq!(check(&mut st, 10 * DAY, "old", "/x"), Verdict::New);
+    }
+
+    #[test]
+    fn zero_period_learns_only_the_first_value() {
+        let mut st = state(0, 28);
+        assert_eq!(check(&mut st, 0, "g", "/a"), Verdict::Learning);
+        assert_eq!(check(&mut st, 0, "g", "/a"), Verdict::Known);
+        assert_eq!(check(&mut st, 0, "g", "/b"), Verdict::New);
+        assert_eq!(check(&mut st, 0, "h", "/b"), Verdict::Learning);
+    }
+
+    #[test]
+    fn unseen_values_are_forgotten_and_new_again() {
+        let mut st = state(0, 28);
+        check(&mut st, 0, "g", "/a");
+        assert_eq!(check(&mut st, 28 * DAY, "g", "/a"), Verdict::Known);
+        assert_eq!(check(&mut st, 56 * DAY + 1, "g", "/a"), Verdict::New);
+        assert_eq!(st.stats().forgotten, 1);
+    }
+
+    #[test]
+    fn sweep_drops_expired_values_but_keeps_groups() {
+        let mut st = state(0, 1);
+        for i in 0..100 {
+            check(&mut st, 0, "g", &format!("/v{i}"));
+        }
+        check(&mut st, 10 * DAY, "other", "/z");
+        assert_eq!(st.stats().expired, 100);
+        // The group's learning start survives, so its old values come back as new.
+        assert_eq!(check(&mut st, 10 * DAY, "g", "/v1"), Verdict::New);
+    }
+
+    #[test]
+    fn capacity_evicts_least_recently_seen() {
+        let mut st = RuleState::new(
+            Settings {
+                learning_period_ns: 0,
+                forget_after_ns: u64::MAX,
+            },
+            1000,
+        );
+        st.enable_journal();
+        check(&mut st, 0, "g", "/first");
+        for i in 0..5000 {
+            check(&mut st, i + 1, "g", &format!("/v{i}"));
+        }
+        assert!(st.entries() <= 1000, "{}", st.entries());
+        assert!(st.stats().evicted >= 4000);
+        // The most recent value is still known; the oldest was evicted and is new again.
+        assert_eq!(check(&mut st, 6000, "g", "/v4999"), Verdict::Known);
+        assert_eq!(check(&mut st, 6000, "g", "/first"), Verdict::New);
+        let removed = st
+            .take_changes()
+            .iter()
+            .filter(|c| matches!(c, Change::ValueRemoved { .. }))
+            .count();
+        assert!(removed >= 4000);
+    }
+
+    #[test]
+    fn too_many_state_names_is_an_error() {
+        let mut st = state(0, 1);
+        for i in 0..MAX_STATES {
+            st.check(0, &format!("s{i}"), "g", "v").unwrap();
+        }
+        assert_eq!(
+            st.check(0, "one-more", "g", "v"),
+            Err(TooManyStates(MAX_STATES))
+        );
+    }
+
+    #[test]
+    fn journal_throttles_last_seen_updates() {
+        let mut st = state(0, 28);
+        st.enable_journal();
+        check(&mut st, 0, "g", "/a");
+        assert_eq!(st.take_changes().len(), 2);
+        for i in 1..1000 {
+            check(&mut st, i * S, "g", "/a");
+        }
+        assert!(st.take_changes().is_empty());
+        check(&mut st, 2 * DAY, "g", "/a");
+        assert_eq!(st.take_changes().len(), 1);
+    }
+
+    #[test]
+    fn restored_state_answers_like_the_original() {
+        let mut st = state(7, 28);
+        st.restore_group("process.exe", "g", 0);
+        st.restore_value("process.exe", "g", "/a", DAY);
+        assert_eq!(check(&mut st, 8 * DAY, "g", "/a"), Verdict::Known);
+        assert_eq!(check(&mut st, 8 * DAY, "g", "/b"), Verdict::New);
+    }
+}

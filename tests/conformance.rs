@@ -1,0 +1,215 @@
+//! `picket test` and `picket inspect` on the bundled rules, through the real binary.
+
+mod support;
+
+use support::{picket, rule_wasm, run, temp_dir, workspace};
+
+const RULES: [&str; 2] = ["eks-token", "k8s-sa-token"];
+
+#[test]
+fn every_bundled_rule_passes_all_of_its_cases() {
+    for rule in RULES {
+        let cases = workspace().join("rules").join(rule).join("cases");
+        let count = std::fs::read_dir(&cases)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count();
+        assert!(count >= 8, "{rule} has only {count} cases");
+        let out = run(picket().arg("test").arg(rule_wasm(rule)).arg(&cases), "");
+        assert_eq!(out.code, Some(0), "{rule}:\n{}\n{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout
+                .contains(&format!("{count} case(s): {count} passed, 0 failed")),
+            "{}",
+            out.stdout
+        );
+    }
+}
+
+fn write_case(dir: &std::path::Path, name: &str, case: &serde_json::Value) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(case).unwrap()).unwrap();
+    path
+}
+
+fn reader_events() -> serde_json::Value {
+    let event = |sec: u32, exe: &str| {
+        serde_json::from_str::<serde_json::Value>(&support::token_read(
+            sec,
+            exe,
+            support::K8S_TOKEN,
+        ))
+        .unwrap()
+    };
+    serde_json::json!([event(0, "/usr/bin/app"), event(1, "/tmp/x/cat")])
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_exit_1_and_says_what_differed() {
+    let dir = temp_dir();
+    let case = write_case(
+        dir.path(),
+        "wrong.json",
+        &serde_json::json!({
+            "rule": "k8s-sa-token",
+            "settings": {"learning_period": "0s"},
+            "events": reader_events(),
+            "expect": [{"event": 1, "new_value": "/tmp/y/cat"}],
+        }),
+    );
+    let out = run(
+        picket()
+            .arg("test")
+            .arg(rule_wasm("k8s-sa-token"))
+            .arg(&case),
+        "",
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(out.stdout.contains("FAIL"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains(r#"new_value is "/tmp/x/cat", expected "/tmp/y/cat""#),
+        "{}",
+        out.stdout
+    );
+
+    // Missing a signal the rule raises fails too: expect lists exactly the signals.
+    let case = write_case(
+        dir.path(),
+        "missing.json",
+        &serde_json::json!({
+            "rule": "k8s-sa-token",
+            "settings": {"learning_period": "0s"},
+            "events": reader_events(),
+            "expect": [],
+        }),
+    );
+    let out = run(
+        picket()
+            .arg("test")
+            .arg(rule_wasm("k8s-sa-token"))
+            .arg(&case),
+        "",
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("expected 0 signal(s), got 1"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn unusable_cases_exit_2_naming_file_line_and_field() {
+    let dir = temp_dir();
+    let mut events = reader_events();
+    events[1]["process"].as_object_mut().unwrap().remove("exe");
+    let missing_exe = write_case(
+        dir.path(),
+        "missing-exe.json",
+        &serde_json::json!({"rule": "k8s-sa-token", "events": events, "expect": []}),
+    );
+    let unknown_key = write_case(
+        dir.path(),
+        "unknown-key.json",
+        &serde_json::json!({"rule": "k8s-sa-token", "events": reader_events(),
+                            "expect": [{"event": 1, "new_valu": "/tmp/x/cat"}]}),
+    );
+    let other_rule = write_case(
+        dir.path(),
+        "other-rule.json",
+        &serde_json::json!({"rule": "eks-token", "events": reader_events(), "expect": []}),
+    );
+    let past_end = write_case(
+        dir.path(),
+        "past-end.json",
+        &serde_json::json!({"rule": "k8s-sa-token", "events": reader_events(),
+                            "expect": [{"event": 7}]}),
+    );
+    let bad_duration = write_case(
+        dir.path(),
+        "bad-duration.json",
+        &serde_json::json!({"rule": "k8s-sa-token", "settings": {"learning_period": "soon"},
+                            "events": reader_events(), "expect": []}),
+    );
+    for (case, wanted) in [
+        (&missing_exe, "events[1].process.exe"),
+        (&unknown_key, "expect[0].new_valu"),
+        (
+            &other_rule,
+            "the case is for `eks-token`, but the module is `k8s-sa-token`",
+        ),
+        (&past_end, "expect[0].event"),
+        (&bad_duration, "settings.learning_period"),
+    ] {
+        let out = run(
+            picket()
+                .arg("test")
+                .arg(rule_wasm("k8s-sa-token"))
+                .arg(case),
+            "",
+        );
+        assert_eq!(out.code, Some(2), "{}", out.stdout);
+        let name = case.file_name().unwrap().to_str().unwrap();
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("ERROR") && l.contains(name))
+            .unwrap_or_else(|| panic!("no error line for {name}:\n{}", out.stdout));
+        assert!(line.contains(wanted), "{line} should name {wanted}");
+    }
+    let out = run(
+        picket()
+            .arg("test")
+            .arg(rule_wasm("k8s-sa-token"))
+            .arg(&missing_exe),
+        "",
+    );
+    assert!(out.stdout.contains("line "), "{}", out.stdout);
+}
+
+#[test]
+fn a_file_that_is_not_a_module_exits_2() {
+    let dir = temp_dir();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"#!/bin/sh\necho not wasm\n").unwrap();
+    let cases = workspace().join("rules/k8s-sa-token/cases");
+    let out = run(picket().arg("test").arg(&bogus).arg(&cases), "");
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stdout
+            .contains("bogus.wasm: is not a WebAssembly module"),
+        "{}",
+        out.stdout
+    );
+    let out = run(picket().arg("inspect").arg(&bogus), "");
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("bogus.wasm"), "{}", out.stderr);
+}
+
+#[test]
+fn inspect_prints_the_manifest() {
+    let out = run(picket().arg("inspect").arg(rule_wasm("eks-token")), "");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let manifest: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(manifest["id"], "eks-token");
+    assert_eq!(
+        manifest["title"],
+        "Unfamiliar process accessed AWS EKS service account token"
+    );
+    assert_eq!(manifest["severity"], "medium");
+    assert_eq!(manifest["tactic"], "TA0006-credential-access");
+    assert_eq!(manifest["technique"], "T1552-unsecured-credentials");
+    assert_eq!(
+        manifest["subscribe"]["basenames"],
+        serde_json::json!(["token"])
+    );
+    assert_eq!(manifest["new_value"]["learning_period"], "7d");
+    assert_eq!(manifest["new_value"]["forget_after"], "28d");
+}

@@ -1,0 +1,185 @@
+//! `picket replay` through the real binary: the example file, bad lines, determinism.
+
+mod support;
+
+use support::{K8S_TOKEN, picket, rule_wasm, run, temp_dir, token_read, workspace};
+
+fn bundled_rules() -> tempfile::TempDir {
+    let dir = temp_dir();
+    for rule in ["eks-token", "k8s-sa-token"] {
+        let file = format!("{}.wasm", rule.replace('-', "_"));
+        std::fs::copy(rule_wasm(rule), dir.path().join(file)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn the_example_raises_one_signal_per_token_for_the_intruder_only() {
+    let rules = bundled_rules();
+    let example = workspace().join("examples/token-reads.jsonl");
+    let out = run(
+        picket()
+            .arg("replay")
+            .arg("--rules")
+            .arg(rules.path())
+            .arg(&example),
+        "",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let signals = out.signals();
+    let summary: Vec<(String, String, String)> = signals
+        .iter()
+        .map(|s| {
+            (
+                s["rule"].as_str().unwrap().to_string(),
+                s["new_value"]["value"].as_str().unwrap().to_string(),
+                s["new_value"]["group"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let api = "registry.example/payments-api:2.7.1".to_string();
+    assert_eq!(
+        summary,
+        [
+            ("k8s-sa-token".into(), "/tmp/.x/kubectl".into(), api.clone()),
+            ("eks-token".into(), "/usr/bin/cat".into(), api),
+        ]
+    );
+    // A signal carries the rule's fields and the whole event, as design.md shows.
+    let first = &signals[0];
+    assert_eq!(first["ts"], "2026-11-22T22:22:03.517200114Z");
+    assert_eq!(first["severity"], "medium");
+    assert_eq!(first["tactic"], "TA0006-credential-access");
+    assert_eq!(first["technique"], "T1552-unsecured-credentials");
+    assert_eq!(first["new_value"]["field"], "process.exe");
+    assert_eq!(first["event"]["process"]["pid"], 31337);
+    assert_eq!(first["event"]["process"]["args"][1], "auth");
+    assert_eq!(
+        first["event"]["container"]["image"],
+        "registry.example/payments-api:2.7.1"
+    );
+    assert!(out.stderr.contains("events=139"), "{}", out.stderr);
+}
+
+#[test]
+fn replay_is_deterministic_and_reads_stdin() {
+    let rules = bundled_rules();
+    let example = workspace().join("examples/token-reads.jsonl");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let from_file = run(
+        picket()
+            .arg("replay")
+            .arg("--rules")
+            .arg(rules.path())
+            .arg(&example),
+        "",
+    );
+    let from_stdin = run(
+        picket()
+            .arg("replay")
+            .arg("--rules")
+            .arg(rules.path())
+            .arg("-"),
+        &text,
+    );
+    assert_eq!(from_file.stdout, from_stdin.stdout);
+    assert_eq!(from_file.signals().len(), 2);
+}
+
+#[test]
+fn settings_override_the_rules_defaults() {
+    let rules = bundled_rules();
+    let events: String = [
+        token_read(0, "/usr/bin/app", K8S_TOKEN),
+        token_read(1, "/tmp/x/cat", K8S_TOKEN),
+    ]
+    .join("\n");
+    let default = run(
+        picket()
+            .arg("replay")
+            .arg("--rules")
+            .arg(rules.path())
+            .arg("-"),
+        &events,
+    );
+    assert_eq!(
+        default.signals().len(),
+        0,
+        "still learning with the 7d default"
+    );
+    let zero = run(
+        picket()
+            .args(["replay", "--learning-period", "0s", "--rules"])
+            .arg(rules.path())
+            .arg("-"),
+        &events,
+    );
+    assert_eq!(zero.signals().len(), 1);
+}
+
+#[test]
+fn bad_lines_are_reported_by_line_and_field_and_skipped() {
+    let rules = bundled_rules();
+    let good = |i| token_read(i, &format!("/tmp/r{i}/cat"), K8S_TOKEN);
+    let lines = [
+        good(0),
+        r#"{"ts":"2026-11-22T10:00:01Z","kind":"open","file":{"path":"/x"},"process":{"pid":"12","exe":"/y"}}"#.into(),
+        good(2),
+        r#"{"ts":"2026-11-22T10:00:03Z","kind":"open","file":{"path":"/x","acess":"read"},"process":{"pid":1,"exe":"/y"}}"#.into(),
+        "not json at all".into(),
+        String::new(),
+        r#"{"ts":"yesterday","kind":"open","file":{"path":"/x"},"process":{"pid":1,"exe":"/y"}}"#.into(),
+        good(8),
+    ];
+    let out = run(
+        picket()
+            .args(["replay", "--learning-period", "0s", "--rules"])
+            .arg(rules.path())
+            .arg("-"),
+        &lines.join("\n"),
+    );
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    for expected in [
+        "stdin:2: field `process.pid`: invalid type: string \"12\", expected u32",
+        "stdin:4: field `file.acess`: unknown field `acess`",
+        "stdin:5: expected ident",
+        "stdin:7: field `ts`: `yesterday` is not an RFC 3339 timestamp",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "expected `{expected}` in\n{}",
+            out.stderr
+        );
+    }
+    let values: Vec<String> = out
+        .signals()
+        .iter()
+        .map(|s| s["new_value"]["value"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(values, ["/tmp/r2/cat", "/tmp/r8/cat"]);
+}
+
+#[test]
+fn a_missing_rules_directory_or_input_is_an_error() {
+    let out = run(
+        picket().args(["replay", "--rules", "/nonexistent/rules", "-"]),
+        "",
+    );
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("/nonexistent/rules"), "{}", out.stderr);
+    let rules = bundled_rules();
+    let out = run(
+        picket()
+            .arg("replay")
+            .arg("--rules")
+            .arg(rules.path())
+            .arg("/nonexistent/events.jsonl"),
+        "",
+    );
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("/nonexistent/events.jsonl"),
+        "{}",
+        out.stderr
+    );
+}
