@@ -129,6 +129,7 @@ fn manifest_bytes(id: &str) -> Vec<u8> {
         subscription: Subscription {
             kinds: vec![EventKind::Open],
             basenames: vec!["token".into()],
+            path_prefixes: vec![],
         },
         new_value: NewValueDefaults {
             learning_period_ns: 0,
@@ -238,7 +239,7 @@ fn out_of_bounds_pointers_to_each_import_trap_with_a_clear_error() {
         (
             "bad-utf8",
             "(drop (call $new_value (i32.const 0) (i32.const 1) (i32.const 4096) (i32.const 2) (i32.const 0) (i32.const 1)))",
-            "new_value: group is not valid UTF-8",
+            "new_value: the group is not valid UTF-8",
         ),
         (
             "oob-signal",

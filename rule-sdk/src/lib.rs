@@ -17,12 +17,12 @@
 //! }
 //!
 //! fn on_event(event: &Event) {
-//!     if event.file.path != "/etc/shadow" {
+//!     if event.path() != "/etc/shadow" {
 //!         return;
 //!     }
 //!     let group = event.workload();
-//!     if new_value("process.exe", group, event.process.exe) {
-//!         Signal::new().new_value("process.exe", event.process.exe, group).emit();
+//!     if new_value("process.exe", group, event.exe()) {
+//!         Signal::new().new_value("process.exe", event.exe(), group).emit();
 //!     }
 //! }
 //!
@@ -42,15 +42,16 @@ pub mod __private;
 
 pub use manifest::{ManifestBuilder, days, hours, minutes};
 pub use picket_abi::{
-    ABI_VERSION, Access, Args, ContainerView, EventKind, FileView, Manifest, NewValueDefaults,
-    ProcessView, Severity, Subscription,
+    ABI_VERSION, Access, Args, EventFields, EventKind, Manifest, NewValueDefaults, Severity,
+    Subscription,
 };
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use host::native;
 
-/// An event handed to a rule. Its strings borrow from the host's buffer.
-pub type Event<'a> = picket_abi::EventView<'a>;
+/// An event handed to a rule: every accessor reads the host's buffer in place, and a string is
+/// sliced and checked only when asked for.
+pub type Event<'a> = picket_abi::Event<'a>;
 
 /// The two functions that make a rule; [`rule!`] defines one named `RULE`.
 #[derive(Clone, Copy)]
@@ -122,17 +123,16 @@ pub trait EventExt<'a> {
 
 impl<'a> EventExt<'a> for Event<'a> {
     fn workload(&self) -> &'a str {
-        match self.container {
-            Some(ContainerView {
-                image: Some(image), ..
-            }) => image,
-            Some(ContainerView { id: Some(id), .. }) => id,
-            _ => self.host.unwrap_or("host"),
+        if self.in_container()
+            && let Some(group) = self.container_image().or_else(|| self.container_id())
+        {
+            return group;
         }
+        self.host().unwrap_or("host")
     }
 
     fn may_read(&self) -> bool {
-        !matches!(self.file.access, Some(Access::Write))
+        !matches!(self.access(), Some(Access::Write))
     }
 }
 

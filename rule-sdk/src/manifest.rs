@@ -39,6 +39,7 @@ impl ManifestBuilder {
                 subscription: Subscription {
                     kinds: Vec::new(),
                     basenames: Vec::new(),
+                    path_prefixes: Vec::new(),
                 },
                 new_value: NewValueDefaults {
                     learning_period_ns: days(7),
@@ -85,6 +86,24 @@ impl ManifestBuilder {
             .basenames
             .extend(basenames.iter().map(|name| String::from(*name)));
         self
+    }
+
+    /// Narrows the subscription to paths under these prefixes, so that the host does not even
+    /// enter the rule for other files that share a basename.
+    pub fn under(mut self, prefixes: &[&str]) -> Self {
+        self.manifest
+            .subscription
+            .path_prefixes
+            .extend(prefixes.iter().map(|prefix| String::from(*prefix)));
+        self
+    }
+
+    /// Subscribes to events of `kind` on a file the kubelet projects into pods: its basename,
+    /// and the prefixes of every path it can appear under.
+    pub fn subscribe_projected(self, kind: EventKind, file: &crate::path::ProjectedFile) -> Self {
+        let prefixes = file.path_prefixes();
+        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        self.subscribe(kind, &[file.basename()]).under(&prefixes)
     }
 
     /// Default learning period of the rule's new-value states, in nanoseconds.

@@ -5,6 +5,27 @@
 //! arrive through its atomic-writer directories (`..data` or `..2026_11_22_10_00_00.123456789`).
 //! These helpers match all of those spellings of one file and nothing that merely looks like it.
 
+/// Byte equality a word at a time. On wasm32, `==` on strings compiles to compiler-builtins'
+/// byte-by-byte `memcmp`, which measured as the largest single cost of the bundled rules.
+fn eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let ((words_a, tail_a), (words_b, tail_b)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+    words_a
+        .iter()
+        .zip(words_b)
+        .all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
+        && tail_a.iter().zip(tail_b).all(|(x, y)| x == y)
+}
+
+/// `text` without `prefix`, compared with [`eq`].
+fn strip_prefix<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    eq(head, prefix).then(|| &text[prefix.len()..])
+}
+
 /// The last component of `path`.
 pub fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
@@ -13,10 +34,10 @@ pub fn basename(path: &str) -> &str {
 /// Whether `segment` is a directory the kubelet's atomic writer creates: `..data`, or a
 /// timestamped `..YYYY_MM_DD_HH_MM_SS.N` with one or more fraction digits.
 pub fn is_atomic_writer_dir(segment: &str) -> bool {
-    if segment == "..data" {
+    if eq(segment, "..data") {
         return true;
     }
-    let Some(stamp) = segment.strip_prefix("..") else {
+    let Some(stamp) = strip_prefix(segment, "..") else {
         return false;
     };
     let Some((date_time, fraction)) = stamp.split_once('.') else {
@@ -60,10 +81,10 @@ pub enum VolumeName {
 impl VolumeName {
     fn matches(self, volume: &str) -> bool {
         match self {
-            VolumeName::Exact(name) => volume == name,
-            VolumeName::Prefix(prefix) => volume
-                .strip_prefix(prefix)
-                .is_some_and(|suffix| !suffix.is_empty()),
+            VolumeName::Exact(name) => eq(volume, name),
+            VolumeName::Prefix(prefix) => {
+                strip_prefix(volume, prefix).is_some_and(|suffix| !suffix.is_empty())
+            }
         }
     }
 }
@@ -103,25 +124,33 @@ impl ProjectedFile {
         self.name
     }
 
+    /// Prefixes of every path this file can be reported under, for a manifest's subscription.
+    pub fn path_prefixes(&self) -> Vec<String> {
+        let mut prefixes = vec![
+            format!("/run/{}/", self.dir),
+            format!("/var/run/{}/", self.dir),
+        ];
+        if self.volume.is_some() {
+            prefixes.push(KUBELET_PODS.to_string());
+        }
+        prefixes
+    }
+
     /// Whether `path` is this file.
     pub fn matches(&self, path: &str) -> bool {
-        if let Some(rest) = path
-            .strip_prefix("/run/")
-            .or_else(|| path.strip_prefix("/var/run/"))
+        if let Some(rest) = strip_prefix(path, "/run/").or_else(|| strip_prefix(path, "/var/run/"))
         {
-            return rest
-                .strip_prefix(self.dir)
+            return strip_prefix(rest, self.dir)
                 .and_then(|rest| rest.strip_prefix('/'))
                 .is_some_and(|rest| self.matches_in_volume(rest));
         }
-        match (self.volume, path.strip_prefix(KUBELET_PODS)) {
+        match (self.volume, strip_prefix(path, KUBELET_PODS)) {
             (Some(volume), Some(rest)) => {
                 let Some((pod, rest)) = rest.split_once('/') else {
                     return false;
                 };
-                let Some((name, rest)) = rest
-                    .strip_prefix(PROJECTED_VOLUMES)
-                    .and_then(|rest| rest.split_once('/'))
+                let Some((name, rest)) =
+                    strip_prefix(rest, PROJECTED_VOLUMES).and_then(|rest| rest.split_once('/'))
                 else {
                     return false;
                 };
@@ -134,8 +163,8 @@ impl ProjectedFile {
     /// `rest` is the path inside the volume: the name, optionally behind one atomic-writer dir.
     fn matches_in_volume(&self, rest: &str) -> bool {
         match rest.split_once('/') {
-            None => rest == self.name,
-            Some((dir, name)) => name == self.name && is_atomic_writer_dir(dir),
+            None => eq(rest, self.name),
+            Some((dir, name)) => eq(name, self.name) && is_atomic_writer_dir(dir),
         }
     }
 }
@@ -192,6 +221,27 @@ mod tests {
     }
 
     #[test]
+    fn every_matching_path_is_under_a_prefix() {
+        for file in [KUBERNETES_SERVICE_ACCOUNT_TOKEN, EKS_WEB_IDENTITY_TOKEN] {
+            let prefixes = file.path_prefixes();
+            for path in [
+                "/var/run/secrets/kubernetes.io/serviceaccount/token",
+                "/run/secrets/kubernetes.io/serviceaccount/..data/token",
+                "/run/secrets/eks.amazonaws.com/serviceaccount/..2026_11_22_10_00_00.1/token",
+                "/var/lib/kubelet/pods/p/volumes/kubernetes.io~projected/aws-iam-token/token",
+                "/var/lib/kubelet/pods/p/volumes/kubernetes.io~projected/kube-api-access-x/token",
+            ] {
+                if file.matches(path) {
+                    assert!(
+                        prefixes.iter().any(|p| path.starts_with(p.as_str())),
+                        "{path}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn eks_token_is_its_own_file() {
         let eks = EKS_WEB_IDENTITY_TOKEN;
         assert!(eks.matches("/var/run/secrets/eks.amazonaws.com/serviceaccount/token"));
@@ -214,5 +264,12 @@ mod tests {
         assert!(!is_atomic_writer_dir("data"));
         assert_eq!(basename("/a/b/token"), "token");
         assert_eq!(basename("token"), "token");
+        assert!(eq("0123456789abcdefX", "0123456789abcdefX"));
+        assert!(!eq("0123456789abcdefX", "0123456789abcdefY"));
+        assert!(!eq("0123456X89abcdefX", "0123456789abcdefX"));
+        assert!(!eq("short", "shorter"));
+        assert_eq!(strip_prefix("/run/x", "/run/"), Some("x"));
+        assert_eq!(strip_prefix("/ru", "/run/"), None);
+        assert_eq!(strip_prefix("/rün/x", "/ru"), None);
     }
 }

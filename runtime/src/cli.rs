@@ -295,6 +295,7 @@ pub fn manifest_json(manifest: &Manifest) -> serde_json::Value {
         "subscribe": {
             "kinds": manifest.subscription.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
             "basenames": manifest.subscription.basenames,
+            "path_prefixes": manifest.subscription.path_prefixes,
         },
         "new_value": {
             "learning_period": format_duration(manifest.new_value.learning_period_ns),

@@ -2,7 +2,7 @@
 //! field of bad input.
 
 use crate::time::Timestamp;
-use picket_abi::{Access, Args, ContainerView, EventKind, EventView, FileView, ProcessView};
+use picket_abi::{Access, Args, EventFields, EventKind};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,12 @@ pub struct Event<'a> {
     /// What happened.
     pub kind: Kind,
     /// Node name, when known.
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub host: Option<Cow<'a, str>>,
     /// The file.
     #[serde(borrow)]
@@ -97,7 +102,12 @@ pub struct Process<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
     /// Command name.
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub comm: Option<Cow<'a, str>>,
     /// Executable path.
     #[serde(borrow)]
@@ -112,10 +122,20 @@ pub struct Process<'a> {
 #[serde(deny_unknown_fields)]
 pub struct Container<'a> {
     /// Container id.
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<Cow<'a, str>>,
     /// Image reference.
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub image: Option<Cow<'a, str>>,
 }
 
@@ -210,30 +230,35 @@ impl<'de> Deserialize<'de> for ArgList {
     }
 }
 
+/// `Option<Cow<str>>` that borrows from the input when it can: serde's own impl for an optional
+/// `Cow` always allocates, which cost more than the rest of parsing an event.
+fn optional_text<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'a>>::deserialize(deserializer)?.map(|text| text.0))
+}
+
 impl Event<'_> {
-    /// The view a rule receives, borrowing from this event.
-    pub fn view(&self) -> EventView<'_> {
-        EventView {
+    /// The fields a rule receives, borrowing from this event.
+    pub fn fields(&self) -> EventFields<'_> {
+        EventFields {
             ts_ns: self.ts.as_nanos(),
             kind: self.kind.into(),
             host: self.host.as_deref(),
-            file: FileView {
-                path: &self.file.path,
-                access: self.file.access.map(Access::from),
-            },
-            process: ProcessView {
-                pid: self.process.pid,
-                ppid: self.process.ppid,
-                uid: self.process.uid,
-                gid: self.process.gid,
-                comm: self.process.comm.as_deref(),
-                exe: &self.process.exe,
-                args: self.process.args.as_ref().map(ArgList::view),
-            },
-            container: self.container.as_ref().map(|c| ContainerView {
-                id: c.id.as_deref(),
-                image: c.image.as_deref(),
-            }),
+            path: &self.file.path,
+            access: self.file.access.map(Access::from),
+            pid: self.process.pid,
+            ppid: self.process.ppid,
+            uid: self.process.uid,
+            gid: self.process.gid,
+            comm: self.process.comm.as_deref(),
+            exe: &self.process.exe,
+            args: self.process.args.as_ref().map(ArgList::view),
+            in_container: self.container.is_some(),
+            container_id: self.container.as_ref().and_then(|c| c.id.as_deref()),
+            container_image: self.container.as_ref().and_then(|c| c.image.as_deref()),
         }
     }
 
@@ -339,6 +364,12 @@ mod tests {
         let event = parse_event(LINE).unwrap();
         assert_eq!(event.process.pid, 4242);
         assert!(matches!(event.file.path, Cow::Borrowed(_)));
+        assert!(matches!(event.process.comm, Some(Cow::Borrowed(_))));
+        let image = &event.container.as_ref().unwrap().image;
+        assert!(matches!(image, Some(Cow::Borrowed(_))));
+        let escaped = LINE.replace(r#""comm": "cat""#, r#""comm": "c\u0061t""#);
+        let event = parse_event(&escaped).unwrap();
+        assert_eq!(event.process.comm.as_deref(), Some("cat"));
         assert_eq!(event.basename(), "token");
         let args: Vec<&str> = event.process.args.as_ref().unwrap().iter().collect();
         assert_eq!(args, ["cat", "/var/run/secrets/..."]);

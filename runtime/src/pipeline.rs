@@ -11,7 +11,7 @@ use crate::event::Event;
 use crate::sandbox::{LoadedModule, NewValue, RuleError, RuleInstance, Sandbox};
 use crate::state::{DEFAULT_CAPACITY, RuleState, Settings, Stats};
 use hashbrown::HashMap;
-use picket_abi::{EventKind, Manifest};
+use picket_abi::{EventKind, Manifest, Subscription};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -115,12 +115,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn wants(&self, kind: EventKind, basename: &str) -> bool {
-        let subscription = &self.status.manifest.subscription;
+    fn wants(&self, kind: EventKind, path: &str, basename: &str) -> bool {
         self.status.quarantined.is_none()
-            && subscription.kinds.contains(&kind)
-            && (subscription.basenames.is_empty()
-                || subscription.basenames.iter().any(|name| name == basename))
+            && subscribed(&self.status.manifest.subscription, kind, path, basename)
     }
 
     fn take_state(self) -> Option<RuleState> {
@@ -129,6 +126,24 @@ impl Slot {
             None => self.parked,
         }
     }
+}
+
+/// Whether a subscription covers an event: its kind, its basename and its path prefix. The host
+/// checks this before entering a rule, so most events a rule cannot match cost no sandbox call.
+pub fn subscribed(
+    subscription: &Subscription,
+    kind: EventKind,
+    path: &str,
+    basename: &str,
+) -> bool {
+    subscription.kinds.contains(&kind)
+        && (subscription.basenames.is_empty()
+            || subscription.basenames.iter().any(|name| name == basename))
+        && (subscription.path_prefixes.is_empty()
+            || subscription
+                .path_prefixes
+                .iter()
+                .any(|prefix| path.starts_with(prefix.as_str())))
 }
 
 /// Whether installing a module added a rule or replaced one.
@@ -294,13 +309,11 @@ impl Pipeline {
         let basename = event.basename();
         let mut encoded = false;
         for slot in &mut self.slots {
-            if !slot.wants(kind, basename) {
+            if !slot.wants(kind, &event.file.path, basename) {
                 continue;
             }
             if !encoded {
-                self.encoded.clear();
-                picket_abi::encode_into_vec(&event.view(), &mut self.encoded)
-                    .expect("encoding into a Vec cannot fail");
+                event.fields().encode(&mut self.encoded);
                 encoded = true;
             }
             let Some(instance) = slot.instance.as_mut() else {

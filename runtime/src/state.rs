@@ -88,17 +88,27 @@ pub enum Change {
     },
 }
 
-/// Too many distinct state names for one rule.
+/// Why a query was refused.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TooManyStates(pub usize);
+pub enum StateError {
+    /// Too many distinct state names for one rule (the limit).
+    TooManyStates(usize),
+    /// A state name, group or value to be learned is not UTF-8 (which of them).
+    NotUtf8(&'static str),
+}
 
-impl std::fmt::Display for TooManyStates {
+impl std::fmt::Display for StateError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "a rule may use at most {} new-value states", self.0)
+        match self {
+            StateError::TooManyStates(limit) => {
+                write!(f, "a rule may use at most {limit} new-value states")
+            }
+            StateError::NotUtf8(what) => write!(f, "the {what} is not valid UTF-8"),
+        }
     }
 }
 
-impl std::error::Error for TooManyStates {}
+impl std::error::Error for StateError {}
 
 /// Most distinct state names a rule may use.
 pub const MAX_STATES: usize = 64;
@@ -106,20 +116,24 @@ pub const MAX_STATES: usize = 64;
 /// Default bound on a rule's entries (values plus groups).
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
+/// Keys are bytes, checked as UTF-8 once, when first learned: a query for something already
+/// known (nearly every query) then costs no UTF-8 check at all.
+type Key = Box<[u8]>;
+
 #[derive(Debug, Default)]
 struct Group {
     started_ns: i64,
-    values: HashMap<Box<str>, i64>,
+    values: HashMap<Key, i64>,
 }
 
-type Groups = HashMap<Box<str>, Group>;
+type Groups = HashMap<Key, Group>;
 
 /// The new-value states of one rule.
 #[derive(Debug)]
 pub struct RuleState {
     settings: Settings,
     capacity: usize,
-    states: HashMap<Box<str>, Groups>,
+    states: HashMap<Key, Groups>,
     entries: usize,
     newest_ns: i64,
     next_sweep_ns: i64,
@@ -194,25 +208,43 @@ impl RuleState {
         state: &str,
         group: &str,
         value: &str,
-    ) -> Result<Verdict, TooManyStates> {
-        if !self.states.contains_key(state) {
-            if self.states.len() >= MAX_STATES {
-                return Err(TooManyStates(MAX_STATES));
-            }
-            self.states.insert(state.into(), Groups::new());
-        }
+    ) -> Result<Verdict, StateError> {
+        self.check_bytes(ts_ns, state.as_bytes(), group.as_bytes(), value.as_bytes())
+    }
+
+    /// [`RuleState::check`] on raw bytes, as a rule hands them over; each part is checked as
+    /// UTF-8 only if it has to be learned.
+    pub fn check_bytes(
+        &mut self,
+        ts_ns: i64,
+        state: &[u8],
+        group: &[u8],
+        value: &[u8],
+    ) -> Result<Verdict, StateError> {
         let learning_period = clamp_i64(self.settings.learning_period_ns);
         let forget_after = clamp_i64(self.settings.forget_after_ns);
         let granularity = self.journal_granularity_ns;
-        let groups = self.states.get_mut(state).expect("inserted above");
+        let states = self.states.len();
+        let groups = match self.states.entry_ref(state) {
+            hashbrown::hash_map::EntryRef::Occupied(entry) => entry.into_mut(),
+            hashbrown::hash_map::EntryRef::Vacant(_) if states >= MAX_STATES => {
+                return Err(StateError::TooManyStates(MAX_STATES));
+            }
+            hashbrown::hash_map::EntryRef::Vacant(entry) => {
+                utf8(state, "state name")?;
+                entry.insert(Groups::new())
+            }
+        };
         let mut journal = Journal(self.journal.as_mut());
 
         let verdict = match groups.get_mut(group) {
             None => {
+                utf8(group, "group")?;
+                utf8(value, "value")?;
                 // A group's first value is always learned silently: with a learning period of 0
                 // it is the baseline that later values are new against.
                 let mut values = HashMap::new();
-                values.insert(Box::<str>::from(value), ts_ns);
+                values.insert(Key::from(value), ts_ns);
                 groups.insert(
                     group.into(),
                     Group {
@@ -245,6 +277,7 @@ impl RuleState {
                         false
                     }
                     None => {
+                        utf8(value, "value")?;
                         entry.values.insert(value.into(), ts_ns);
                         self.entries += 1;
                         journal.value(state, group, value, ts_ns);
@@ -346,6 +379,7 @@ impl RuleState {
 
     /// Restores a group's learning start, as read back from a durable store.
     pub fn restore_group(&mut self, state: &str, group: &str, started_ns: i64) {
+        let (state, group) = (state.as_bytes(), group.as_bytes());
         let groups = self.states.entry_ref(state).or_default();
         match groups.get_mut(group) {
             Some(entry) => entry.started_ns = entry.started_ns.min(started_ns),
@@ -366,12 +400,12 @@ impl RuleState {
     pub fn restore_value(&mut self, state: &str, group: &str, value: &str, last_seen_ns: i64) {
         let Some(entry) = self
             .states
-            .get_mut(state)
-            .and_then(|groups| groups.get_mut(group))
+            .get_mut(state.as_bytes())
+            .and_then(|groups| groups.get_mut(group.as_bytes()))
         else {
             return;
         };
-        let last_seen = entry.values.entry_ref(value).or_insert_with(|| {
+        let last_seen = entry.values.entry_ref(value.as_bytes()).or_insert_with(|| {
             self.entries += 1;
             i64::MIN
         });
@@ -380,49 +414,61 @@ impl RuleState {
     }
 }
 
-/// Appends changes when journaling is on; costs nothing when it is off.
+/// Appends changes when journaling is on; costs nothing when it is off. Keys reach it as the
+/// bytes the state stores, which were checked as UTF-8 when learned.
 struct Journal<'a>(Option<&'a mut Vec<Change>>);
 
 impl Journal<'_> {
-    fn group(&mut self, state: &str, group: &str, started_ns: i64) {
+    fn group(&mut self, state: &[u8], group: &[u8], started_ns: i64) {
         if let Some(changes) = self.0.as_mut() {
             changes.push(Change::Group {
-                state: state.into(),
-                group: group.into(),
+                state: text(state),
+                group: text(group),
                 started_ns,
             });
         }
     }
 
-    fn value(&mut self, state: &str, group: &str, value: &str, last_seen_ns: i64) {
+    fn value(&mut self, state: &[u8], group: &[u8], value: &[u8], last_seen_ns: i64) {
         if let Some(changes) = self.0.as_mut() {
             changes.push(Change::Value {
-                state: state.into(),
-                group: group.into(),
-                value: value.into(),
+                state: text(state),
+                group: text(group),
+                value: text(value),
                 last_seen_ns,
             });
         }
     }
 
-    fn value_removed(&mut self, state: &str, group: &str, value: &str) {
+    fn value_removed(&mut self, state: &[u8], group: &[u8], value: &[u8]) {
         if let Some(changes) = self.0.as_mut() {
             changes.push(Change::ValueRemoved {
-                state: state.into(),
-                group: group.into(),
-                value: value.into(),
+                state: text(state),
+                group: text(group),
+                value: text(value),
             });
         }
     }
 
-    fn group_removed(&mut self, state: &str, group: &str) {
+    fn group_removed(&mut self, state: &[u8], group: &[u8]) {
         if let Some(changes) = self.0.as_mut() {
             changes.push(Change::GroupRemoved {
-                state: state.into(),
-                group: group.into(),
+                state: text(state),
+                group: text(group),
             });
         }
     }
+}
+
+/// A learned key as text.
+fn text(key: &[u8]) -> Box<str> {
+    std::str::from_utf8(key)
+        .expect("keys are checked as UTF-8 when learned")
+        .into()
+}
+
+fn utf8<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a str, StateError> {
+    std::str::from_utf8(bytes).map_err(|_| StateError::NotUtf8(what))
 }
 
 fn clamp_i64(ns: u64) -> i64 {
@@ -536,8 +582,18 @@ mod tests {
         }
         assert_eq!(
             st.check(0, "one-more", "g", "v"),
-            Err(TooManyStates(MAX_STATES))
+            Err(StateError::TooManyStates(MAX_STATES))
         );
+        assert_eq!(
+            st.check_bytes(0, b"s0", b"g", b"\xff"),
+            Err(StateError::NotUtf8("value"))
+        );
+        assert_eq!(
+            st.check_bytes(0, b"s0", b"\xfe", b"v"),
+            Err(StateError::NotUtf8("group"))
+        );
+        // Nothing invalid was learned.
+        assert_eq!(st.check_bytes(0, b"s0", b"g", b"v"), Ok(Verdict::Known));
     }
 
     #[test]

@@ -18,18 +18,18 @@ fn manifest() -> Manifest {
         )
         .severity(Severity::Medium)
         .mitre("TA0006-credential-access", "T1552-unsecured-credentials")
-        .subscribe(EventKind::Open, &[EKS_WEB_IDENTITY_TOKEN.basename()])
+        .subscribe_projected(EventKind::Open, &EKS_WEB_IDENTITY_TOKEN)
         .learning_period(days(7))
         .forget_after(days(28))
         .build()
 }
 
 fn on_event(event: &Event) {
-    if !event.may_read() || !EKS_WEB_IDENTITY_TOKEN.matches(event.file.path) {
+    if !event.may_read() || !EKS_WEB_IDENTITY_TOKEN.matches(event.path()) {
         return;
     }
     let group = event.workload();
-    let exe = event.process.exe;
+    let exe = event.exe();
     if new_value("process.exe", group, exe) {
         Signal::new().new_value("process.exe", exe, group).emit();
     }

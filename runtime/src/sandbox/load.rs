@@ -282,6 +282,17 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
             ));
         }
     }
+    if subscription.path_prefixes.len() > 64 {
+        return Err("subscribes to more than 64 path prefixes".into());
+    }
+    for prefix in &subscription.path_prefixes {
+        if !prefix.starts_with('/') || prefix.len() > 4096 || prefix.contains('\0') {
+            return Err(format!(
+                "path prefix `{}` must be an absolute path of at most 4096 bytes without NUL",
+                prefix.escape_debug()
+            ));
+        }
+    }
     Ok(())
 }
 

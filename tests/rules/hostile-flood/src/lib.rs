@@ -15,7 +15,7 @@ fn manifest() -> Manifest {
 fn on_event(event: &Event) {
     for _ in 0..1_000_000 {
         Signal::new()
-            .new_value("process.exe", event.process.exe, "flood")
+            .new_value("process.exe", event.exe(), "flood")
             .emit();
     }
 }

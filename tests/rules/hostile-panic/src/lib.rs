@@ -13,7 +13,7 @@ fn manifest() -> Manifest {
 }
 
 fn on_event(event: &Event) {
-    panic!("refusing to handle {}", event.file.path);
+    panic!("refusing to handle {}", event.path());
 }
 
 picket_rule_sdk::rule!(manifest, on_event);

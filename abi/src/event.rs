@@ -1,0 +1,437 @@
+//! The event layout: a fixed header of integers and string slots, then the string bytes.
+//!
+//! Events are the one hot path of the interface (every event, every subscribed rule), so they are
+//! not bincode-encoded like the rest: a rule reads any field at a fixed offset without decoding
+//! the others, and a string is sliced, and checked as UTF-8, only when the rule asks for it.
+//! Measured on the bundled rules, decoding a whole bincode event cost more than the rule itself.
+//!
+//! Layout (all integers little endian; offsets from the start of the buffer):
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 8 | `ts_ns`, i64, nanoseconds since the Unix epoch (UTC) |
+//! | 8 | 4 | `pid`, u32 |
+//! | 12 | 4 | `ppid`, u32 (valid when flag bit 0 is set) |
+//! | 16 | 4 | `uid`, u32 (flag bit 1) |
+//! | 20 | 4 | `gid`, u32 (flag bit 2) |
+//! | 24 | 4 | number of arguments in the `args` string |
+//! | 28 | 1 | `kind`: 0 = open |
+//! | 29 | 1 | `access`: 0 = unknown, 1 = read, 2 = write, 3 = read and write |
+//! | 30 | 1 | flags: bit 0 ppid, bit 1 uid, bit 2 gid, bit 3 the process runs in a container |
+//! | 31 | 1 | reserved, 0 |
+//! | 32 | 56 | seven string slots of (u32 offset, u32 length): host, path, comm, exe, args, container id, container image; offset `u32::MAX` = absent |
+//! | 88 | … | string bytes, UTF-8; `args` holds the arguments joined by NUL bytes |
+
+use crate::{Access, Args, EventKind};
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Size of the fixed header.
+pub const HEADER_LEN: usize = 88;
+
+const FLAG_PPID: u8 = 1;
+const FLAG_UID: u8 = 2;
+const FLAG_GID: u8 = 4;
+const FLAG_CONTAINER: u8 = 8;
+const ABSENT: u32 = u32::MAX;
+
+#[derive(Clone, Copy)]
+#[repr(usize)]
+enum Slot {
+    Host = 0,
+    Path,
+    Comm,
+    Exe,
+    Args,
+    ContainerId,
+    ContainerImage,
+}
+
+const SLOTS: usize = 7;
+const SLOTS_AT: usize = 32;
+
+/// The fields of an event, as the host fills them in before encoding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventFields<'a> {
+    /// Event time, nanoseconds since the Unix epoch (UTC).
+    pub ts_ns: i64,
+    /// What happened.
+    pub kind: EventKind,
+    /// Node name, when known.
+    pub host: Option<&'a str>,
+    /// Resolved path of the file.
+    pub path: &'a str,
+    /// How the file was opened, when known.
+    pub access: Option<Access>,
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id, when known.
+    pub ppid: Option<u32>,
+    /// Real user id, when known.
+    pub uid: Option<u32>,
+    /// Real group id, when known.
+    pub gid: Option<u32>,
+    /// Command name, when known.
+    pub comm: Option<&'a str>,
+    /// Executable path.
+    pub exe: &'a str,
+    /// Command line, when known.
+    pub args: Option<Args<'a>>,
+    /// Whether the process runs in a container (`false` for a process of the host).
+    pub in_container: bool,
+    /// Container id, when known.
+    pub container_id: Option<&'a str>,
+    /// Container image, when known.
+    pub container_image: Option<&'a str>,
+}
+
+impl EventFields<'_> {
+    /// Encodes the event into `buf`, replacing its contents.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.resize(HEADER_LEN, 0);
+        buf[0..8].copy_from_slice(&self.ts_ns.to_le_bytes());
+        let mut flags = 0;
+        for (at, value, flag) in [
+            (8, Some(self.pid), 0),
+            (12, self.ppid, FLAG_PPID),
+            (16, self.uid, FLAG_UID),
+            (20, self.gid, FLAG_GID),
+            (24, Some(self.args.map_or(0, |a| a.len() as u32)), 0),
+        ] {
+            if let Some(value) = value {
+                buf[at..at + 4].copy_from_slice(&value.to_le_bytes());
+                flags |= flag;
+            }
+        }
+        if self.in_container {
+            flags |= FLAG_CONTAINER;
+        }
+        buf[28] = match self.kind {
+            EventKind::Open => 0,
+        };
+        buf[29] = match self.access {
+            None => 0,
+            Some(Access::Read) => 1,
+            Some(Access::Write) => 2,
+            Some(Access::ReadWrite) => 3,
+        };
+        buf[30] = flags;
+        let strings = [
+            self.host,
+            Some(self.path),
+            self.comm,
+            Some(self.exe),
+            self.args.map(|a| a.joined()),
+            self.container_id,
+            self.container_image,
+        ];
+        for (index, string) in strings.into_iter().enumerate() {
+            let slot = SLOTS_AT + index * 8;
+            let (offset, len) = match string {
+                Some(s) => {
+                    let offset = buf.len() as u32;
+                    buf.extend_from_slice(s.as_bytes());
+                    (offset, s.len() as u32)
+                }
+                None => (ABSENT, 0),
+            };
+            buf[slot..slot + 4].copy_from_slice(&offset.to_le_bytes());
+            buf[slot + 4..slot + 8].copy_from_slice(&len.to_le_bytes());
+        }
+    }
+}
+
+/// Why bytes are not an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutError {
+    /// Fewer bytes than the header.
+    Short,
+    /// A string slot points outside the buffer.
+    SlotOutOfBounds,
+    /// The kind or access byte holds an unknown value.
+    UnknownTag,
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LayoutError::Short => "shorter than the event header",
+            LayoutError::SlotOutOfBounds => "a string slot points outside the event",
+            LayoutError::UnknownTag => "unknown kind or access value",
+        })
+    }
+}
+
+/// An event as a rule reads it: fields come straight from the buffer, strings on demand.
+#[derive(Clone, Copy)]
+pub struct Event<'a> {
+    bytes: &'a [u8],
+    /// The strings are known to be UTF-8 (see [`Event::parse_trusted`]).
+    trusted: bool,
+}
+
+impl<'a> Event<'a> {
+    /// Checks the header and every string slot's bounds, so that reading fields cannot fail
+    /// later except on invalid UTF-8.
+    pub fn parse(bytes: &'a [u8]) -> Result<Event<'a>, LayoutError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(LayoutError::Short);
+        }
+        if bytes[28] != 0 || bytes[29] > 3 {
+            return Err(LayoutError::UnknownTag);
+        }
+        for index in 0..SLOTS {
+            let at = SLOTS_AT + index * 8;
+            let offset = read_u32(bytes, at);
+            let len = read_u32(bytes, at + 4) as usize;
+            if offset != ABSENT {
+                let end = (offset as usize).checked_add(len);
+                if end.is_none_or(|end| end > bytes.len()) {
+                    return Err(LayoutError::SlotOutOfBounds);
+                }
+            }
+        }
+        Ok(Event {
+            bytes,
+            trusted: false,
+        })
+    }
+
+    /// Like [`Event::parse`], but the strings are taken as UTF-8 without checking each one when
+    /// it is read.
+    ///
+    /// # Safety
+    ///
+    /// Every string slot of `bytes` must hold valid UTF-8, as it does in a buffer written by
+    /// [`EventFields::encode`] and not modified since. The picket host guarantees this for the
+    /// buffer it hands a rule (docs/abi.md); the SDK relies on it because checking every string
+    /// again inside the sandbox was a measurable share of a rule's time.
+    pub unsafe fn parse_trusted(bytes: &'a [u8]) -> Result<Event<'a>, LayoutError> {
+        let mut event = Event::parse(bytes)?;
+        event.trusted = true;
+        Ok(event)
+    }
+
+    /// Event time, nanoseconds since the Unix epoch (UTC).
+    pub fn ts_ns(&self) -> i64 {
+        i64::from_le_bytes(self.bytes[0..8].try_into().expect("8 bytes"))
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> EventKind {
+        EventKind::Open
+    }
+
+    /// Node name, when known.
+    pub fn host(&self) -> Option<&'a str> {
+        self.string(Slot::Host)
+    }
+
+    /// Absolute path of the file as the kernel resolved it for the process (links followed,
+    /// seen from the process's own root).
+    pub fn path(&self) -> &'a str {
+        self.string(Slot::Path).unwrap_or("")
+    }
+
+    /// How the file was opened, when known.
+    pub fn access(&self) -> Option<Access> {
+        match self.bytes[29] {
+            1 => Some(Access::Read),
+            2 => Some(Access::Write),
+            3 => Some(Access::ReadWrite),
+            _ => None,
+        }
+    }
+
+    /// Process id (thread group id).
+    pub fn pid(&self) -> u32 {
+        read_u32(self.bytes, 8)
+    }
+
+    /// Parent process id, when known.
+    pub fn ppid(&self) -> Option<u32> {
+        self.flagged(12, FLAG_PPID)
+    }
+
+    /// Real user id, when known.
+    pub fn uid(&self) -> Option<u32> {
+        self.flagged(16, FLAG_UID)
+    }
+
+    /// Real group id, when known.
+    pub fn gid(&self) -> Option<u32> {
+        self.flagged(20, FLAG_GID)
+    }
+
+    /// Command name (the kernel's `comm`), when known.
+    pub fn comm(&self) -> Option<&'a str> {
+        self.string(Slot::Comm)
+    }
+
+    /// Absolute path of the executable.
+    pub fn exe(&self) -> &'a str {
+        self.string(Slot::Exe).unwrap_or("")
+    }
+
+    /// Command line, when known.
+    pub fn args(&self) -> Option<Args<'a>> {
+        let joined = self.string(Slot::Args)?;
+        Some(Args::from_joined(joined, read_u32(self.bytes, 24)))
+    }
+
+    /// Whether the process runs in a container; `false` for a process of the host itself.
+    pub fn in_container(&self) -> bool {
+        self.bytes[30] & FLAG_CONTAINER != 0
+    }
+
+    /// Container id, when known.
+    pub fn container_id(&self) -> Option<&'a str> {
+        self.string(Slot::ContainerId)
+    }
+
+    /// Container image, when known.
+    pub fn container_image(&self) -> Option<&'a str> {
+        self.string(Slot::ContainerImage)
+    }
+
+    /// All fields, for a rule that wants them at once (validates every string).
+    pub fn fields(&self) -> EventFields<'a> {
+        EventFields {
+            ts_ns: self.ts_ns(),
+            kind: self.kind(),
+            host: self.host(),
+            path: self.path(),
+            access: self.access(),
+            pid: self.pid(),
+            ppid: self.ppid(),
+            uid: self.uid(),
+            gid: self.gid(),
+            comm: self.comm(),
+            exe: self.exe(),
+            args: self.args(),
+            in_container: self.in_container(),
+            container_id: self.container_id(),
+            container_image: self.container_image(),
+        }
+    }
+
+    fn flagged(&self, at: usize, flag: u8) -> Option<u32> {
+        (self.bytes[30] & flag != 0).then(|| read_u32(self.bytes, at))
+    }
+
+    fn string(&self, slot: Slot) -> Option<&'a str> {
+        let at = SLOTS_AT + slot as usize * 8;
+        let offset = read_u32(self.bytes, at);
+        if offset == ABSENT {
+            return None;
+        }
+        let len = read_u32(self.bytes, at + 4) as usize;
+        let bytes = &self.bytes[offset as usize..offset as usize + len];
+        if self.trusted {
+            // SAFETY: `parse_trusted`'s caller vouched that every string slot is UTF-8, and
+            // `parse` checked that this slot lies inside the buffer.
+            return Some(unsafe { core::str::from_utf8_unchecked(bytes) });
+        }
+        // Unless a buffer is broken this holds; if not, the rule traps with this message
+        // rather than reading garbage.
+        Some(core::str::from_utf8(bytes).expect("an event string is not UTF-8"))
+    }
+}
+
+impl fmt::Debug for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fields().fmt(f)
+    }
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> EventFields<'static> {
+        EventFields {
+            ts_ns: 1_700_000_000_000_000_001,
+            kind: EventKind::Open,
+            host: Some("node-a"),
+            path: "/run/secrets/kubernetes.io/serviceaccount/token",
+            access: Some(Access::Read),
+            pid: 42,
+            ppid: Some(1),
+            uid: Some(0),
+            gid: None,
+            comm: Some("cat"),
+            exe: "/usr/bin/cat",
+            args: Some(Args::from_joined("cat\0token", 2)),
+            in_container: true,
+            container_id: None,
+            container_image: Some("registry.example/app:1.2"),
+        }
+    }
+
+    #[test]
+    fn fields_round_trip_and_strings_are_borrowed() {
+        let fields = sample();
+        let mut buf = Vec::new();
+        fields.encode(&mut buf);
+        let event = Event::parse(&buf).unwrap();
+        assert_eq!(event.fields(), fields);
+        // SAFETY: `buf` was just written by `encode`.
+        let trusted = unsafe { Event::parse_trusted(&buf) }.unwrap();
+        assert_eq!(trusted.fields(), fields);
+        assert!(buf.as_ptr_range().contains(&event.path().as_ptr()));
+        let args: Vec<&str> = event.args().unwrap().iter().collect();
+        assert_eq!(args, ["cat", "token"]);
+    }
+
+    #[test]
+    fn layout_matches_the_documentation() {
+        let mut buf = Vec::new();
+        EventFields {
+            ts_ns: -2,
+            path: "/t",
+            pid: 7,
+            uid: Some(1000),
+            exe: "/x",
+            access: Some(Access::Write),
+            ..EventFields::default()
+        }
+        .encode(&mut buf);
+        assert_eq!(buf.len(), HEADER_LEN + 4);
+        assert_eq!(&buf[0..8], &(-2i64).to_le_bytes());
+        assert_eq!(&buf[8..12], &7u32.to_le_bytes());
+        assert_eq!(&buf[16..20], &1000u32.to_le_bytes());
+        assert_eq!(&buf[28..32], &[0, 2, FLAG_UID, 0]);
+        // host absent; path at 88, 2 bytes; comm absent; exe at 90, 2 bytes.
+        assert_eq!(&buf[32..40], &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        assert_eq!(&buf[40..48], &[88, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(&buf[56..64], &[90, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(&buf[88..], b"/t/x");
+    }
+
+    #[test]
+    fn malformed_buffers_are_refused() {
+        let mut buf = Vec::new();
+        sample().encode(&mut buf);
+        assert_eq!(Event::parse(&buf[..40]).unwrap_err(), LayoutError::Short);
+        let mut bad = buf.clone();
+        bad[40..44].copy_from_slice(&(buf.len() as u32 - 1).to_le_bytes());
+        assert_eq!(
+            Event::parse(&bad).unwrap_err(),
+            LayoutError::SlotOutOfBounds
+        );
+        let mut bad = buf.clone();
+        bad[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            Event::parse(&bad).unwrap_err(),
+            LayoutError::SlotOutOfBounds
+        );
+        let mut bad = buf;
+        bad[29] = 9;
+        assert_eq!(Event::parse(&bad).unwrap_err(), LayoutError::UnknownTag);
+    }
+}
