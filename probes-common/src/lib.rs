@@ -1,0 +1,381 @@
+//! Plain-old-data types shared by picket's eBPF programs (`picket-probes-ebpf`) and their
+//! user-space loader (`picket-probes`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so both sides agree on the layout byte for
+//! byte; the kernel writes these structs into the ring buffer and user space reads them back.
+#![no_std]
+#![warn(missing_docs)]
+
+/// Number of path components (dentry names and mount crossings) an open event can carry.
+///
+/// Each walk step fills its own slot (slot = loop index) so the verifier sees constant offsets.
+pub const PATH_SEGMENTS: usize = 32;
+/// Bytes per path component slot: `NAME_MAX` (255) plus the terminating NUL.
+pub const SEGMENT_LEN: usize = 256;
+/// Path components kept for an executable path.
+pub const EXE_SEGMENTS: usize = 16;
+/// Bytes per executable path component; longer names are cut and flagged.
+pub const EXE_SEGMENT_LEN: usize = 128;
+/// Bytes of the NUL-separated argument block captured at exec.
+pub const ARGS_LEN: usize = 2048;
+/// `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+/// Bytes kept of the task's cgroup (v2, default hierarchy) leaf name; a
+/// `cri-containerd-<64 hex>.scope` name is 85 bytes.
+pub const CGROUP_NAME_LEN: usize = 128;
+/// Longest basename the approver map accepts (its key is this plus a NUL).
+pub const MAX_BASENAME: usize = 63;
+/// Key size of the approver map.
+pub const BASENAME_KEY_LEN: usize = MAX_BASENAME + 1;
+
+/// Names of maps and globals in the eBPF object, so both sides spell them the same way.
+pub mod names {
+    /// Ring buffer carrying every event.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU `u64` counter of events dropped because the ring buffer was full.
+    pub const LOST: &str = "LOST";
+    /// Hash map of approved basenames ([`crate::BasenameKey`] to `u8`).
+    pub const APPROVERS: &str = "APPROVERS";
+    /// One-slot array holding the [`crate::Filter`].
+    pub const FILTER: &str = "FILTER";
+    /// Read-only global holding the [`crate::Offsets`].
+    pub const OFFSETS: &str = "OFFSETS";
+    /// Read-only global `u32`: the loader's own tgid, whose opens are never reported.
+    pub const SELF_TGID: &str = "SELF_TGID";
+    /// Read-only global `u32`: measurement aid, the open programs stop after this many
+    /// prefilter steps (`u32::MAX`, the default, runs them all).
+    pub const STOP_AFTER: &str = "STOP_AFTER";
+}
+
+/// Program names (the Rust function names in `picket-probes-ebpf`).
+pub mod programs {
+    /// `lsm/file_open`.
+    pub const LSM_FILE_OPEN: &str = "lsm_file_open";
+    /// `fentry/security_file_open`.
+    pub const FENTRY_FILE_OPEN: &str = "fentry_security_file_open";
+    /// Tracepoint program attached to every `syscalls/sys_exit_*` of a syscall that opens a file.
+    pub const SYS_EXIT_OPEN: &str = "sys_exit_open";
+    /// Raw tracepoint `io_uring_complete`, for `IORING_OP_OPENAT`/`OPENAT2`.
+    pub const IO_URING_COMPLETE: &str = "io_uring_complete";
+    /// Tracepoint `sched/sched_process_exec`.
+    pub const SCHED_EXEC: &str = "sched_process_exec";
+    /// Raw tracepoint `sched_process_fork`.
+    pub const SCHED_FORK: &str = "sched_process_fork";
+    /// Tracepoint `sched/sched_process_exit`.
+    pub const SCHED_EXIT: &str = "sched_process_exit";
+}
+
+/// What follows an [`EventHeader`] in the ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`OpenEvent`].
+    Open = 1,
+    /// [`ExecEvent`].
+    Exec = 2,
+    /// [`ForkEvent`].
+    Fork = 3,
+    /// [`ExitEvent`].
+    Exit = 4,
+}
+
+impl EventKind {
+    /// Maps the raw header value back; `None` for a kind this build does not know.
+    pub fn from_u32(kind: u32) -> Option<Self> {
+        match kind {
+            1 => Some(Self::Open),
+            2 => Some(Self::Exec),
+            3 => Some(Self::Fork),
+            4 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// Which kernel hook produced an open event.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenSource {
+    /// `lsm/file_open`.
+    Lsm = 1,
+    /// `fentry/security_file_open`.
+    Fentry = 2,
+    /// A `syscalls/sys_exit_*` tracepoint.
+    Syscall = 3,
+    /// `io_uring_complete` of an open request.
+    IoUring = 4,
+}
+
+/// Starts every ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// `bpf_ktime_get_boot_ns()` when the event was produced.
+    pub ts_boot_ns: u64,
+}
+
+/// What the kernel side knows of the current task, read at the time of the event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TaskInfo {
+    /// Process id (`task->tgid`).
+    pub tgid: u32,
+    /// Thread id (`task->pid`).
+    pub tid: u32,
+    /// `task->real_parent->tgid`.
+    pub ppid: u32,
+    /// Real uid (`task->cred->uid`).
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// `task->comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+    /// Leaf name of the task's cgroup in the default (v2) hierarchy, NUL-terminated.
+    pub cgroup: [u8; CGROUP_NAME_LEN],
+}
+
+/// A path read from the kernel's dentry and mount trees, leaf first.
+///
+/// Slot `i` holds the name met at step `i` of the walk. A step that crosses from a mount's root to
+/// its mountpoint leaves its slot empty (`lens[i] == 0`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawPath<const N: usize, const L: usize> {
+    /// Bytes written into each slot by `bpf_probe_read_kernel_str`, including the NUL; 0 = empty.
+    pub lens: [u16; N],
+    /// `PATH_*` flags.
+    pub flags: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// The names; only the first `lens[i]` bytes of slot `i` are meaningful.
+    pub names: [[u8; L]; N],
+}
+
+/// The walk reached the task's root or the root of the mount tree.
+pub const PATH_COMPLETE: u32 = 1;
+/// The walk ran out of slots before reaching the root.
+pub const PATH_TOO_DEEP: u32 = 2;
+/// A kernel read failed during the walk.
+pub const PATH_READ_ERROR: u32 = 4;
+/// There was no path to walk (e.g. a kernel thread has no executable).
+pub const PATH_ABSENT: u32 = 8;
+
+/// The path of an opened file.
+pub type OpenPath = RawPath<PATH_SEGMENTS, SEGMENT_LEN>;
+/// The path of an executable.
+pub type ExePath = RawPath<EXE_SEGMENTS, EXE_SEGMENT_LEN>;
+
+/// A file was opened and its basename is approved.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpenEvent {
+    /// `kind == EventKind::Open`.
+    pub header: EventHeader,
+    /// The opening task.
+    pub task: TaskInfo,
+    /// An [`OpenSource`] value.
+    pub source: u32,
+    /// `file->f_mode` (`FMODE_READ` = 1, `FMODE_WRITE` = 2).
+    pub f_mode: u32,
+    /// `file->f_flags` (the `O_*` flags the file was opened with).
+    pub f_flags: u32,
+    /// The descriptor number, or -1 when the hook runs before one exists (LSM, fentry).
+    pub fd: i32,
+    /// The file's path as the opening task sees it.
+    pub path: OpenPath,
+    /// The task's executable (`mm->exe_file`).
+    pub exe: ExePath,
+}
+
+/// A task called `execve` successfully.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    /// `kind == EventKind::Exec`.
+    pub header: EventHeader,
+    /// The task after the exec (new comm).
+    pub task: TaskInfo,
+    /// Bytes of `args` used.
+    pub args_len: u32,
+    /// Non-zero when the argument block was longer than `ARGS_LEN`.
+    pub args_truncated: u32,
+    /// The new executable.
+    pub exe: ExePath,
+    /// The NUL-separated argument strings, read from `mm->arg_start..arg_end`.
+    pub args: [u8; ARGS_LEN],
+}
+
+/// A new process (not a thread) was created.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    /// `kind == EventKind::Fork`.
+    pub header: EventHeader,
+    /// The parent's tgid.
+    pub parent_tgid: u32,
+    /// The child's tgid.
+    pub child_tgid: u32,
+}
+
+/// A process (its whole thread group) exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    /// `kind == EventKind::Exit`.
+    pub header: EventHeader,
+    /// The process that exited.
+    pub tgid: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// Approver map key: a basename, NUL-padded to a fixed size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BasenameKey {
+    /// The name's bytes followed by zeros.
+    pub name: [u8; BASENAME_KEY_LEN],
+}
+
+/// Name prefixes kept per basename length in the [`Filter`].
+pub const PREFIX_SLOTS: usize = 4;
+/// A [`Filter::prefixes`] slot value meaning "more names of this length than slots: look each
+/// one up". Never a real prefix: names are UTF-8, which has no 0xFF byte.
+pub const PREFIX_ANY: u64 = u64::MAX;
+
+/// Cheap tests run before the approver map. User space keeps it in sync with that map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filter {
+    /// Bit `n` is set when some approved basename is `n` bytes long (`n` <= 63). Zero means
+    /// nothing is approved and every open returns after reading one length.
+    pub len_mask: u64,
+    /// For each name length, the [`prefix_word`]s of the approved names of that length; 0 is an
+    /// empty slot (no name starts with NUL) and [`PREFIX_ANY`] matches everything.
+    pub prefixes: [[u64; PREFIX_SLOTS]; MAX_BASENAME + 1],
+}
+
+impl Filter {
+    /// Approves nothing.
+    pub const EMPTY: Filter = Filter {
+        len_mask: 0,
+        prefixes: [[0; PREFIX_SLOTS]; MAX_BASENAME + 1],
+    };
+}
+
+/// The first eight bytes of `name` (fewer if it is shorter, zero-padded) as a little-endian
+/// word: what the kernel side compares after one 8-byte read of the dentry name.
+pub const fn prefix_word(name: &[u8]) -> u64 {
+    let mut word = 0u64;
+    let mut i = 0;
+    while i < name.len() && i < 8 {
+        word |= (name[i] as u64) << (8 * i);
+        i += 1;
+    }
+    word
+}
+
+/// Byte offsets of the kernel struct members the programs read, found in the kernel's BTF at load
+/// time (Rust eBPF has no CO-RE). Field names are `<struct>_<member>`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offsets {
+    /// `task_struct.pid`.
+    pub task_pid: u64,
+    /// `task_struct.tgid`.
+    pub task_tgid: u64,
+    /// `task_struct.real_parent`.
+    pub task_real_parent: u64,
+    /// `task_struct.files`.
+    pub task_files: u64,
+    /// `task_struct.fs`.
+    pub task_fs: u64,
+    /// `task_struct.mm`.
+    pub task_mm: u64,
+    /// `task_struct.cgroups`.
+    pub task_cgroups: u64,
+    /// `files_struct.fdt`.
+    pub files_fdt: u64,
+    /// `fdtable.fd`.
+    pub fdtable_fd: u64,
+    /// `file.f_path`.
+    pub file_f_path: u64,
+    /// `file.f_mode`.
+    pub file_f_mode: u64,
+    /// `file.f_flags`.
+    pub file_f_flags: u64,
+    /// `path.mnt`.
+    pub path_mnt: u64,
+    /// `path.dentry`.
+    pub path_dentry: u64,
+    /// `dentry.d_parent`.
+    pub dentry_d_parent: u64,
+    /// `dentry.d_name`.
+    pub dentry_d_name: u64,
+    /// `qstr.hash_len` (the length is its upper 32 bits on little-endian).
+    pub qstr_hash_len: u64,
+    /// `qstr.name`.
+    pub qstr_name: u64,
+    /// `mount.mnt` (the embedded `vfsmount`).
+    pub mount_mnt: u64,
+    /// `mount.mnt_parent`.
+    pub mount_mnt_parent: u64,
+    /// `mount.mnt_mountpoint`.
+    pub mount_mnt_mountpoint: u64,
+    /// `vfsmount.mnt_root`.
+    pub vfsmount_mnt_root: u64,
+    /// `fs_struct.root`.
+    pub fs_root: u64,
+    /// `mm_struct.exe_file`.
+    pub mm_exe_file: u64,
+    /// `mm_struct.arg_start`.
+    pub mm_arg_start: u64,
+    /// `mm_struct.arg_end`.
+    pub mm_arg_end: u64,
+    /// `css_set.dfl_cgrp`.
+    pub css_set_dfl_cgrp: u64,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u64,
+    /// `kernfs_node.name`.
+    pub kernfs_node_name: u64,
+    /// `task_struct.signal`.
+    pub task_signal: u64,
+    /// `signal_struct.live` (threads still running).
+    pub signal_live: u64,
+    /// `io_kiocb.opcode`.
+    pub io_kiocb_opcode: u64,
+    /// `io_kiocb.cmd` + `io_open.file_slot`: non-zero when an open goes to a fixed-file slot.
+    pub io_open_file_slot: u64,
+    /// Offset of the `req` field in the `io_uring/io_uring_complete` trace record (from tracefs).
+    pub tp_io_uring_req: u64,
+    /// Offset of the `res` field in the `io_uring/io_uring_complete` trace record (from tracefs).
+    pub tp_io_uring_res: u64,
+}
+
+/// `FMODE_READ`.
+pub const FMODE_READ: u32 = 0x1;
+/// `FMODE_WRITE`.
+pub const FMODE_WRITE: u32 = 0x2;
+/// `FMODE_PATH`: an `O_PATH` descriptor, which gives no access to the contents.
+pub const FMODE_PATH: u32 = 0x4000;
+/// `IORING_OP_OPENAT`.
+pub const IORING_OP_OPENAT: u8 = 18;
+/// `IORING_OP_OPENAT2`.
+pub const IORING_OP_OPENAT2: u8 = 28;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], made only of integers and arrays of integers, with all
+    // padding spelled out as fields, so every bit pattern is valid and there are no hidden bytes.
+    unsafe impl aya::Pod for super::BasenameKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Filter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Offsets {}
+}

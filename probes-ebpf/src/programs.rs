@@ -1,0 +1,562 @@
+//! The programs. Every kernel struct is read through `bpf_probe_read_kernel` at offsets the loader
+//! found in the kernel's BTF (see `Offsets`): no CO-RE, and the same code works for the tracepoint,
+//! fentry and LSM hooks, which differ in how much the verifier knows about their arguments.
+//!
+//! Verifier lessons that shape this file:
+//! - A read whose failure only zero-fills (the helper memsets the destination on error) needs no
+//!   branch: a zero pointer propagates, every later read fails cheaply and the name-length check
+//!   rejects it. Fewer branches keep the verifier's state count low and the hot path short.
+//! - The path walk writes step `i` into slot `i`. A separate "next free slot" counter made states
+//!   differ across branches, defeated pruning and blew the 1M-instruction budget.
+//! - Flags that must survive the loop are accumulated without branches for the same reason.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext as _, Global,
+    helpers::generated::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user,
+    },
+    macros::{fentry, lsm, map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{FEntryContext, LsmContext, RawTracePointContext, TracePointContext},
+};
+use picket_probes_common::{
+    ARGS_LEN, BASENAME_KEY_LEN, BasenameKey, CGROUP_NAME_LEN, COMM_LEN, EventHeader, EventKind,
+    ExecEvent, ExitEvent, FMODE_PATH, Filter, ForkEvent, IORING_OP_OPENAT, IORING_OP_OPENAT2,
+    MAX_BASENAME, Offsets, OpenEvent, OpenSource, PATH_ABSENT, PATH_COMPLETE, PATH_READ_ERROR,
+    PATH_TOO_DEEP, PREFIX_ANY, RawPath, TaskInfo,
+};
+
+// The loader finds the globals and the license by symbol name, hence `no_mangle` (the names are
+// unique in this object).
+
+/// Kernel's license string. bpf_probe_read_kernel and friends are GPL-only helpers.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+pub static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// Struct member offsets, filled in by the loader from the kernel's BTF.
+#[unsafe(no_mangle)]
+// SAFETY: all-zero is a valid Offsets (plain integers).
+static OFFSETS: Global<Offsets> = Global::new(unsafe { core::mem::zeroed() });
+
+/// The loader's tgid: its own opens (e.g. of container metadata) are never reported.
+#[unsafe(no_mangle)]
+static SELF_TGID: Global<u32> = Global::new(0);
+
+/// Measurement aid: the open programs stop after this many prefilter steps (see
+/// probes/NOTES.md). The verifier sees the constant and removes the dead branches, so the default
+/// (all steps) costs nothing.
+#[unsafe(no_mangle)]
+static STOP_AFTER: Global<u32> = Global::new(u32::MAX);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static FILTER: Array<Filter> = Array::with_max_entries(1, 0);
+
+#[map]
+static APPROVERS: HashMap<BasenameKey, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Reads one field of [`OFFSETS`]. A volatile load of just that field: loading the whole struct
+/// would copy it to the stack, and the verifier sees each field as a constant (the map is frozen).
+macro_rules! off {
+    ($field:ident) => {{
+        #[allow(unused_unsafe, reason = "the macro is also used inside unsafe blocks")]
+        // SAFETY: Global is repr(transparent) over Offsets, and OFFSETS lives forever.
+        let value = unsafe {
+            core::ptr::read_volatile(&raw const (*(&raw const OFFSETS).cast::<Offsets>()).$field)
+        };
+        value
+    }};
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> u64 {
+    let mut value = 0u64;
+    // SAFETY: the helper checks the source; on failure it zeroes the 8-byte destination.
+    unsafe { bpf_probe_read_kernel((&raw mut value).cast::<c_void>(), 8, addr as *const c_void) };
+    value
+}
+
+#[inline(always)]
+fn read_u32(addr: u64) -> u32 {
+    let mut value = 0u32;
+    // SAFETY: as in read_u64.
+    unsafe { bpf_probe_read_kernel((&raw mut value).cast::<c_void>(), 4, addr as *const c_void) };
+    value
+}
+
+#[inline(always)]
+fn read_u8(addr: u64) -> u8 {
+    let mut value = 0u8;
+    // SAFETY: as in read_u64.
+    unsafe { bpf_probe_read_kernel((&raw mut value).cast::<c_void>(), 1, addr as *const c_void) };
+    value
+}
+
+/// Copies a NUL-terminated kernel string into `dst` (`len` bytes); returns the bytes written
+/// including the NUL, or a negative error (then `dst` is zeroed).
+#[inline(always)]
+unsafe fn read_str(dst: *mut u8, len: u32, src: u64) -> i64 {
+    // SAFETY: the caller passes a writable dst of len bytes; the helper checks src.
+    unsafe { bpf_probe_read_kernel_str(dst.cast::<c_void>(), len, src as *const c_void) }
+}
+
+/// Zeroes `len` bytes (a multiple of 8, known at compile time after inlining) with plain stores.
+/// Left to itself LLVM calls the byte-at-a-time `memset` subprogram instead, which costs a call
+/// and a verified loop.
+#[inline(always)]
+unsafe fn zero(dst: *mut u8, len: usize) {
+    for i in 0..len / 8 {
+        // SAFETY: the caller passes len writable bytes, 8-byte aligned.
+        unsafe { core::ptr::write_volatile(dst.cast::<u64>().add(i), 0) };
+    }
+}
+
+#[inline(always)]
+fn count_lost() {
+    if let Some(lost) = LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, and BPF programs do not preempt each other on one CPU.
+        unsafe { *lost += 1 };
+    }
+}
+
+/// `task->files->fdt->fd[fd]` for the current task, with the first three steps as direct loads
+/// through the BTF-typed task pointer (the verifier turns them into fault-tolerant loads; each
+/// saves a helper call on the hot path). `fd` is an array of pointers, which the verifier types as
+/// a plain number, so its element needs a helper read.
+#[inline(always)]
+fn current_fd_file(fd: u64) -> (u64, u64) {
+    // SAFETY: no preconditions; the result is a trusted pointer to the current task.
+    let task = unsafe { bpf_get_current_task_btf() }.cast::<u8>();
+    // SAFETY: the offsets are those of task_struct.files, files_struct.fdt and fdtable.fd in
+    // this kernel's BTF; the verifier checks each load against that BTF and makes it fault-safe.
+    let fds = unsafe {
+        let files =
+            core::ptr::read_volatile(task.add(off!(task_files) as usize).cast::<*const u8>());
+        let fdt = core::ptr::read_volatile(files.add(off!(files_fdt) as usize).cast::<*const u8>());
+        core::ptr::read_volatile(fdt.add(off!(fdtable_fd) as usize).cast::<u64>())
+    };
+    (task as u64, read_u64(fds + fd * 8))
+}
+
+/// `task->files->fdt->fd[fd]`.
+#[inline(always)]
+fn fd_file(task: u64, fd: u64) -> u64 {
+    let files = read_u64(task + off!(task_files));
+    let fdt = read_u64(files + off!(files_fdt));
+    let fds = read_u64(fdt + off!(fdtable_fd));
+    // No max_fds check: the syscall has just installed this descriptor, so it is in range, and a
+    // racing close only makes the probe read return a stale or zero pointer.
+    read_u64(fds + fd * 8)
+}
+
+// ---------------------------------------------------------------------------------------------
+// File opens.
+
+/// `sys_exit_{open,openat,openat2,creat,open_by_handle_at}`: the new descriptor is the return
+/// value at offset 16 of every `sys_exit_*` record.
+#[tracepoint]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    if STOP_AFTER.load() == 0 {
+        return 0;
+    }
+    // SAFETY: offset 16 is `long ret` in every syscalls:sys_exit_* record; a constant-offset ctx
+    // load is what the verifier allows (and it is cheaper than a helper call).
+    let ret = unsafe { *(ctx.as_ptr() as *const u8).add(16).cast::<i64>() };
+    if ret < 0 {
+        return 0;
+    }
+    let (task, file) = current_fd_file(ret as u64);
+    if STOP_AFTER.load() == 1 {
+        return 0;
+    }
+    on_file(task, file, ret as i32, OpenSource::Syscall);
+    0
+}
+
+/// `io_uring/io_uring_complete`: an `IORING_OP_OPENAT{,2}` completes with the new descriptor in
+/// `res`. Only descriptors in the normal table are followed; fixed-file slots have no fd.
+#[tracepoint]
+pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
+    let base = ctx.as_ptr() as u64;
+    let res = read_u32(base + off!(tp_io_uring_res)) as i32;
+    if res < 0 {
+        return 0;
+    }
+    let req = read_u64(base + off!(tp_io_uring_req));
+    let opcode = read_u8(req + off!(io_kiocb_opcode));
+    if opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
+        return 0;
+    }
+    if read_u32(req + off!(io_open_file_slot)) != 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    // io-wq workers and the SQPOLL thread share the ring owner's file table.
+    let file = fd_file(task, res as u64);
+    on_file(task, file, res, OpenSource::IoUring);
+    0
+}
+
+/// `lsm/file_open`: runs inside every open that passed the other permission checks, io_uring's
+/// included, before the descriptor exists. Always allows.
+#[lsm(hook = "file_open")]
+pub fn lsm_file_open(ctx: LsmContext) -> i32 {
+    let file: u64 = ctx.arg(0);
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    on_file(task, file, -1, OpenSource::Lsm);
+    0
+}
+
+/// `fentry/security_file_open`: the same place as the LSM hook, for kernels without the BPF LSM
+/// in their `lsm=` list.
+#[fentry(function = "security_file_open")]
+pub fn fentry_security_file_open(ctx: FEntryContext) -> i32 {
+    let file: u64 = ctx.arg(0);
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    on_file(task, file, -1, OpenSource::Fentry);
+    0
+}
+
+/// The prefilter, then the event. Everything before the approver lookup runs on every open, so it
+/// is kept to three reads after the file pointer: dentry, the name's `hash_len`+`name` (one
+/// 16-byte read) and the length mask (an array lookup the verifier inlines).
+#[inline(always)]
+fn on_file(task: u64, file: u64, fd: i32, source: OpenSource) {
+    let dentry = read_u64(file + off!(file_f_path) + off!(path_dentry));
+    if STOP_AFTER.load() == 2 {
+        return;
+    }
+    let mut qstr = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    // SAFETY: 16 bytes into a 16-byte local, which the helper fully writes (zeroes on failure);
+    // the loader checked that qstr.name follows hash_len.
+    let qstr = unsafe {
+        bpf_probe_read_kernel(
+            qstr.as_mut_ptr().cast::<c_void>(),
+            16,
+            (dentry + off!(dentry_d_name) + off!(qstr_hash_len)) as *const c_void,
+        );
+        qstr.assume_init()
+    };
+    let len = qstr[0] >> 32;
+    if STOP_AFTER.load() == 3 {
+        return;
+    }
+    let Some(filter) = FILTER.get(0) else {
+        return;
+    };
+    if len > MAX_BASENAME as u64 || (filter.len_mask >> len) & 1 == 0 {
+        return;
+    }
+    // Second cut, for names of an approved length: their first 8 bytes against the approved
+    // prefixes of that length. One 8-byte read (names live in the dentry's inline buffer or a
+    // longer allocation, so 8 bytes are always there) instead of a string copy and a 64-byte hash.
+    let mut word = 0u64;
+    // SAFETY: 8 bytes into a local u64.
+    let failed = unsafe {
+        bpf_probe_read_kernel(
+            (&raw mut word).cast::<c_void>(),
+            8,
+            qstr[1] as *const c_void,
+        )
+    } != 0;
+    if !failed {
+        if len < 8 {
+            word &= (1u64 << (len * 8)) - 1;
+        }
+        let slots = &filter.prefixes[len as usize];
+        if !slots.iter().any(|&slot| slot == word || slot == PREFIX_ANY) {
+            return;
+        }
+    }
+    let mut key = core::mem::MaybeUninit::<BasenameKey>::uninit();
+    // SAFETY: key is BASENAME_KEY_LEN bytes, zeroed then filled; len <= MAX_BASENAME so the name
+    // and its NUL fit, and the bytes after them stay zero as the map's keys expect.
+    let key = unsafe {
+        zero(key.as_mut_ptr().cast::<u8>(), BASENAME_KEY_LEN);
+        read_str(
+            key.as_mut_ptr().cast::<u8>(),
+            BASENAME_KEY_LEN as u32,
+            qstr[1],
+        );
+        key.assume_init()
+    };
+    if APPROVERS.get_ptr(&key).is_none() {
+        return;
+    }
+    // SAFETY: no preconditions.
+    let pid_tgid = unsafe { bpf_get_current_pid_tgid() };
+    if (pid_tgid >> 32) as u32 == SELF_TGID.load() {
+        return;
+    }
+    let f_mode = read_u32(file + off!(file_f_mode));
+    if f_mode & FMODE_PATH != 0 {
+        // O_PATH gives no access to the contents; the LSM hook does not even run for it.
+        return;
+    }
+    emit_open(task, file, dentry, fd, f_mode, source);
+}
+
+#[inline(always)]
+fn emit_open(task: u64, file: u64, dentry: u64, fd: i32, f_mode: u32, source: OpenSource) {
+    let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
+        count_lost();
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: event points at a reservation of size_of::<OpenEvent>() that only we write.
+    unsafe {
+        (*event).header = header(EventKind::Open);
+        fill_task(&raw mut (*event).task, task);
+        (*event).source = source as u32;
+        (*event).f_mode = f_mode;
+        (*event).f_flags = read_u32(file + off!(file_f_flags));
+        (*event).fd = fd;
+        let (root_dentry, root_mnt) = task_root(task);
+        let vfsmnt = read_u64(file + off!(file_f_path) + off!(path_mnt));
+        walk(
+            &raw mut (*event).path,
+            dentry,
+            vfsmnt,
+            root_dentry,
+            root_mnt,
+        );
+        walk_exe(&raw mut (*event).exe, task, root_dentry, root_mnt);
+    }
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn header(kind: EventKind) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        _pad: 0,
+        // SAFETY: no preconditions.
+        ts_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+    }
+}
+
+/// Fills `info` from the current task (`task` must be current).
+#[inline(always)]
+unsafe fn fill_task(info: *mut TaskInfo, task: u64) {
+    // SAFETY: the helpers have no preconditions; info is writable (caller).
+    unsafe {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let uid_gid = bpf_get_current_uid_gid();
+        (*info).tgid = (pid_tgid >> 32) as u32;
+        (*info).tid = pid_tgid as u32;
+        let parent = read_u64(task + off!(task_real_parent));
+        (*info).ppid = read_u32(parent + off!(task_tgid));
+        (*info).uid = uid_gid as u32;
+        (*info).gid = (uid_gid >> 32) as u32;
+        (*info)._pad = 0;
+        bpf_get_current_comm((*info).comm.as_mut_ptr().cast::<c_void>(), COMM_LEN as u32);
+        let css_set = read_u64(task + off!(task_cgroups));
+        let cgroup = read_u64(css_set + off!(css_set_dfl_cgrp));
+        let kn = read_u64(cgroup + off!(cgroup_kn));
+        let name = read_u64(kn + off!(kernfs_node_name));
+        read_str((*info).cgroup.as_mut_ptr(), CGROUP_NAME_LEN as u32, name);
+    }
+}
+
+/// `task->fs->root` as (dentry, vfsmount).
+#[inline(always)]
+fn task_root(task: u64) -> (u64, u64) {
+    let fs = read_u64(task + off!(task_fs));
+    let root = fs + off!(fs_root);
+    (
+        read_u64(root + off!(path_dentry)),
+        read_u64(root + off!(path_mnt)),
+    )
+}
+
+/// The path of `task->mm->exe_file`.
+#[inline(always)]
+unsafe fn walk_exe<const N: usize, const L: usize>(
+    out: *mut RawPath<N, L>,
+    task: u64,
+    root_dentry: u64,
+    root_mnt: u64,
+) {
+    let mm = read_u64(task + off!(task_mm));
+    let exe = read_u64(mm + off!(mm_exe_file));
+    if exe == 0 {
+        // Kernel threads have no mm.
+        // SAFETY: out is writable (caller).
+        unsafe {
+            zero_lens(out);
+            (*out).flags = PATH_ABSENT;
+        }
+        return;
+    }
+    let dentry = read_u64(exe + off!(file_f_path) + off!(path_dentry));
+    let vfsmnt = read_u64(exe + off!(file_f_path) + off!(path_mnt));
+    // SAFETY: out is writable (caller).
+    unsafe { walk(out, dentry, vfsmnt, root_dentry, root_mnt) };
+}
+
+#[inline(always)]
+unsafe fn zero_lens<const N: usize, const L: usize>(out: *mut RawPath<N, L>) {
+    const { assert!(N % 4 == 0, "lens must be a whole number of u64s") };
+    // SAFETY: lens is the first field (8-byte aligned) and 2 * N bytes long, a multiple of 8.
+    unsafe { zero((&raw mut (*out).lens).cast::<u8>(), 2 * N) };
+}
+
+/// Walks from `dentry` (in mount `vfsmnt`) up to the task's root, like the kernel's d_path():
+/// up `d_parent` to the mount's root, then across to the mountpoint in the parent mount. Names go
+/// leaf first into `out`, one slot per step; a mount crossing leaves its slot empty.
+#[inline(always)]
+unsafe fn walk<const N: usize, const L: usize>(
+    out: *mut RawPath<N, L>,
+    mut dentry: u64,
+    mut vfsmnt: u64,
+    root_dentry: u64,
+    root_mnt: u64,
+) {
+    let mount_mnt = off!(mount_mnt);
+    let mut flags = PATH_TOO_DEEP;
+    let mut errors = 0u64;
+    // SAFETY: out is writable (caller); every index is a loop index below N.
+    unsafe {
+        zero_lens(out);
+        for i in 0..N {
+            if dentry == root_dentry && vfsmnt == root_mnt {
+                flags = PATH_COMPLETE;
+                break;
+            }
+            let mnt_root = read_u64(vfsmnt + off!(vfsmount_mnt_root));
+            if dentry == mnt_root {
+                let mount = vfsmnt - mount_mnt;
+                let parent = read_u64(mount + off!(mount_mnt_parent));
+                if parent == mount || parent == 0 {
+                    // Top of this namespace's mount tree (or outside the task's root).
+                    flags = PATH_COMPLETE;
+                    break;
+                }
+                dentry = read_u64(mount + off!(mount_mnt_mountpoint));
+                vfsmnt = parent + mount_mnt;
+                continue;
+            }
+            let parent = read_u64(dentry + off!(dentry_d_parent));
+            let name = read_u64(dentry + off!(dentry_d_name) + off!(qstr_name));
+            let n = read_str((*out).names[i].as_mut_ptr(), L as u32, name);
+            // Branch-free: a failed read leaves an empty slot and sets the error bit.
+            errors |= (n as u64) >> 63;
+            (*out).lens[i] = (n & !(n >> 63)) as u16;
+            if parent == dentry || parent == 0 {
+                // A filesystem root that is not a mount root: a detached or lazily unmounted tree.
+                flags = PATH_COMPLETE;
+                break;
+            }
+            dentry = parent;
+        }
+        (*out).flags = flags | if errors != 0 { PATH_READ_ERROR } else { 0 };
+        (*out)._pad = 0;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process lifecycle, for the user-space process cache.
+
+/// `sched/sched_process_exec`: current is the task with its new image.
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_lost();
+        return 0;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: event points at a reservation of size_of::<ExecEvent>() that only we write.
+    unsafe {
+        let task = bpf_get_current_task();
+        (*event).header = header(EventKind::Exec);
+        fill_task(&raw mut (*event).task, task);
+        let (root_dentry, root_mnt) = task_root(task);
+        walk_exe(&raw mut (*event).exe, task, root_dentry, root_mnt);
+        let mm = read_u64(task + off!(task_mm));
+        let start = read_u64(mm + off!(mm_arg_start));
+        let end = read_u64(mm + off!(mm_arg_end));
+        let mut len = end.wrapping_sub(start);
+        (*event).args_truncated = 0;
+        if len > ARGS_LEN as u64 {
+            // Never read past arg_end: the environment (with its secrets) follows.
+            len = ARGS_LEN as u64;
+            (*event).args_truncated = 1;
+        }
+        let read = bpf_probe_read_user(
+            (*event).args.as_mut_ptr().cast::<c_void>(),
+            len as u32,
+            start as *const c_void,
+        );
+        (*event).args_len = if read == 0 { len as u32 } else { 0 };
+    }
+    entry.submit(0);
+    0
+}
+
+/// `sched_process_fork(parent, child)`: only new processes matter; threads share the cache entry.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let parent: u64 = ctx.arg(0);
+    let child: u64 = ctx.arg(1);
+    let child_tgid = read_u32(child + off!(task_tgid));
+    let child_pid = read_u32(child + off!(task_pid));
+    if child_pid != child_tgid {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
+        count_lost();
+        return 0;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: event points at a reservation of size_of::<ForkEvent>() that only we write.
+    unsafe {
+        (*event).header = header(EventKind::Fork);
+        (*event).parent_tgid = read_u32(parent + off!(task_tgid));
+        (*event).child_tgid = child_tgid;
+    }
+    entry.submit(0);
+    0
+}
+
+/// `sched_process_exit(task, ...)`: reports the process once its last thread is gone
+/// (`signal->live` reached zero). Older kernels lack the `group_dead` argument, hence the read.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let task: u64 = ctx.arg(0);
+    let signal = read_u64(task + off!(task_signal));
+    if read_u32(signal + off!(signal_live)) != 0 {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+        count_lost();
+        return 0;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: event points at a reservation of size_of::<ExitEvent>() that only we write.
+    unsafe {
+        (*event).header = header(EventKind::Exit);
+        (*event).tgid = read_u32(task + off!(task_tgid));
+        (*event)._pad = 0;
+    }
+    entry.submit(0);
+    0
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program with a reachable panic path, so this is never run.
+    unsafe { core::hint::unreachable_unchecked() }
+}

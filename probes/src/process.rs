@@ -1,0 +1,335 @@
+//! User-space process cache: fed by exec/fork/exit events and a `/proc` scan at start, so that an
+//! open event from a process that has already exited still gets its arguments and container.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// What is known of a process besides what each open event carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Cached {
+    pub exe: String,
+    pub args: Vec<String>,
+    pub container_id: Option<String>,
+}
+
+/// Processes by tgid.
+#[derive(Debug, Default)]
+pub(crate) struct ProcessCache {
+    procs: HashMap<u32, Cached>,
+}
+
+impl ProcessCache {
+    /// Reads every process in `proc_root` (normally `/proc`).
+    pub(crate) fn scan(proc_root: &Path) -> ProcessCache {
+        let mut cache = ProcessCache::default();
+        let Ok(entries) = fs::read_dir(proc_root) else {
+            return cache;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let dir = entry.path();
+            let exe = fs::read_link(dir.join("exe"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let args = fs::read(dir.join("cmdline"))
+                .map(|raw| split_args(&raw))
+                .unwrap_or_default();
+            let container_id = fs::read_to_string(dir.join("cgroup"))
+                .ok()
+                .and_then(|text| container_id_from_proc_cgroup(&text));
+            cache.procs.insert(
+                pid,
+                Cached {
+                    exe,
+                    args,
+                    container_id,
+                },
+            );
+        }
+        cache
+    }
+
+    pub(crate) fn exec(&mut self, tgid: u32, entry: Cached) {
+        self.procs.insert(tgid, entry);
+    }
+
+    /// A new process starts as a copy of its parent.
+    pub(crate) fn fork(&mut self, parent: u32, child: u32) {
+        if let Some(entry) = self.procs.get(&parent).cloned() {
+            self.procs.insert(child, entry);
+        }
+    }
+
+    pub(crate) fn exit(&mut self, tgid: u32) {
+        self.procs.remove(&tgid);
+    }
+
+    pub(crate) fn get(&self, tgid: u32) -> Option<&Cached> {
+        self.procs.get(&tgid)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.procs.len()
+    }
+}
+
+/// Splits a NUL-separated argument block (`/proc/<pid>/cmdline`, or what the exec probe read).
+pub(crate) fn split_args(raw: &[u8]) -> Vec<String> {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|&b| b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+/// The container id in a cgroup leaf name: `cri-containerd-<id>.scope` (containerd, systemd
+/// driver), `crio-<id>.scope` (CRI-O), `docker-<id>.scope` (Docker), or a bare `<id>` (cgroupfs
+/// driver), where `<id>` is 64 lowercase hex digits.
+pub fn container_id_from_cgroup(leaf: &str) -> Option<String> {
+    let name = leaf.strip_suffix(".scope").unwrap_or(leaf);
+    let id = ["cri-containerd-", "crio-", "docker-", "libpod-"]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))
+        .unwrap_or(name);
+    let is_id = id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    is_id.then(|| id.to_owned())
+}
+
+/// The container id from `/proc/<pid>/cgroup`: the cgroup v2 line first, then any v1 hierarchy
+/// (hybrid hosts put containers in the v1 trees only).
+fn container_id_from_proc_cgroup(text: &str) -> Option<String> {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_by_key(|line| !line.starts_with("0::"));
+    lines.into_iter().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        container_id_from_cgroup(path.rsplit('/').next()?)
+    })
+}
+
+/// Container images by container id, read from the runtimes' on-disk metadata.
+#[derive(Debug)]
+pub(crate) struct ContainerImages {
+    /// Prefix for every metadata path; `/` outside tests.
+    root: PathBuf,
+    found: HashMap<String, Option<String>>,
+    /// Ids without metadata yet, and when they were last looked for: a container's files can
+    /// appear shortly after its first process runs.
+    missing: HashMap<String, Instant>,
+}
+
+const RETRY_MISSING: Duration = Duration::from_secs(10);
+
+impl ContainerImages {
+    pub(crate) fn new(root: impl Into<PathBuf>) -> ContainerImages {
+        ContainerImages {
+            root: root.into(),
+            found: HashMap::new(),
+            missing: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn image(&mut self, id: &str) -> Option<String> {
+        if let Some(image) = self.found.get(id) {
+            return image.clone();
+        }
+        if self
+            .missing
+            .get(id)
+            .is_some_and(|at| at.elapsed() < RETRY_MISSING)
+        {
+            return None;
+        }
+        match self.lookup(id) {
+            Some(image) => {
+                self.missing.remove(id);
+                self.found.insert(id.to_owned(), image.clone());
+                image
+            }
+            None => {
+                self.missing.insert(id.to_owned(), Instant::now());
+                None
+            }
+        }
+    }
+
+    /// `Some(image)` once some runtime's metadata for `id` was found (the image itself may still
+    /// be absent from it), `None` when no metadata exists yet.
+    fn lookup(&self, id: &str) -> Option<Option<String>> {
+        let at = |p: &str| self.root.join(p.trim_start_matches('/'));
+        // containerd: one bundle per container, under the namespace's directory (k8s.io, moby, ...).
+        if let Ok(namespaces) = fs::read_dir(at("/run/containerd/io.containerd.runtime.v2.task")) {
+            for ns in namespaces.flatten() {
+                if let Some(config) = read_json(&ns.path().join(id).join("config.json")) {
+                    return Some(annotation(&config, "io.kubernetes.cri.image-name"));
+                }
+            }
+        }
+        // CRI-O.
+        for base in [
+            "/run/containers/storage/overlay-containers",
+            "/var/lib/containers/storage/overlay-containers",
+        ] {
+            let path = at(base).join(id).join("userdata").join("config.json");
+            if let Some(config) = read_json(&path) {
+                return Some(
+                    annotation(&config, "io.kubernetes.cri-o.ImageName")
+                        .or_else(|| annotation(&config, "io.kubernetes.cri-o.Image")),
+                );
+            }
+        }
+        // Docker.
+        let path = at("/var/lib/docker/containers")
+            .join(id)
+            .join("config.v2.json");
+        if let Some(config) = read_json(&path) {
+            return Some(
+                config
+                    .pointer("/Config/Image")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+            );
+        }
+        None
+    }
+}
+
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    let text = fs::read(path).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn annotation(config: &serde_json::Value, key: &str) -> Option<String> {
+    config
+        .get("annotations")?
+        .get(key)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn container_ids_from_cgroup_names() {
+        for leaf in [
+            format!("cri-containerd-{ID}.scope"),
+            format!("crio-{ID}.scope"),
+            format!("docker-{ID}.scope"),
+            ID.to_owned(),
+        ] {
+            assert_eq!(
+                container_id_from_cgroup(&leaf).as_deref(),
+                Some(ID),
+                "{leaf}"
+            );
+        }
+        for leaf in [
+            "",
+            "/",
+            "session-1.scope",
+            "crio-conmon-0123.scope",
+            &format!("crio-{}.scope", &ID[1..]),
+            &ID.to_uppercase(),
+        ] {
+            assert_eq!(container_id_from_cgroup(leaf), None, "{leaf}");
+        }
+    }
+
+    #[test]
+    fn container_id_from_proc_cgroup_prefers_v2() {
+        let text =
+            format!("4:memory:/kubepods/pod1/{ID}\n0::/kubepods.slice/cri-containerd-{ID}.scope\n");
+        assert_eq!(container_id_from_proc_cgroup(&text).as_deref(), Some(ID));
+        let hybrid = format!("4:memory:/docker/{ID}\n0::/\n");
+        assert_eq!(container_id_from_proc_cgroup(&hybrid).as_deref(), Some(ID));
+        assert_eq!(container_id_from_proc_cgroup("0::/user.slice\n"), None);
+    }
+
+    #[test]
+    fn splits_args() {
+        assert_eq!(split_args(b"cat\0/x y\0"), vec!["cat", "/x y"]);
+        assert_eq!(split_args(b"cat"), vec!["cat"]);
+        assert_eq!(split_args(b""), Vec::<String>::new());
+        assert_eq!(split_args(b"a\0\0b\0"), vec!["a", "", "b"]);
+    }
+
+    #[test]
+    fn images_from_runtime_metadata() {
+        let dir = std::env::temp_dir().join(format!("picket-images-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let containerd = dir.join(format!(
+            "run/containerd/io.containerd.runtime.v2.task/k8s.io/{ID}"
+        ));
+        fs::create_dir_all(&containerd).unwrap();
+        fs::write(
+            containerd.join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.image-name":"registry.k8s.io/pause:3.10"}}"#,
+        )
+        .unwrap();
+        let crio_id = ID.replace('0', "1");
+        let crio = dir.join(format!(
+            "run/containers/storage/overlay-containers/{crio_id}/userdata"
+        ));
+        fs::create_dir_all(&crio).unwrap();
+        fs::write(
+            crio.join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri-o.ImageName":"quay.io/x/y:1"}}"#,
+        )
+        .unwrap();
+        let docker_id = ID.replace('0', "2");
+        let docker = dir.join(format!("var/lib/docker/containers/{docker_id}"));
+        fs::create_dir_all(&docker).unwrap();
+        fs::write(
+            docker.join("config.v2.json"),
+            r#"{"Config":{"Image":"alpine:3"}}"#,
+        )
+        .unwrap();
+
+        let mut images = ContainerImages::new(&dir);
+        assert_eq!(
+            images.image(ID).as_deref(),
+            Some("registry.k8s.io/pause:3.10")
+        );
+        assert_eq!(images.image(&crio_id).as_deref(), Some("quay.io/x/y:1"));
+        assert_eq!(images.image(&docker_id).as_deref(), Some("alpine:3"));
+        assert_eq!(images.image(&ID.replace('0', "3")), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cache_follows_fork_exec_exit() {
+        let mut cache = ProcessCache::default();
+        let entry = Cached {
+            exe: "/bin/sh".into(),
+            args: vec!["sh".into()],
+            container_id: None,
+        };
+        cache.exec(10, entry.clone());
+        cache.fork(10, 11);
+        assert_eq!(cache.get(11), Some(&entry));
+        cache.exit(10);
+        assert_eq!(cache.get(10), None);
+        assert_eq!(cache.get(11), Some(&entry));
+        cache.fork(99, 100);
+        assert_eq!(cache.get(100), None);
+    }
+}

@@ -1,0 +1,803 @@
+//! Tests against the running kernel. They need root and BPF; without them each test prints why it
+//! skips and passes. Filesystem setup happens in a private mount namespace: the test binary
+//! re-runs itself for one test, in a child that called `unshare(CLONE_NEWNS)` and made every mount
+//! private, so the tmpfs over `/run` and the bind mounts never reach the machine's own `/run`.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    ffi::CString,
+    fs,
+    os::unix::{fs::symlink, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use picket_probes::{Access, OpenEvent, Probes, Strategy};
+
+const INNER_ENV: &str = "PICKET_PROBES_TEST_INNER";
+const K8S_DIR: &str = "/run/secrets/kubernetes.io/serviceaccount";
+const K8S_TS: &str = "..2026_11_22_10_00_00.000000001";
+const EKS_DIR: &str = "/run/secrets/eks.amazonaws.com/serviceaccount";
+const EKS_TS: &str = "..2026_11_22_10_00_00.000000002";
+
+/// Reports a skipped test on the real stderr: the test harness captures `eprintln!`, and a skip
+/// should be visible in a normal `cargo test` run.
+fn skip(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
+    }
+    // A one-slot array map: the cheapest proof that the bpf() syscall works for us.
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        pad: [u8; 112],
+    }
+    let attr = MapCreate {
+        map_type: 2, // BPF_MAP_TYPE_ARRAY
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        pad: [0; 112],
+    };
+    // SAFETY: BPF_MAP_CREATE (0) with a zero-padded attribute of the size we pass.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &attr as *const MapCreate,
+            size_of::<MapCreate>(),
+        )
+    };
+    if fd < 0 {
+        return Some(format!(
+            "the bpf() syscall is unavailable: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd is a descriptor we own.
+    unsafe { libc::close(fd as i32) };
+    None
+}
+
+/// Returns true in the child that should run the test body. In the parent, runs this one test
+/// again in a child with a private mount namespace, checks that it passed and returns false.
+fn in_private_mount_namespace(test: &str) -> bool {
+    if std::env::var(INNER_ENV).as_deref() == Ok(test) {
+        return true;
+    }
+    if let Some(reason) = skip_reason() {
+        skip(test, &reason);
+        return false;
+    }
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INNER_ENV, test);
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (unshare, mount) on static strings.
+    unsafe {
+        child.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Make every mount private so nothing done in here propagates to the machine.
+            let none = c"none".as_ptr();
+            let root = c"/".as_ptr();
+            if libc::mount(
+                none,
+                root,
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = child
+        .output()
+        .expect("running the test in a private mount namespace");
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprint!("{stderr}");
+    // The child's skip notices bypassed its capture; keep them visible here too.
+    for line in stderr.lines().filter(|l| l.starts_with("SKIPPED ")) {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{test} failed in its mount namespace"
+    );
+    // A filter that matched nothing would also exit 0.
+    assert!(
+        stdout.contains("1 passed"),
+        "{test} did not run in its mount namespace"
+    );
+    false
+}
+
+fn mount(fstype: &str, source: &str, target: &str, flags: libc::c_ulong) {
+    let c = |s: &str| CString::new(s).unwrap();
+    let (source, target, fstype) = (c(source), c(target), c(fstype));
+    // SAFETY: valid NUL-terminated strings for the duration of the call, no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            if flags & libc::MS_BIND != 0 {
+                std::ptr::null()
+            } else {
+                fstype.as_ptr()
+            },
+            flags,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mount {fstype:?} on {target:?}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Writes the files of a projected service account volume into `dir`, kubelet style: the data
+/// in a timestamped directory, `..data` pointing at it, and each file a symlink through `..data`.
+fn projected_volume(dir: &Path, timestamp: &str, files: &[(&str, &str)]) {
+    fs::create_dir_all(dir.join(timestamp)).unwrap();
+    for (name, content) in files {
+        fs::write(dir.join(timestamp).join(name), content).unwrap();
+        symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+    }
+    symlink(timestamp, dir.join("..data")).unwrap();
+}
+
+/// Builds the service account layouts under a fresh tmpfs on /run (this process's namespace
+/// only). The Kubernetes one is its own tmpfs, bind-mounted into place as kubelet does.
+fn kubelet_layout() {
+    mount("tmpfs", "tmpfs", "/run", 0);
+    let volume = Path::new(
+        "/run/kubelet/pods/0f0e0d0c-0b0a-0908-0706-050403020100/volumes/kubernetes.io~projected/kube-api-access-x7q2z",
+    );
+    fs::create_dir_all(volume).unwrap();
+    mount("tmpfs", "tmpfs", volume.to_str().unwrap(), 0);
+    projected_volume(
+        volume,
+        K8S_TS,
+        &[
+            ("token", "k8s-token"),
+            ("ca.crt", "k8s-ca"),
+            ("namespace", "default"),
+        ],
+    );
+    fs::create_dir_all(K8S_DIR).unwrap();
+    mount("", volume.to_str().unwrap(), K8S_DIR, libc::MS_BIND);
+    projected_volume(Path::new(EKS_DIR), EKS_TS, &[("token", "eks-token")]);
+
+    // Debian's /var/run is a symlink to /run; anything else would change the expected paths.
+    let var_run = fs::canonicalize("/var/run").unwrap();
+    assert_eq!(var_run, Path::new("/run"), "/var/run must resolve to /run");
+}
+
+/// A renamed copy of cat in a fresh directory, so the exe path and comm are ours alone.
+struct Scratch {
+    dir: PathBuf,
+    xcat: PathBuf,
+}
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("picket-probes-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let dir = fs::canonicalize(dir).unwrap();
+        let xcat = dir.join("xcat");
+        fs::copy("/bin/cat", &xcat).unwrap();
+        Scratch { dir, xcat }
+    }
+
+    /// Runs `xcat path` (in `cwd`, if given), checks it printed `expect` and returns its pid.
+    fn cat(&self, path: &str, cwd: Option<&str>, expect: &str) -> u32 {
+        let mut cmd = Command::new(&self.xcat);
+        cmd.arg(path).stdin(Stdio::null());
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        let child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let pid = child.id();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "xcat {path} failed");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            expect,
+            "xcat {path}"
+        );
+        pid
+    }
+
+    /// Opens `path` from a shell redirection (`<`, `>>` or `<>`); returns the shell's pid.
+    fn shell_open(&self, redirect: &str, path: &str) -> u32 {
+        let status = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(": {redirect} '{path}'"))
+            .spawn()
+            .unwrap();
+        let pid = status.id();
+        let out = status.wait_with_output().unwrap();
+        assert!(out.status.success(), "sh {redirect} {path}");
+        pid
+    }
+
+    fn xcat_str(&self) -> String {
+        self.xcat.to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Collects the events of `pids` until one from `sentinel` arrives. Opens are delivered in the
+/// order they happened, so once the sentinel's open is in, every earlier open is too. The timeout
+/// only guards against a hang; nothing asserts on timing.
+async fn until_sentinel(probes: &mut Probes, pids: &HashSet<u32>, sentinel: u32) -> Vec<OpenEvent> {
+    let mut events = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), probes.next_event())
+            .await
+            .expect("no sentinel event within 30 s")
+            .expect("reading events");
+        if event.process.pid == sentinel {
+            return events;
+        }
+        if pids.contains(&event.process.pid) {
+            events.push(event);
+        }
+    }
+}
+
+fn load_tracepoint() -> Probes {
+    let probes = Probes::load(Strategy::Tracepoint).expect("loading the tracepoint strategy");
+    assert_eq!(probes.strategy(), Strategy::Tracepoint);
+    probes
+}
+
+#[test]
+fn kubelet_token_reads_resolve_to_the_timestamped_file() {
+    if !in_private_mount_namespace("kubelet_token_reads_resolve_to_the_timestamped_file") {
+        return;
+    }
+    kubelet_layout();
+    let scratch = Scratch::new("kubelet");
+    let sentinel_file = scratch.dir.join("sentinel");
+    fs::write(&sentinel_file, "s").unwrap();
+    let mut probes = load_tracepoint();
+    probes
+        .set_basenames(&names(&["token", "sentinel"]))
+        .unwrap();
+
+    let via_var_run = "/var/run/secrets/kubernetes.io/serviceaccount/token".to_owned();
+    let absolute = scratch.cat(&via_var_run, None, "k8s-token");
+    let relative = scratch.cat(
+        "token",
+        Some("/var/run/secrets/kubernetes.io/serviceaccount"),
+        "k8s-token",
+    );
+    let dotdot = scratch.cat(
+        "../../eks.amazonaws.com/serviceaccount/token",
+        Some(K8S_DIR),
+        "eks-token",
+    );
+    let ca = scratch.cat(&format!("{K8S_DIR}/ca.crt"), None, "k8s-ca");
+    let unrelated = scratch.cat(
+        "/etc/hostname",
+        None,
+        &fs::read_to_string("/etc/hostname").unwrap(),
+    );
+    let writer = scratch.shell_open(">>", &format!("{K8S_DIR}/{K8S_TS}/token"));
+    let read_write = scratch.shell_open("<>", &format!("{EKS_DIR}/token"));
+    let sentinel = scratch.cat(sentinel_file.to_str().unwrap(), None, "s");
+
+    let pids: HashSet<u32> = [
+        absolute, relative, dotdot, ca, unrelated, writer, read_write,
+    ]
+    .into();
+    let events = runtime().block_on(until_sentinel(&mut probes, &pids, sentinel));
+    for event in &events {
+        println!("{event:?}");
+    }
+    let k8s_token = format!("{K8S_DIR}/{K8S_TS}/token");
+    let eks_token = format!("{EKS_DIR}/{EKS_TS}/token");
+    let by_pid =
+        |pid: u32| -> Vec<&OpenEvent> { events.iter().filter(|e| e.process.pid == pid).collect() };
+
+    let xcat = scratch.xcat_str();
+    // SAFETY: getuid and getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    for (pid, path, arg) in [
+        (absolute, &k8s_token, via_var_run.as_str()),
+        (relative, &k8s_token, "token"),
+        (
+            dotdot,
+            &eks_token,
+            "../../eks.amazonaws.com/serviceaccount/token",
+        ),
+    ] {
+        let got = by_pid(pid);
+        assert_eq!(got.len(), 1, "xcat {arg}: expected one event, got {got:?}");
+        let event = got[0];
+        assert_eq!(&event.path, path, "xcat {arg}");
+        assert!(!event.path_truncated);
+        assert_eq!(event.access, Access::Read);
+        assert_eq!(event.tid, pid);
+        let p = &event.process;
+        assert_eq!(p.pid, pid);
+        assert_eq!(p.ppid, std::process::id(), "xcat's parent is this test");
+        assert_eq!((p.uid, p.gid), (uid, gid));
+        assert_eq!(p.comm, "xcat");
+        assert_eq!(
+            p.exe, xcat,
+            "exe resolved in the kernel although xcat has exited"
+        );
+        assert_eq!(p.args, vec![xcat.clone(), arg.to_owned()]);
+        assert_eq!(p.container_id, None);
+    }
+    assert!(
+        by_pid(ca).is_empty(),
+        "ca.crt is not approved: {:?}",
+        by_pid(ca)
+    );
+    assert!(
+        by_pid(unrelated).is_empty(),
+        "unrelated file reported: {:?}",
+        by_pid(unrelated)
+    );
+
+    let written = by_pid(writer);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0].path, k8s_token);
+    assert_eq!(written[0].access, Access::Write);
+    assert_ne!(written[0].flags & libc::O_APPEND as u32, 0);
+    let rw = by_pid(read_write);
+    assert_eq!(rw.len(), 1, "{rw:?}");
+    assert_eq!(rw[0].path, eks_token);
+    assert_eq!(rw[0].access, Access::ReadWrite);
+    assert_eq!(probes.lost_events(), 0);
+}
+
+#[test]
+fn set_basenames_adds_and_removes() {
+    if !in_private_mount_namespace("set_basenames_adds_and_removes") {
+        return;
+    }
+    kubelet_layout();
+    let scratch = Scratch::new("basenames");
+    let sentinel_file = scratch.dir.join("sentinel");
+    fs::write(&sentinel_file, "s").unwrap();
+    let sentinel_path = sentinel_file.to_str().unwrap().to_owned();
+    let token = format!("{K8S_DIR}/token");
+    let ca = format!("{K8S_DIR}/ca.crt");
+    let namespace = format!("{K8S_DIR}/namespace");
+    let mut probes = load_tracepoint();
+    let rt = runtime();
+
+    // Each round: set the approvers, open the three files, then the sentinel, and compare.
+    let rounds: [(&[&str], &[&str]); 4] = [
+        (&["token"], &["token"]),
+        (&["ca.crt", "namespace"], &["ca.crt", "namespace"]),
+        (&[], &[]),
+        (&["token", "namespace"], &["token", "namespace"]),
+    ];
+    for (approved, expected) in rounds {
+        let mut set = names(approved);
+        probes.set_basenames(&set).unwrap();
+        assert_eq!(probes.basenames(), &set);
+        let pids: HashSet<u32> = [
+            scratch.cat(&token, None, "k8s-token"),
+            scratch.cat(&ca, None, "k8s-ca"),
+            scratch.cat(&namespace, None, "default"),
+        ]
+        .into();
+        // The sentinel needs its own approval; adding it now cannot make earlier opens appear.
+        set.insert("sentinel".into());
+        probes.set_basenames(&set).unwrap();
+        let sentinel = scratch.cat(&sentinel_path, None, "s");
+        let events = rt.block_on(until_sentinel(&mut probes, &pids, sentinel));
+        let got: BTreeSet<String> = events
+            .iter()
+            .map(|e| e.path.rsplit('/').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(got, names(expected), "approved {approved:?}: {events:?}");
+        assert_eq!(events.len(), expected.len(), "{events:?}");
+    }
+
+    let too_long = "x".repeat(64);
+    for bad in ["", "a/b", too_long.as_str()] {
+        let err = probes.set_basenames(&names(&[bad])).unwrap_err();
+        assert!(err.to_string().contains("invalid basename"), "{err}");
+    }
+}
+
+#[test]
+fn auto_takes_the_first_strategy_the_kernel_allows() {
+    if let Some(reason) = skip_reason() {
+        skip("auto_takes_the_first_strategy_the_kernel_allows", &reason);
+        return;
+    }
+    let mut allowed = None;
+    for (strategy, hook) in [
+        (Strategy::Lsm, "lsm/file_open"),
+        (Strategy::Fentry, "fentry/security_file_open"),
+    ] {
+        match Probes::load(strategy) {
+            Ok(probes) => {
+                println!("{strategy} loads here");
+                assert_eq!(probes.strategy(), strategy);
+                allowed.get_or_insert(strategy);
+            }
+            Err(err) => {
+                let message = format!("{err:#}");
+                println!("{strategy} refused: {message}");
+                // The error names the strategy and, when the kernel refused the program, the
+                // hook; an inactive BPF LSM is reported as such.
+                assert!(
+                    message.starts_with(&format!("strategy {strategy}")),
+                    "{message}"
+                );
+                assert!(
+                    message.contains(hook) || message.contains("BPF LSM is not active"),
+                    "{message}"
+                );
+            }
+        }
+    }
+    let auto = Probes::load(Strategy::Auto).expect("auto must fall back to tracepoints");
+    assert_eq!(auto.strategy(), allowed.unwrap_or(Strategy::Tracepoint));
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// hybrid hosts).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        Some(PathBuf::from(left.split(' ').nth(4)?))
+    })
+}
+
+#[test]
+fn container_id_and_image_come_from_the_cgroup_and_runtime_metadata() {
+    if !in_private_mount_namespace(
+        "container_id_and_image_come_from_the_cgroup_and_runtime_metadata",
+    ) {
+        return;
+    }
+    let Some(cgroup_root) = cgroup2_mount() else {
+        skip("container_id_and_image", "no cgroup v2 hierarchy mounted");
+        return;
+    };
+    kubelet_layout();
+    // A containerd-style (systemd driver) cgroup, and the task's OCI bundle under our private /run.
+    let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xfeed);
+    let cgroup = cgroup_root.join(format!("cri-containerd-{id}.scope"));
+    fs::create_dir(&cgroup).unwrap();
+    struct RemoveCgroup(PathBuf);
+    impl Drop for RemoveCgroup {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    let _cleanup = RemoveCgroup(cgroup.clone());
+    let bundle = PathBuf::from(format!(
+        "/run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}"
+    ));
+    fs::create_dir_all(&bundle).unwrap();
+    fs::write(
+        bundle.join("config.json"),
+        r#"{"ociVersion":"1.2.0","annotations":{"io.kubernetes.cri.image-name":"registry.example/app:1.2"}}"#,
+    )
+    .unwrap();
+
+    let scratch = Scratch::new("container");
+    let sentinel_file = scratch.dir.join("sentinel");
+    fs::write(&sentinel_file, "s").unwrap();
+    let mut probes = load_tracepoint();
+    probes
+        .set_basenames(&names(&["token", "sentinel"]))
+        .unwrap();
+    // The shell moves itself into the cgroup, then becomes xcat.
+    let child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > '{}/cgroup.procs' && exec '{}' '{K8S_DIR}/token'",
+            cgroup.display(),
+            scratch.xcat.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "k8s-token");
+    let sentinel = scratch.cat(sentinel_file.to_str().unwrap(), None, "s");
+
+    let events = runtime().block_on(until_sentinel(&mut probes, &HashSet::from([pid]), sentinel));
+    println!("{events:?}");
+    assert_eq!(events.len(), 1, "{events:?}");
+    let p = &events[0].process;
+    assert_eq!(p.comm, "xcat");
+    assert_eq!(p.exe, scratch.xcat_str());
+    assert_eq!(p.container_id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        p.container_image.as_deref(),
+        Some("registry.example/app:1.2")
+    );
+}
+
+/// Exercises an `IORING_OP_OPENAT` when this binary is started with `PICKET_PROBES_IO_URING_OPEN`
+/// set (by the test below); does nothing otherwise.
+#[test]
+fn io_uring_open_helper() {
+    let Ok(path) = std::env::var("PICKET_PROBES_IO_URING_OPEN") else {
+        return;
+    };
+    let fd = io_uring::openat(&path).expect("io_uring openat");
+    assert!(
+        fd >= 0,
+        "io_uring openat of {path}: {}",
+        std::io::Error::from_raw_os_error(-fd)
+    );
+    println!("io_uring opened {path} as fd {fd}");
+}
+
+#[test]
+fn io_uring_opens_are_seen_by_the_tracepoint_strategy() {
+    if !in_private_mount_namespace("io_uring_opens_are_seen_by_the_tracepoint_strategy") {
+        return;
+    }
+    if fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() != "0") {
+        skip(
+            "io_uring_opens",
+            "io_uring is disabled (kernel.io_uring_disabled)",
+        );
+        return;
+    }
+    kubelet_layout();
+    let scratch = Scratch::new("io_uring");
+    let sentinel_file = scratch.dir.join("sentinel");
+    fs::write(&sentinel_file, "s").unwrap();
+    let mut probes = load_tracepoint();
+    probes
+        .set_basenames(&names(&["token", "sentinel"]))
+        .unwrap();
+
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "io_uring_open_helper",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env_remove(INNER_ENV)
+        .env("PICKET_PROBES_IO_URING_OPEN", format!("{EKS_DIR}/token"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("io_uring opened"),
+        "{stdout}"
+    );
+    let sentinel = scratch.cat(sentinel_file.to_str().unwrap(), None, "s");
+
+    let events = runtime().block_on(until_sentinel(&mut probes, &HashSet::from([pid]), sentinel));
+    println!("{events:?}");
+    let paths: Vec<&str> = events.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![format!("{EKS_DIR}/{EKS_TS}/token")],
+        "{events:?}"
+    );
+    assert_eq!(events[0].access, Access::Read);
+}
+
+/// Just enough io_uring to submit one `IORING_OP_OPENAT` and wait for it, with raw syscalls.
+mod io_uring {
+    use std::{ffi::CString, io, ptr};
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct SqringOffsets {
+        head: u32,
+        tail: u32,
+        ring_mask: u32,
+        ring_entries: u32,
+        flags: u32,
+        dropped: u32,
+        array: u32,
+        resv1: u32,
+        user_addr: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct CqringOffsets {
+        head: u32,
+        tail: u32,
+        ring_mask: u32,
+        ring_entries: u32,
+        overflow: u32,
+        cqes: u32,
+        flags: u32,
+        resv1: u32,
+        user_addr: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct Params {
+        sq_entries: u32,
+        cq_entries: u32,
+        flags: u32,
+        sq_thread_cpu: u32,
+        sq_thread_idle: u32,
+        features: u32,
+        wq_fd: u32,
+        resv: [u32; 3],
+        sq_off: SqringOffsets,
+        cq_off: CqringOffsets,
+    }
+
+    /// `struct io_uring_sqe` for an openat.
+    #[repr(C)]
+    struct Sqe {
+        opcode: u8,
+        flags: u8,
+        ioprio: u16,
+        fd: i32,
+        off: u64,
+        addr: u64,
+        len: u32,
+        open_flags: u32,
+        user_data: u64,
+        buf_index: u16,
+        personality: u16,
+        file_index: u32,
+        addr3: u64,
+        pad: u64,
+    }
+
+    const IORING_OFF_SQ_RING: i64 = 0;
+    const IORING_OFF_CQ_RING: i64 = 0x800_0000;
+    const IORING_OFF_SQES: i64 = 0x1000_0000;
+    const IORING_ENTER_GETEVENTS: u32 = 1;
+    const IORING_OP_OPENAT: u8 = 18;
+
+    fn check(ret: i64) -> io::Result<i64> {
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+
+    unsafe fn map(fd: i32, len: usize, offset: i64) -> io::Result<*mut u8> {
+        // SAFETY: a shared mapping of the ring fd at one of its documented offsets.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                offset,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(p.cast())
+    }
+
+    /// Opens `path` read-only through io_uring; returns the CQE result (fd or -errno).
+    pub fn openat(path: &str) -> io::Result<i32> {
+        let path = CString::new(path)?;
+        let mut params = Params::default();
+        // SAFETY: io_uring_setup with a zeroed params struct of the kernel's layout.
+        let ring = check(unsafe {
+            libc::syscall(libc::SYS_io_uring_setup, 1u32, &mut params as *mut Params)
+        })? as i32;
+        // SAFETY: the offsets and sizes come from the kernel's answer in params; this
+        // single-threaded code is the ring's only user.
+        unsafe {
+            let sq_len = params.sq_off.array as usize + params.sq_entries as usize * 4;
+            let cq_len = params.cq_off.cqes as usize + params.cq_entries as usize * 16;
+            let sq = map(ring, sq_len, IORING_OFF_SQ_RING)?;
+            let cq = map(ring, cq_len, IORING_OFF_CQ_RING)?;
+            let sqes = map(
+                ring,
+                size_of::<Sqe>() * params.sq_entries as usize,
+                IORING_OFF_SQES,
+            )?;
+            sqes.cast::<Sqe>().write(Sqe {
+                opcode: IORING_OP_OPENAT,
+                flags: 0,
+                ioprio: 0,
+                fd: libc::AT_FDCWD,
+                off: 0,
+                addr: path.as_ptr() as u64,
+                len: 0,
+                open_flags: libc::O_RDONLY as u32,
+                user_data: 7,
+                buf_index: 0,
+                personality: 0,
+                file_index: 0,
+                addr3: 0,
+                pad: 0,
+            });
+            let tail = sq.add(params.sq_off.tail as usize).cast::<u32>();
+            let mask = *sq.add(params.sq_off.ring_mask as usize).cast::<u32>();
+            let index = *tail & mask;
+            *sq.add(params.sq_off.array as usize)
+                .cast::<u32>()
+                .add(index as usize) = 0;
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+            *tail = tail.read_volatile().wrapping_add(1);
+            check(libc::syscall(
+                libc::SYS_io_uring_enter,
+                ring,
+                1u32,
+                1u32,
+                IORING_ENTER_GETEVENTS,
+                ptr::null::<u8>(),
+                0usize,
+            ))?;
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+            let head = cq
+                .add(params.cq_off.head as usize)
+                .cast::<u32>()
+                .read_volatile();
+            let cq_mask = *cq.add(params.cq_off.ring_mask as usize).cast::<u32>();
+            // struct io_uring_cqe { u64 user_data; s32 res; u32 flags; }
+            let cqe = cq.add(params.cq_off.cqes as usize + (head & cq_mask) as usize * 16);
+            Ok(cqe.add(8).cast::<i32>().read_volatile())
+        }
+    }
+}
