@@ -1,18 +1,21 @@
 //! The `picket` command line (design.md "CLI").
 
 use crate::conformance::{Outcome, collect_cases, run_case_file};
+use crate::event::parse_event;
+use crate::host::{Host, HostOptions};
 use crate::output::JsonLinesSink;
-use crate::pipeline::{Overrides, Pipeline, PipelineConfig};
-use crate::rules_dir::{load_dir, load_file};
+use crate::pipeline::{Overrides, PipelineConfig};
+use crate::replay::{Input, Source, spawn_reader};
+use crate::rules_dir::load_file;
 use crate::sandbox::{Limits, Sandbox};
 use crate::state::DEFAULT_CAPACITY;
 use crate::time::{duration_nanos, parse_duration};
 use clap::{Args, Parser, Subcommand};
 use picket_abi::{ABI_VERSION, Manifest};
-use std::io::{self, BufReader, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 /// Exit status: everything worked and every case passed.
@@ -61,13 +64,25 @@ struct RuleArgs {
 }
 
 impl RuleArgs {
-    fn sandbox(&self) -> anyhow::Result<Arc<Sandbox>> {
-        let limits = Limits {
+    fn limits(&self) -> Limits {
+        Limits {
             memory_bytes: self.rule_memory.saturating_mul(1 << 20),
             timeout: self.rule_timeout,
             ..Limits::default()
-        };
-        Ok(Arc::new(Sandbox::new(limits)?))
+        }
+    }
+
+    fn sandbox(&self) -> anyhow::Result<Arc<Sandbox>> {
+        Ok(Arc::new(Sandbox::new(self.limits())?))
+    }
+
+    fn host_options(&self, rules: PathBuf, state: Option<PathBuf>) -> HostOptions {
+        HostOptions {
+            rules,
+            state,
+            limits: self.limits(),
+            pipeline: self.pipeline_config(),
+        }
     }
 
     fn pipeline_config(&self) -> PipelineConfig {
@@ -87,6 +102,12 @@ struct ReplayArgs {
     /// Directory of rule modules (*.wasm).
     #[arg(long, value_name = "DIR")]
     rules: PathBuf,
+    /// Keep learned state (and compiled modules) in DIR across runs.
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Reload rules while replaying, as modules are added, replaced or removed in --rules.
+    #[arg(long)]
+    watch: bool,
     #[command(flatten)]
     settings: RuleArgs,
     /// JSON-lines event file, or - for stdin.
@@ -142,56 +163,68 @@ fn init_logging() {
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
-    let sandbox = args.settings.sandbox()?;
-    let mut pipeline = Pipeline::new(Arc::clone(&sandbox), args.settings.pipeline_config());
-    let mut unusable = false;
-    let (modules, errors) = load_dir(&sandbox, &args.rules)
-        .map_err(|err| anyhow::anyhow!("rules directory {}: {err}", args.rules.display()))?;
-    for error in errors {
-        tracing::error!("rule module refused: {error}");
-        unusable = true;
-    }
-    for module in modules {
-        let source = module.source.clone();
-        match pipeline.install(module) {
-            Ok(_) => {}
-            Err(err) => {
-                tracing::error!("rule module refused: {source}: {err}");
-                unusable = true;
-            }
-        }
-    }
-    if pipeline.rules().next().is_none() {
+    let options = args
+        .settings
+        .host_options(args.rules.clone(), args.state.clone());
+    let (mut host, scan) = Host::start(&options)?;
+    let mut unusable = !scan.errors.is_empty();
+    host.apply(scan);
+    if host.pipeline().rules().next().is_none() {
         tracing::warn!("no rules loaded from {}", args.rules.display());
     }
-
-    let stdin = io::stdin();
-    let (name, mut input): (String, Box<dyn io::BufRead>) = if args.input.as_os_str() == "-" {
-        ("stdin".into(), Box::new(stdin.lock()))
+    let (reload_tx, reload_rx) = mpsc::channel();
+    let _watcher = if args.watch {
+        Some(host.watch(reload_tx)?)
     } else {
-        let file = std::fs::File::open(&args.input)
-            .map_err(|err| anyhow::anyhow!("{}: {err}", args.input.display()))?;
+        None
+    };
+    let (name, source) = if args.input.as_os_str() == "-" {
+        ("stdin".to_string(), Source::Stdin)
+    } else {
         (
             args.input.display().to_string(),
-            Box::new(BufReader::with_capacity(1 << 16, file)),
+            Source::File(args.input.clone()),
         )
     };
+    let input = spawn_reader(source).map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
     let stdout = io::stdout();
     let mut sink = JsonLinesSink::new(io::BufWriter::with_capacity(1 << 16, stdout.lock()));
-    let report = crate::replay::replay(&mut pipeline, &mut input, &name, &mut sink, &mut |msg| {
-        tracing::error!("event refused: {msg}")
-    })?;
-    sink.flush()?;
-    if let Some(err) = sink.error.take() {
-        anyhow::bail!("writing signals: {err}");
+    let (mut events, mut rejected) = (0u64, 0u64);
+    loop {
+        // Reloads land between batches of events, so each event meets one version of a rule.
+        while let Ok(scan) = reload_rx.try_recv() {
+            host.apply(scan);
+        }
+        match input.recv_timeout(Duration::from_millis(50)) {
+            Ok(Input::Lines(lines)) => {
+                for line in lines {
+                    let parsed = line.text.and_then(|text| {
+                        parse_event(&text)
+                            .map(|event| host.handle(&event, &mut sink))
+                            .map_err(|err| err.to_string())
+                    });
+                    match parsed {
+                        Ok(()) => events += 1,
+                        Err(err) => {
+                            tracing::error!("event refused: {name}:{}: {err}", line.number);
+                            rejected += 1;
+                        }
+                    }
+                }
+            }
+            Ok(Input::Failed(err)) => anyhow::bail!("reading {name}: {err}"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        sink.flush()?;
+        if let Some(err) = sink.error.take() {
+            anyhow::bail!("writing signals: {err}");
+        }
+        host.save_if_due();
     }
-    tracing::info!(
-        events = report.events,
-        rejected = report.rejected,
-        signals = sink.written,
-        "replay done"
-    );
-    for rule in pipeline.rules() {
+    sink.flush()?;
+    tracing::info!(events, rejected, signals = sink.written, "replay done");
+    for rule in host.pipeline().rules() {
         if rule.stats.failures > 0 {
             tracing::warn!(
                 rule = %rule.manifest.id,
@@ -201,11 +234,9 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
             );
         }
     }
-    Ok(if unusable || report.rejected > 0 {
-        EXIT_UNUSABLE
-    } else {
-        EXIT_OK
-    })
+    host.shutdown();
+    unusable |= rejected > 0;
+    Ok(if unusable { EXIT_UNUSABLE } else { EXIT_OK })
 }
 
 fn test(args: TestArgs) -> anyhow::Result<u8> {

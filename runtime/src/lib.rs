@@ -7,10 +7,14 @@
 pub mod cli;
 pub mod conformance;
 pub mod event;
+pub mod host;
+pub mod module_cache;
 pub mod output;
 pub mod pipeline;
 pub mod replay;
 pub mod rules_dir;
 pub mod sandbox;
 pub mod state;
+pub mod store;
 pub mod time;
+pub mod watch;

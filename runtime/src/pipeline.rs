@@ -47,6 +47,8 @@ pub struct PipelineConfig {
     pub state_capacity: usize,
     /// Failed events in a row after which a rule is quarantined.
     pub max_consecutive_failures: u32,
+    /// Whether new states record their changes for a durable store.
+    pub journal: bool,
 }
 
 impl Default for PipelineConfig {
@@ -55,6 +57,7 @@ impl Default for PipelineConfig {
             overrides: Overrides::default(),
             state_capacity: DEFAULT_CAPACITY,
             max_consecutive_failures: 5,
+            journal: false,
         }
     }
 }
@@ -187,7 +190,10 @@ impl Pipeline {
     pub fn install(&mut self, module: LoadedModule) -> Result<Installed, RuleError> {
         let id = module.manifest.id.clone();
         let settings = self.config.overrides.settings_for(&module.manifest);
-        let fresh = RuleState::new(settings, self.config.state_capacity);
+        let mut fresh = RuleState::new(settings, self.config.state_capacity);
+        if self.config.journal {
+            fresh.enable_journal();
+        }
         let mut instance = self.sandbox.instantiate(&module, fresh)?;
         let position = self
             .slots

@@ -4,6 +4,7 @@
 use super::Sandbox;
 use super::imports::ALLOWED;
 use super::instance::{RuleError, RuleInstance};
+use crate::module_cache::Origin;
 use crate::state::{RuleState, Settings};
 use picket_abi::{
     ABI_VERSION, EXPORT_ABI_VERSION, EXPORT_ALLOC, EXPORT_MANIFEST, EXPORT_MEMORY, EXPORT_ON_EVENT,
@@ -22,6 +23,10 @@ pub struct LoadedModule {
     pub manifest: Arc<Manifest>,
     /// The compiled code.
     pub module: Module,
+    /// blake3 of the module file.
+    pub hash: blake3::Hash,
+    /// Whether the code was compiled now or read from the module cache.
+    pub origin: Origin,
 }
 
 /// Why a module was refused.
@@ -57,17 +62,13 @@ impl Sandbox {
             message,
         };
         check_header(bytes, self.limits.max_module_bytes).map_err(refuse)?;
-        let module = Module::new(&self.engine, bytes)
-            .map_err(|err| refuse(format!("is not a valid WebAssembly module: {err:#}")))?;
-        self.check_compiled(source, module)
-    }
-
-    /// Checks a module that is already compiled (for example, read back from the module cache).
-    pub fn check_compiled(&self, source: &str, module: Module) -> Result<LoadedModule, LoadError> {
-        let refuse = |message: String| LoadError {
-            source: source.to_string(),
-            message,
+        let hash = blake3::hash(bytes);
+        let compiled = match &self.cache {
+            Some(cache) => cache.get_or_compile(&self.engine, bytes, &hash),
+            None => Module::new(&self.engine, bytes).map(|module| (module, Origin::Compiled)),
         };
+        let (module, origin) = compiled
+            .map_err(|err| refuse(format!("is not a valid WebAssembly module: {err:#}")))?;
         check_imports(&module).map_err(refuse)?;
         check_exports(&module).map_err(refuse)?;
         let manifest = self.read_manifest(&module).map_err(refuse)?;
@@ -76,6 +77,8 @@ impl Sandbox {
             source: source.into(),
             manifest: Arc::new(manifest),
             module,
+            hash,
+            origin,
         })
     }
 

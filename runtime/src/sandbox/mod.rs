@@ -12,6 +12,7 @@ mod load;
 pub use instance::{NewValue, RaisedSignal, RuleError, RuleInstance};
 pub use load::{LoadError, LoadedModule};
 
+use crate::module_cache::ModuleCache;
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Duration;
@@ -52,6 +53,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<instance::RuleCtx>,
     limits: Arc<Limits>,
+    cache: Option<ModuleCache>,
     _ticker: EpochTicker,
 }
 
@@ -70,8 +72,15 @@ impl Sandbox {
             engine,
             linker,
             limits: Arc::new(limits),
+            cache: None,
             _ticker: ticker,
         })
+    }
+
+    /// Keeps compiled modules in `dir`, so that loading a module seen before skips compiling.
+    pub fn use_module_cache(&mut self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.cache = Some(ModuleCache::open(dir, &self.engine)?);
+        Ok(())
     }
 
     /// The limits in force.
