@@ -3,9 +3,8 @@
 
 mod support;
 
-use picket_abi::{EventKind, Manifest, NewValueDefaults, Severity, Subscription};
 use std::path::Path;
-use support::{K8S_TOKEN, picket, rule_wasm, run, temp_dir, token_read};
+use support::{K8S_TOKEN, manifest_bytes, picket, rule_wasm, run, temp_dir, token_read, wat_bytes};
 
 /// Events that make the good rule (k8s-sa-token, learning period 0) raise one signal each after
 /// the first.
@@ -117,34 +116,6 @@ fn a_signal_flood_is_cut_off() {
     );
 }
 
-/// A manifest for WAT test modules.
-fn manifest_bytes(id: &str) -> Vec<u8> {
-    let manifest = Manifest {
-        id: id.into(),
-        title: format!("test module {id}"),
-        description: String::new(),
-        severity: Severity::Low,
-        tactic: "TA0006-credential-access".into(),
-        technique: "T1552-unsecured-credentials".into(),
-        subscription: Subscription {
-            kinds: vec![EventKind::Open],
-            basenames: vec!["token".into()],
-            path_prefixes: vec![],
-        },
-        new_value: NewValueDefaults {
-            learning_period_ns: 0,
-            forget_after_ns: u64::MAX,
-        },
-    };
-    let mut bytes = Vec::new();
-    picket_abi::encode_into_vec(&manifest, &mut bytes).unwrap();
-    bytes
-}
-
-fn wat_bytes(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
-}
-
 /// A WAT module with valid exports around the given pieces. The manifest sits at 1024 and the
 /// event buffer at 8192; address 4096 holds the bytes ff fe (not UTF-8).
 struct Wat<'a> {
@@ -173,7 +144,7 @@ impl<'a> Wat<'a> {
     }
 
     fn write(&self, dir: &Path) -> std::path::PathBuf {
-        let manifest = manifest_bytes(self.id);
+        let manifest = manifest_bytes(self.id, &format!("test module {}", self.id));
         let packed = (1024i64 << 32) | manifest.len() as i64;
         let manifest_result = self
             .manifest_result

@@ -46,6 +46,7 @@ pub type RuleChange = (String, Change);
 /// The database of learned values.
 pub struct StateStore {
     db: Database,
+    dir: PathBuf,
     path: PathBuf,
 }
 
@@ -68,7 +69,11 @@ impl StateStore {
                 &err,
             )
         })?;
-        let store = StateStore { db, path };
+        let store = StateStore {
+            db,
+            dir: dir.to_path_buf(),
+            path,
+        };
         store.check_format()?;
         Ok(store)
     }
@@ -334,7 +339,7 @@ impl Drop for Persister {
     }
 }
 
-fn persist(store: StateStore, rx: mpsc::Receiver<Vec<RuleChange>>) {
+fn persist(mut store: StateStore, rx: mpsc::Receiver<Vec<RuleChange>>) {
     let mut pending = Pending::default();
     let mut failing_since: Option<Instant> = None;
     let mut last_report = Instant::now();
@@ -389,6 +394,19 @@ fn persist(store: StateStore, rx: mpsc::Receiver<Vec<RuleChange>>) {
                     return;
                 }
                 std::thread::sleep(RETRY_AFTER);
+                // After a failed write redb refuses further writes on the same handle, so the
+                // retry goes through a fresh one (for example once space was freed).
+                let dir = store.dir.clone();
+                drop(store);
+                store = loop {
+                    match StateStore::open(&dir) {
+                        Ok(reopened) => break reopened,
+                        Err(err) => {
+                            tracing::error!("reopening the state store: {err}");
+                            std::thread::sleep(RETRY_AFTER);
+                        }
+                    }
+                };
             }
         }
     }

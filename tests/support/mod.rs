@@ -130,3 +130,171 @@ pub const EKS_TOKEN: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount/t
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("creating a temporary directory")
 }
+
+/// A picket process fed through stdin while the test watches its signals as they arrive.
+pub struct Streaming {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    signals: std::sync::mpsc::Receiver<(std::time::Instant, serde_json::Value)>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Streaming {
+    /// Starts `command` with piped stdin, stdout and stderr.
+    pub fn spawn(command: &mut Command) -> Streaming {
+        use std::io::BufRead;
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting picket");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, signals) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log_writer = std::sync::Arc::clone(&log);
+        let readers = vec![
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { return };
+                    let value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("signal is not JSON ({e}): {line}"));
+                    if tx.send((std::time::Instant::now(), value)).is_err() {
+                        return;
+                    }
+                }
+            }),
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { return };
+                    let mut log = log_writer.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }),
+        ];
+        Streaming {
+            stdin: child.stdin.take(),
+            child,
+            signals,
+            stderr: log,
+            readers,
+        }
+    }
+
+    /// Writes one event line.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        stdin.write_all(line.as_bytes()).expect("writing to picket");
+        stdin.write_all(b"\n").expect("writing to picket");
+    }
+
+    /// Signals that arrived so far, with when they arrived.
+    pub fn received(&self) -> Vec<(std::time::Instant, serde_json::Value)> {
+        self.signals.try_iter().collect()
+    }
+
+    /// Waits until stderr contains `text`, up to `timeout`.
+    pub fn wait_for_log(&self, text: &str, timeout: std::time::Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if self.stderr().contains(text) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// What picket logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Closes stdin and waits for the exit; returns the exit code and the remaining signals.
+    pub fn finish(mut self) -> (Option<i32>, Vec<serde_json::Value>, String) {
+        self.stdin.take();
+        let status = self.child.wait().expect("waiting for picket");
+        for reader in self.readers.drain(..) {
+            reader.join().expect("reader thread");
+        }
+        let signals = self.signals.try_iter().map(|(_, v)| v).collect();
+        (status.code(), signals, self.stderr())
+    }
+
+    /// Kills the process with SIGKILL, as a crash or an OOM kill would.
+    pub fn kill9(mut self) -> String {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+        self.stdin.take();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        self.stderr()
+    }
+}
+
+/// The bincode-encoded manifest of a test rule subscribed to opens of `token` files.
+pub fn manifest_bytes(id: &str, title: &str) -> Vec<u8> {
+    use picket_abi::{EventKind, Manifest, NewValueDefaults, Severity, Subscription};
+    let manifest = Manifest {
+        id: id.into(),
+        title: title.into(),
+        description: String::new(),
+        severity: Severity::Low,
+        tactic: "TA0006-credential-access".into(),
+        technique: "T1552-unsecured-credentials".into(),
+        subscription: Subscription {
+            kinds: vec![EventKind::Open],
+            basenames: vec!["token".into()],
+            path_prefixes: vec![],
+        },
+        new_value: NewValueDefaults {
+            learning_period_ns: 0,
+            forget_after_ns: u64::MAX,
+        },
+    };
+    let mut bytes = Vec::new();
+    picket_abi::encode_into_vec(&manifest, &mut bytes).unwrap();
+    bytes
+}
+
+/// Bytes as a WAT string literal.
+pub fn wat_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
+}
+
+/// A small rule in WAT: raises a signal (titled `title`) the first time each `process.exe`
+/// reads a token, in one group. Two builds with different titles are two versions of one rule
+/// whose signals say which version evaluated the event.
+pub fn new_exe_rule(id: &str, title: &str) -> Vec<u8> {
+    let manifest = manifest_bytes(id, title);
+    let packed = (1024i64 << 32) | manifest.len() as i64;
+    let text = format!(
+        r#"(module
+  (import "picket" "new_value" (func $new_value (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "picket" "emit_signal" (func $emit_signal (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{manifest}")
+  (data (i32.const 3072) "process.exe")
+  (data (i32.const 3088) "g")
+  (data (i32.const 3104) "\00")
+  (func (export "picket_abi_version") (result i32) i32.const 1)
+  (func (export "picket_manifest") (result i64) i64.const {packed})
+  (func (export "picket_alloc") (param i32) (result i32) i32.const 8192)
+  (func (export "picket_on_event") (param $p i32) (param $n i32) (result i32)
+    ;; the exe string slot: offset at +56, length at +60 (docs/abi.md)
+    (if (i32.eq
+          (call $new_value (i32.const 3072) (i32.const 11) (i32.const 3088) (i32.const 1)
+            (i32.add (local.get $p) (i32.load offset=56 (local.get $p)))
+            (i32.load offset=60 (local.get $p)))
+          (i32.const 1))
+      (then (drop (call $emit_signal (i32.const 3104) (i32.const 1)))))
+    i32.const 0))"#,
+        manifest = wat_bytes(&manifest),
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}

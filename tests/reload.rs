@@ -1,0 +1,304 @@
+//! Hot reload: modules added, replaced and removed in the rules directory of a running
+//! `picket replay --watch` while events stream through it.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+use support::{K8S_TOKEN, Streaming, new_exe_rule, picket, rule_wasm, temp_dir, token_read};
+
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
+
+fn stream(rules: &Path) -> Streaming {
+    Streaming::spawn(
+        picket()
+            .args(["replay", "--watch", "--learning-period", "0s", "--rules"])
+            .arg(rules)
+            .arg("-"),
+    )
+}
+
+fn event(i: u32) -> String {
+    token_read(i % 3600, &format!("/tmp/reader{i}/cat"), K8S_TOKEN)
+}
+
+fn exe(signal: &serde_json::Value) -> String {
+    signal["event"]["process"]["exe"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Writes a module the way `cp` does: truncate, then write in place.
+fn copy_into(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn swaps_under_a_stream_lose_and_double_no_signal() {
+    let dir = temp_dir();
+    let module = dir.path().join("rule.wasm");
+    let (v1, v2) = (
+        new_exe_rule("reloaded", "v1"),
+        new_exe_rule("reloaded", "v2"),
+    );
+    copy_into(&module, &v1);
+    let mut agent = stream(dir.path());
+    assert!(agent.wait_for_log("rule loaded", RELOAD_WAIT));
+    let swaps = 6;
+    let mut sent = 0;
+    let mut send_some = |agent: &mut Streaming, count: u32| {
+        for _ in 0..count {
+            agent.send(&event(sent));
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    send_some(&mut agent, 200);
+    for swap in 1..=swaps {
+        copy_into(&module, if swap % 2 == 1 { &v2 } else { &v1 });
+        // Keep the stream flowing until this swap has landed.
+        let started = std::time::Instant::now();
+        while agent
+            .stderr()
+            .matches("rule replaced by a new version")
+            .count()
+            < swap
+        {
+            assert!(started.elapsed() < RELOAD_WAIT, "swap {swap} never landed");
+            send_some(&mut agent, 10);
+        }
+        send_some(&mut agent, 200);
+    }
+    let total = sent;
+    // An exe seen before every swap is still known to the last version: the state survived.
+    agent.send(&event(1));
+    let (code, signals, stderr) = agent.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Every event after the group's first raised exactly one signal, in order.
+    let exes: Vec<String> = signals.iter().map(exe).collect();
+    let expected: Vec<String> = (1..total).map(|i| format!("/tmp/reader{i}/cat")).collect();
+    assert_eq!(
+        exes.len(),
+        expected.len(),
+        "lost or doubled signals\n{stderr}"
+    );
+    assert_eq!(exes, expected);
+
+    // Each event met exactly one version, and versions changed only at swaps: the titles form
+    // runs v1, v2, v1, ... with no interleaving.
+    let titles: Vec<&str> = signals
+        .iter()
+        .map(|s| s["title"].as_str().unwrap())
+        .collect();
+    let mut runs: Vec<&str> = titles.clone();
+    runs.dedup();
+    assert_eq!(
+        runs,
+        ["v1", "v2", "v1", "v2", "v1", "v2", "v1"],
+        "each swap must split the stream once\n{stderr}"
+    );
+}
+
+#[test]
+fn a_broken_or_half_written_module_leaves_the_running_version_in_place() {
+    let dir = temp_dir();
+    let module = dir.path().join("k8s_sa_token.wasm");
+    let good = std::fs::read(rule_wasm("k8s-sa-token")).unwrap();
+    copy_into(&module, &good);
+    let mut agent = stream(dir.path());
+    assert!(agent.wait_for_log("rule loaded", RELOAD_WAIT));
+    agent.send(&event(0));
+    agent.send(&event(1));
+
+    // Half a module, as a slow copy would leave it for a moment, then garbage.
+    copy_into(&module, &good[..good.len() / 2]);
+    assert!(agent.wait_for_log("is not a valid WebAssembly module", RELOAD_WAIT));
+    agent.send(&event(2));
+    copy_into(&module, b"\0asm\x01\0\0\0garbage");
+    assert!(agent.wait_for_log("k8s_sa_token.wasm: is not a valid", RELOAD_WAIT));
+    agent.send(&event(3));
+    // A file of another name that is not wasm at all.
+    copy_into(
+        &dir.path().join("notes.wasm"),
+        b"remember to rotate the keys",
+    );
+    assert!(agent.wait_for_log("notes.wasm: is not a WebAssembly module", RELOAD_WAIT));
+    agent.send(&event(4));
+    // The complete module again: identical to the running one, so nothing is reloaded.
+    copy_into(&module, &good);
+    agent.send(&event(5));
+    let (code, signals, stderr) = agent.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let exes: Vec<String> = signals.iter().map(exe).collect();
+    assert_eq!(
+        exes,
+        (1..=5)
+            .map(|i| format!("/tmp/reader{i}/cat"))
+            .collect::<Vec<_>>(),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("replaced"), "{stderr}");
+}
+
+#[test]
+fn removing_a_module_stops_its_rule_and_bringing_it_back_keeps_its_state() {
+    let dir = temp_dir();
+    let module = dir.path().join("rule.wasm");
+    let rule = new_exe_rule("comes-and-goes", "v1");
+    copy_into(&module, &rule);
+    let mut agent = stream(dir.path());
+    assert!(agent.wait_for_log("rule loaded", RELOAD_WAIT));
+    for i in 0..3 {
+        agent.send(&event(i));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::remove_file(&module).unwrap();
+    assert!(
+        agent.wait_for_log("rule removed", RELOAD_WAIT),
+        "{}",
+        agent.stderr()
+    );
+    agent.send(&event(3));
+    // Back under another name: same rule id, so the same state.
+    copy_into(&dir.path().join("renamed.wasm"), &rule);
+    assert!(
+        agent.wait_for_log("renamed.wasm", RELOAD_WAIT),
+        "{}",
+        agent.stderr()
+    );
+    agent.send(&event(2)); // learned before the removal: still known
+    agent.send(&event(4));
+    let (_, signals, stderr) = agent.finish();
+    let exes: Vec<String> = signals.iter().map(exe).collect();
+    assert_eq!(
+        exes,
+        ["/tmp/reader1/cat", "/tmp/reader2/cat", "/tmp/reader4/cat"],
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_configmap_style_update_through_a_data_link_is_picked_up() {
+    // The kubelet's layout: entries are links through `..data`, which is itself a link to a
+    // timestamped directory; an update writes a new directory and renames a new `..data` over
+    // the old one. The entries' own files are never written.
+    let dir = temp_dir();
+    let root = dir.path();
+    let old = root.join("..2026_11_22_10_00_00.000000001");
+    std::fs::create_dir(&old).unwrap();
+    std::fs::write(old.join("rule.wasm"), new_exe_rule("configmap", "v1")).unwrap();
+    std::os::unix::fs::symlink(old.file_name().unwrap(), root.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/rule.wasm", root.join("rule.wasm")).unwrap();
+    let mut agent = stream(root);
+    assert!(agent.wait_for_log("rule loaded", RELOAD_WAIT));
+    agent.send(&event(0));
+    agent.send(&event(1));
+    std::thread::sleep(Duration::from_millis(100));
+
+    let new = root.join("..2026_11_22_11_00_00.000000002");
+    std::fs::create_dir(&new).unwrap();
+    std::fs::write(new.join("rule.wasm"), new_exe_rule("configmap", "v2")).unwrap();
+    std::os::unix::fs::symlink(new.file_name().unwrap(), root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    std::fs::remove_dir_all(&old).unwrap();
+    assert!(
+        agent.wait_for_log("rule replaced by a new version", RELOAD_WAIT),
+        "{}",
+        agent.stderr()
+    );
+    agent.send(&event(2));
+    let (_, signals, stderr) = agent.finish();
+    let titles: Vec<&str> = signals
+        .iter()
+        .map(|s| s["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["v1", "v2"], "{stderr}");
+}
+
+#[test]
+fn a_second_rule_with_the_same_id_is_refused_and_the_first_keeps_running() {
+    let dir = temp_dir();
+    copy_into(&dir.path().join("a.wasm"), &new_exe_rule("twin", "first"));
+    let mut agent = stream(dir.path());
+    assert!(agent.wait_for_log("rule loaded", RELOAD_WAIT));
+    agent.send(&event(0));
+    copy_into(&dir.path().join("b.wasm"), &new_exe_rule("twin", "second"));
+    assert!(agent.wait_for_log("already loaded from", RELOAD_WAIT));
+    agent.send(&event(1));
+    let (_, signals, stderr) = agent.finish();
+    assert!(
+        stderr.contains("b.wasm: rule id `twin` is already loaded from"),
+        "{stderr}"
+    );
+    let titles: Vec<&str> = signals
+        .iter()
+        .map(|s| s["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["first"]);
+}
+
+#[test]
+fn compiled_modules_are_cached_across_restarts_and_a_corrupt_entry_is_rebuilt() {
+    let rules = temp_dir();
+    let state = temp_dir();
+    std::fs::copy(
+        rule_wasm("k8s-sa-token"),
+        rules.path().join("k8s_sa_token.wasm"),
+    )
+    .unwrap();
+    let run_once = || {
+        support::run(
+            picket()
+                .args(["replay", "--rules"])
+                .arg(rules.path())
+                .arg("--state")
+                .arg(state.path())
+                .arg("-"),
+            &event(0),
+        )
+    };
+    let first = run_once();
+    assert!(
+        first.stderr.contains("rule loaded (compiled)"),
+        "{}",
+        first.stderr
+    );
+    let second = run_once();
+    assert!(
+        second.stderr.contains("rule loaded (cached code)"),
+        "{}",
+        second.stderr
+    );
+
+    let cache = state.path().join("modules");
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&entry, bytes).unwrap();
+    let third = run_once();
+    assert!(
+        third.stderr.contains("module cache entry unusable"),
+        "{}",
+        third.stderr
+    );
+    assert!(
+        third.stderr.contains("rule loaded (compiled)"),
+        "{}",
+        third.stderr
+    );
+    assert_eq!(third.code, Some(0));
+    let fourth = run_once();
+    assert!(
+        fourth.stderr.contains("rule loaded (cached code)"),
+        "{}",
+        fourth.stderr
+    );
+}
