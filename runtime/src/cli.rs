@@ -1,5 +1,6 @@
 //! The `picket` command line (design.md "CLI").
 
+use crate::agent::{AgentOptions, Output};
 use crate::conformance::{Outcome, collect_cases, run_case_file};
 use crate::event::parse_event;
 use crate::host::{Host, HostOptions};
@@ -35,6 +36,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent: watch file opens in the kernel, run the rules from --rules (reloaded as
+    /// the directory changes), write signals to --output.
+    Run(RunArgs),
     /// Feed a JSON-lines event file through the rules; signals go to stdout.
     Replay(ReplayArgs),
     /// Check a rule module's exports and manifest, then run conformance cases against it.
@@ -98,6 +102,28 @@ impl RuleArgs {
 }
 
 #[derive(Debug, Args)]
+struct RunArgs {
+    /// Directory of rule modules (*.wasm), watched for changes.
+    #[arg(long, value_name = "DIR", default_value = "/etc/picket/rules")]
+    rules: PathBuf,
+    /// Keep learned state (and compiled modules) in DIR across restarts.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/picket")]
+    state: PathBuf,
+    /// Where signals go: a file (appended to) or - for stdout.
+    #[arg(long, value_name = "PATH|-", default_value = "-")]
+    output: PathBuf,
+    /// Kernel hook for file opens: auto tries lsm, fentry, then tracepoint.
+    #[arg(long, value_name = "auto|lsm|fentry|tracepoint", default_value = "auto", value_parser = parse_strategy)]
+    probe: picket_probes::Strategy,
+    #[command(flatten)]
+    settings: RuleArgs,
+}
+
+fn parse_strategy(name: &str) -> Result<picket_probes::Strategy, String> {
+    picket_probes::Strategy::parse(name).map_err(|err| err.to_string())
+}
+
+#[derive(Debug, Args)]
 struct ReplayArgs {
     /// Directory of rule modules (*.wasm).
     #[arg(long, value_name = "DIR")]
@@ -138,6 +164,7 @@ struct InspectArgs {
 pub fn main(cli: Cli) -> ExitCode {
     init_logging();
     let status = match cli.command {
+        Command::Run(args) => run(args),
         Command::Replay(args) => replay(args),
         Command::Test(args) => test(args),
         Command::Inspect(args) => inspect(args),
@@ -162,6 +189,21 @@ fn init_logging() {
         .try_init();
 }
 
+fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let output = if args.output.as_os_str() == "-" {
+        Output::Stdout
+    } else {
+        Output::File(args.output.clone())
+    };
+    crate::agent::run(AgentOptions {
+        host: args.settings.host_options(args.rules.clone(), Some(args.state.clone())),
+        output,
+        strategy: args.probe,
+        node_name: crate::agent::node_name(),
+    })?;
+    Ok(EXIT_OK)
+}
+
 fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     let options = args
         .settings
@@ -174,7 +216,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     }
     let (reload_tx, reload_rx) = mpsc::channel();
     let _watcher = if args.watch {
-        Some(host.watch(reload_tx)?)
+        Some(host.watch(move |scan| reload_tx.send(scan).is_ok())?)
     } else {
         None
     };

@@ -10,7 +10,6 @@ use crate::watch::{self, RuleWatcher};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How often learned values are handed to the persister. With the commit after it, a value is
@@ -91,17 +90,19 @@ impl Host {
         self.directory.as_ref().map(RuleDirectory::path)
     }
 
-    /// Starts watching the rules directory; each scan after a change is sent on `tx`.
-    pub fn watch(&mut self, tx: mpsc::Sender<Scan>) -> anyhow::Result<RuleWatcher> {
+    /// Starts watching the rules directory; each scan after a change goes to `deliver`, which
+    /// returns `false` once nobody listens any more. Apply the scans with [`Host::apply`].
+    pub fn watch(
+        &mut self,
+        deliver: impl FnMut(Scan) -> bool + Send + 'static,
+    ) -> anyhow::Result<RuleWatcher> {
         let directory = self
             .directory
             .take()
             .ok_or_else(|| anyhow::anyhow!("the rules directory is already watched"))?;
         let dir = directory.path().display().to_string();
-        watch::spawn(directory, Arc::clone(&self.sandbox), move |scan| {
-            tx.send(scan).is_ok()
-        })
-        .map_err(|err| anyhow::anyhow!("watching rules directory {dir}: {err}"))
+        watch::spawn(directory, Arc::clone(&self.sandbox), deliver)
+            .map_err(|err| anyhow::anyhow!("watching rules directory {dir}: {err}"))
     }
 
     /// Applies a scan between two events; returns whether the set of rules changed.

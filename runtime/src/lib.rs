@@ -4,6 +4,7 @@
 //! Data flows one way: events (live or replayed) → [`pipeline`] → rules in the [`sandbox`] with
 //! their [`state`] → signals → [`output`].
 
+pub mod agent;
 pub mod cli;
 pub mod conformance;
 pub mod event;

@@ -43,6 +43,7 @@ pub fn spawn(
     mut deliver: impl FnMut(Scan) -> bool + Send + 'static,
 ) -> notify::Result<RuleWatcher> {
     let (tx, rx) = mpsc::channel::<()>();
+    let kick = tx.clone();
     let mut watcher =
         notify::recommended_watcher(move |result: notify::Result<notify::Event>| match result {
             Ok(event) if !is_change(&event.kind) => {}
@@ -52,6 +53,9 @@ pub fn spawn(
             Err(err) => tracing::warn!("watching the rules directory: {err}"),
         })?;
     watcher.watch(directory.path(), RecursiveMode::NonRecursive)?;
+    // Whatever changed between the caller's first scan and this watch starting raised no event:
+    // one scan now catches it.
+    let _ = kick.send(());
     std::thread::Builder::new()
         .name("picket-rules-watch".into())
         .spawn(move || {
