@@ -144,11 +144,11 @@ fn inner(quick: bool) {
         percentile(&latencies_us, 0.99),
         latencies_us.last().unwrap()
     );
-    println!(
-        "agent RSS: {rss_ready} KiB when ready, {rss_after} KiB after, peak {hwm} KiB"
-    );
+    println!("agent RSS: {rss_ready} KiB when ready, {rss_after} KiB after, peak {hwm} KiB");
 }
 
 fn unsafe_free_kill(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }

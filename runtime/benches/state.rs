@@ -115,7 +115,10 @@ fn reload_latencies(rounds: usize, cached: bool) -> Vec<f64> {
                 latencies.push(written.elapsed().as_secs_f64() * 1e3);
                 break;
             }
-            assert!(written.elapsed() < Duration::from_secs(10), "reload never landed");
+            assert!(
+                written.elapsed() < Duration::from_secs(10),
+                "reload never landed"
+            );
             std::thread::sleep(Duration::from_micros(100));
         }
     }
@@ -145,9 +148,19 @@ fn main() {
 
     let cold = reload_latencies(rounds, false);
     let cached = reload_latencies(rounds, true);
-    println!("reload, module file written -> first event evaluated by the new version ({rounds} rounds)");
-    println!("  compiled now : median {:.1} ms, max {:.1} ms", median(cold.clone()), cold.iter().cloned().fold(0.0, f64::max));
-    println!("  cached code  : median {:.1} ms, max {:.1} ms", median(cached.clone()), cached.iter().cloned().fold(0.0, f64::max));
+    println!(
+        "reload, module file written -> first event evaluated by the new version ({rounds} rounds)"
+    );
+    println!(
+        "  compiled now : median {:.1} ms, max {:.1} ms",
+        median(cold.clone()),
+        cold.iter().cloned().fold(0.0, f64::max)
+    );
+    println!(
+        "  cached code  : median {:.1} ms, max {:.1} ms",
+        median(cached.clone()),
+        cached.iter().cloned().fold(0.0, f64::max)
+    );
 
     // Restart to ready: both bundled rules, empty and then warm module cache.
     let rules = support::temp_dir();
@@ -157,7 +170,9 @@ fn main() {
     }
     let state = support::temp_dir();
     let first = restart_ms(rules.path(), state.path());
-    let warm: Vec<f64> = (0..5).map(|_| restart_ms(rules.path(), state.path())).collect();
+    let warm: Vec<f64> = (0..5)
+        .map(|_| restart_ms(rules.path(), state.path()))
+        .collect();
     println!("restart to ready (picket replay on empty input, 2 rules)");
     println!("  first start, compiling : {first:.0} ms");
     println!("  restart, cached modules: median {:.0} ms", median(warm));
@@ -188,9 +203,11 @@ fn main() {
     let changes = rule.take_changes();
     drop(rule);
     let dir = support::temp_dir();
-    let store = StateStore::open(dir.path()).unwrap();
-    let batch: Vec<(String, picket::state::Change)> =
-        changes.into_iter().map(|c| ("k8s-sa-token".to_string(), c)).collect();
+    let mut store = StateStore::open(dir.path()).unwrap();
+    let batch: Vec<(String, picket::state::Change)> = changes
+        .into_iter()
+        .map(|c| ("k8s-sa-token".to_string(), c))
+        .collect();
     let started = Instant::now();
     for chunk in batch.chunks(50_000) {
         store.apply(chunk).unwrap();
@@ -203,7 +220,9 @@ fn main() {
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     assert_eq!(count, values);
     drop(restored);
-    println!("{values} learned values (1,000 groups; values like /usr/local/lib/service-N/bin/worker-M)");
+    println!(
+        "{values} learned values (1,000 groups; values like /usr/local/lib/service-N/bin/worker-M)"
+    );
     println!(
         "  in memory: {:.1} MiB ({:.0} bytes per value)",
         in_memory as f64 / (1 << 20) as f64,

@@ -152,8 +152,8 @@ pub fn normalize(opened: OpenEvent, node_name: &str) -> Event<'static> {
         Access::ReadWrite => Some(FileAccess::ReadWrite),
         Access::Neither => None,
     };
-    let container = (process.container_id.is_some() || process.container_image.is_some())
-        .then(|| Container {
+    let container =
+        (process.container_id.is_some() || process.container_image.is_some()).then(|| Container {
             id: process.container_id.map(Cow::Owned),
             image: process.container_image.map(Cow::Owned),
         });
@@ -266,7 +266,10 @@ impl Sink for AgentSink {
         if self.unwritten.len() >= MAX_UNWRITTEN {
             self.unwritten.pop_front();
             self.dropped += 1;
-            tracing::error!(dropped = self.dropped, "signal output blocked too long: dropped the oldest waiting signal");
+            tracing::error!(
+                dropped = self.dropped,
+                "signal output blocked too long: dropped the oldest waiting signal"
+            );
         }
         self.unwritten.push_back(line);
     }

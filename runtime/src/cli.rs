@@ -196,7 +196,9 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         Output::File(args.output.clone())
     };
     crate::agent::run(AgentOptions {
-        host: args.settings.host_options(args.rules.clone(), Some(args.state.clone())),
+        host: args
+            .settings
+            .host_options(args.rules.clone(), Some(args.state.clone())),
         output,
         strategy: args.probe,
         node_name: crate::agent::node_name(),
