@@ -8,19 +8,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use support::{rule_wasm, temp_dir};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|ids| ids.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+use support::{is_root, rule_wasm, temp_dir};
 
 /// The kubelet's token layout, built in a private mount namespace: /run becomes a tmpfs there
 /// (the machine's own /run is untouched), each serviceaccount directory a tmpfs of its own as a
@@ -127,9 +115,13 @@ wait $agent
 fn scenario(steps: &str, rules: &[&str]) -> Option<tempfile::TempDir> {
     // Probes see the whole machine: two agents at once would each see the other's readers.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if !is_root() {
-        eprintln!("SKIPPED picket run end-to-end: needs root for BPF and mounts (CI runs it as root)");
+        eprintln!(
+            "SKIPPED picket run end-to-end: needs root for BPF and mounts (CI runs it as root)"
+        );
         return None;
     }
     let work = temp_dir();

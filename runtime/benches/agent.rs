@@ -23,7 +23,7 @@ fn main() {
         inner(quick);
         return;
     }
-    if unsafe_free_uid() != 0 {
+    if !support::is_root() {
         println!("SKIPPED agent benchmark: needs root for BPF and mounts");
         return;
     }
@@ -35,17 +35,6 @@ fn main() {
         .status()
         .expect("unshare");
     assert!(status.success());
-}
-
-fn unsafe_free_uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(u32::MAX)
 }
 
 fn sh(script: &str) {

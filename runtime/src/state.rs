@@ -88,6 +88,28 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The state, group and (for value changes) value the change is about.
+    pub fn place(&self) -> (&str, &str, Option<&str>) {
+        match self {
+            Change::Group { state, group, .. } | Change::GroupRemoved { state, group } => {
+                (state, group, None)
+            }
+            Change::Value {
+                state,
+                group,
+                value,
+                ..
+            }
+            | Change::ValueRemoved {
+                state,
+                group,
+                value,
+            } => (state, group, Some(value)),
+        }
+    }
+}
+
 /// Why a query was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StateError {

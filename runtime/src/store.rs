@@ -193,27 +193,22 @@ impl StateStore {
             let mut values = txn.open_table(VALUES).map_err(|e| err(&e))?;
             for (rule, change) in changes {
                 let rule = rule.as_str();
+                let (state, group, _) = change.place();
+                let key: GroupKey = (rule.into(), state.into(), group.into());
                 match change {
-                    Change::Group {
-                        state,
-                        group,
-                        started_ns,
-                    } => {
-                        let key: GroupKey = (rule.into(), state.clone(), group.clone());
+                    Change::Group { started_ns, .. } => {
                         if ids.get(&key).is_none() {
                             let id = ids.allocate(key);
                             groups
-                                .insert((rule, &**state, &**group), (id, *started_ns))
+                                .insert((rule, state, group), (id, *started_ns))
                                 .map_err(|e| err(&e))?;
                         }
                     }
                     Change::Value {
-                        state,
-                        group,
                         value,
                         last_seen_ns,
+                        ..
                     } => {
-                        let key: GroupKey = (rule.into(), state.clone(), group.clone());
                         let id = match ids.get(&key) {
                             Some(id) => id,
                             // A value always follows its group's creation; should a log ever
@@ -221,7 +216,7 @@ impl StateStore {
                             None => {
                                 let id = ids.allocate(key);
                                 groups
-                                    .insert((rule, &**state, &**group), (id, *last_seen_ns))
+                                    .insert((rule, state, group), (id, *last_seen_ns))
                                     .map_err(|e| err(&e))?;
                                 id
                             }
@@ -230,21 +225,13 @@ impl StateStore {
                             .insert((id, &**value), last_seen_ns)
                             .map_err(|e| err(&e))?;
                     }
-                    Change::ValueRemoved {
-                        state,
-                        group,
-                        value,
-                    } => {
-                        let key: GroupKey = (rule.into(), state.clone(), group.clone());
+                    Change::ValueRemoved { value, .. } => {
                         if let Some(id) = ids.get(&key) {
                             values.remove((id, &**value)).map_err(|e| err(&e))?;
                         }
                     }
-                    Change::GroupRemoved { state, group } => {
-                        let key: GroupKey = (rule.into(), state.clone(), group.clone());
-                        groups
-                            .remove((rule, &**state, &**group))
-                            .map_err(|e| err(&e))?;
+                    Change::GroupRemoved { .. } => {
+                        groups.remove((rule, state, group)).map_err(|e| err(&e))?;
                         if let Some(id) = ids.remove(key) {
                             values
                                 .retain_in((id, "")..(id + 1, ""), |_, _| false)
@@ -325,66 +312,45 @@ impl Pending {
         }
     }
 
-    /// Keeps the last change per key. A group's removal must still delete values stored
-    /// earlier, so removals sort before the upserts that follow them.
+    /// Keeps the last change per key, dropping what a later removal of its group undoes. The
+    /// group removals go first, so what was learned after one lands after it.
     fn fold(&mut self) {
-        type Key = (String, Box<str>, Box<str>, Option<Box<str>>);
-        let mut latest: HashMap<Key, (usize, bool)> = HashMap::new();
-        let mut group_removed: HashMap<(String, Box<str>, Box<str>), usize> = HashMap::new();
+        let group_of = |rule: &str, state: &str, group: &str| {
+            (rule.to_string(), state.to_string(), group.to_string())
+        };
+        let mut last_removal = HashMap::new();
+        let mut latest = HashMap::new();
         for (index, (rule, change)) in self.changes.iter().enumerate() {
-            let (key, removal) = match change {
-                Change::Group { state, group, .. } => {
-                    ((rule.clone(), state.clone(), group.clone(), None), false)
-                }
-                Change::Value {
-                    state,
-                    group,
-                    value,
-                    ..
-                } => (
-                    (
-                        rule.clone(),
-                        state.clone(),
-                        group.clone(),
-                        Some(value.clone()),
-                    ),
-                    false,
-                ),
-                Change::ValueRemoved {
-                    state,
-                    group,
-                    value,
-                } => (
-                    (
-                        rule.clone(),
-                        state.clone(),
-                        group.clone(),
-                        Some(value.clone()),
-                    ),
-                    true,
-                ),
-                Change::GroupRemoved { state, group } => {
-                    group_removed.insert((rule.clone(), state.clone(), group.clone()), index);
-                    continue;
-                }
-            };
-            latest.insert(key, (index, removal));
+            let (state, group, value) = change.place();
+            if matches!(change, Change::GroupRemoved { .. }) {
+                last_removal.insert(group_of(rule, state, group), index);
+            } else {
+                latest.insert(
+                    (group_of(rule, state, group), value.map(str::to_string)),
+                    index,
+                );
+            }
         }
-        let keep: std::collections::HashSet<usize> = latest
-            .values()
-            .map(|(index, _)| *index)
-            .chain(group_removed.values().copied())
-            .collect();
-        let mut kept: Vec<(usize, RuleChange)> = std::mem::take(&mut self.changes)
+        let mut keep: Vec<usize> = latest
             .into_iter()
-            .enumerate()
-            .filter(|(index, _)| keep.contains(index))
+            .filter(|((group, _), index)| last_removal.get(group).is_none_or(|r| index > r))
+            .map(|(_, index)| index)
+            .chain(last_removal.values().copied())
             .collect();
-        // Group removals first: what follows them in the log then lands after them.
-        kept.sort_by_key(|(index, (_, change))| {
-            (!matches!(change, Change::GroupRemoved { .. }), *index)
+        keep.sort_unstable_by_key(|&index| {
+            (
+                !matches!(self.changes[index].1, Change::GroupRemoved { .. }),
+                index,
+            )
         });
-        self.changes = kept.into_iter().map(|(_, change)| change).collect();
+        let mut changes: Vec<Option<RuleChange>> = std::mem::take(&mut self.changes)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.changes = keep
+            .into_iter()
+            .map(|index| changes[index].take().expect("each index kept once"))
+            .collect();
     }
 }
 
@@ -559,6 +525,45 @@ mod tests {
             last_seen_ns,
         };
         ("rule".into(), change)
+    }
+
+    #[test]
+    fn folding_keeps_the_outcome_of_the_log() {
+        let removed = |g: &str| {
+            let change = Change::GroupRemoved {
+                state: "s".into(),
+                group: g.into(),
+            };
+            ("rule".to_string(), change)
+        };
+        let mut pending = Pending {
+            changes: vec![
+                group("s", "g", 1),
+                value("g", "/old", 1),
+                value("g", "/kept", 2),
+                removed("g"),
+                group("s", "g", 5),
+                value("g", "/kept", 6),
+                value("g", "/kept", 7),
+                group("s", "h", 8),
+                value("h", "/h", 8),
+            ],
+        };
+        pending.fold();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store.apply(&pending.changes).unwrap();
+        assert_eq!(pending.changes.len(), 5, "{:?}", pending.changes);
+        let (mut states, values) = store.load(100).unwrap();
+        assert_eq!(values, 2);
+        let state = states.get_mut("rule").unwrap();
+        state.set_settings(Settings {
+            learning_period_ns: 0,
+            forget_after_ns: u64::MAX,
+        });
+        assert_eq!(state.check(9, "s", "g", "/old").unwrap(), Verdict::New);
+        assert_eq!(state.check(9, "s", "g", "/kept").unwrap(), Verdict::Known);
+        assert_eq!(state.check(9, "s", "h", "/h").unwrap(), Verdict::Known);
     }
 
     #[test]

@@ -126,6 +126,19 @@ pub const K8S_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token
 /// The EKS token path.
 pub const EKS_TOKEN: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount/token";
 
+/// Whether the tests run as root (needed for BPF and for mounts in a private namespace).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|ids| ids.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 /// A fresh temporary directory.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("creating a temporary directory")

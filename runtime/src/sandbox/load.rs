@@ -278,9 +278,10 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
         return Err("subscribes to more than 64 basenames".into());
     }
     for name in &subscription.basenames {
-        if name.is_empty() || name.len() > 255 || name.contains('/') || name.contains('\0') {
+        // The kernel prefilter holds names of up to 63 bytes.
+        if name.is_empty() || name.len() > 63 || name.contains('/') || name.contains('\0') {
             return Err(format!(
-                "basename `{}` must be 1 to 255 bytes without '/' or NUL",
+                "basename `{}` must be 1 to 63 bytes without '/' or NUL",
                 name.escape_debug()
             ));
         }
