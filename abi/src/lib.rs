@@ -7,6 +7,7 @@
 //! Events, the hot path, use a flat layout that rules read in place ([`Event`]); the manifest and
 //! signal requests are encoded with bincode 2 in one fixed configuration, [`CONFIG`]: little
 //! endian, variable-length integers.
+#![warn(missing_docs)]
 #![no_std]
 
 extern crate alloc;

@@ -6,23 +6,28 @@
 #![no_std]
 #![warn(missing_docs)]
 
-/// Number of path components (dentry names and mount crossings) an open event can carry.
-///
-/// Each walk step fills its own slot (slot = loop index) so the verifier sees constant offsets.
-pub const PATH_SEGMENTS: usize = 32;
-/// Bytes per path component slot: `NAME_MAX` (255) plus the terminating NUL.
-pub const SEGMENT_LEN: usize = 256;
-/// Path components kept for an executable path.
-pub const EXE_SEGMENTS: usize = 16;
-/// Bytes per executable path component; longer names are cut and flagged.
-pub const EXE_SEGMENT_LEN: usize = 128;
+/// Walk steps (dentry names and mount crossings) for the path of an opened file.
+pub const PATH_DEPTH: usize = 32;
+/// Walk steps for the path of an executable.
+pub const EXE_DEPTH: usize = 16;
+/// Bytes read per path component: `NAME_MAX` (255) plus the terminating NUL.
+pub const NAME_READ: usize = 256;
+/// Most bytes of names a file path carries: the walk stops (flagging [`PATH_TOO_LONG`]) once
+/// this many are used, so the names take at most `PATH_BYTES + NAME_READ - 1` bytes.
+pub const PATH_BYTES: usize = 4096;
+/// Like [`PATH_BYTES`], for an executable's path.
+pub const EXE_BYTES: usize = 2048;
 /// Bytes of the NUL-separated argument block captured at exec.
 pub const ARGS_LEN: usize = 2048;
 /// `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
-/// Bytes kept of the task's cgroup (v2, default hierarchy) leaf name; a
+/// Bytes kept of the task's cgroup (v2, default hierarchy) leaf name, NUL included; a
 /// `cri-containerd-<64 hex>.scope` name is 85 bytes.
 pub const CGROUP_NAME_LEN: usize = 128;
+/// Most bytes of variable-length data (strings) after the fixed part of any record: the
+/// cgroup name, the file path and the executable path of an open, or the cgroup name, the
+/// executable path and the arguments of an exec.
+pub const MAX_RECORD_DATA: usize = CGROUP_NAME_LEN + PATH_BYTES + EXE_BYTES + 2 * (NAME_READ - 1);
 /// Longest basename the approver map accepts (its key is this plus a NUL).
 pub const MAX_BASENAME: usize = 63;
 /// Key size of the approver map.
@@ -34,6 +39,9 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU `u64` counter of events dropped because the ring buffer was full.
     pub const LOST: &str = "LOST";
+    /// Per-CPU scratch buffer in which the tracepoint programs build a record before copying
+    /// its used part into the ring buffer.
+    pub const SCRATCH: &str = "SCRATCH";
     /// Hash map of approved basenames ([`crate::BasenameKey`] to `u8`).
     pub const APPROVERS: &str = "APPROVERS";
     /// One-slot array holding the [`crate::Filter`].
@@ -132,46 +140,42 @@ pub struct TaskInfo {
     pub uid: u32,
     /// Real gid.
     pub gid: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// Bytes of the leaf name of the task's cgroup in the default (v2) hierarchy, NUL included,
+    /// at the start of the record's data; 0 when it could not be read.
+    pub cgroup_len: u32,
     /// `task->comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
-    /// Leaf name of the task's cgroup in the default (v2) hierarchy, NUL-terminated.
-    pub cgroup: [u8; CGROUP_NAME_LEN],
 }
 
-/// A path read from the kernel's dentry and mount trees, leaf first.
+/// Where a path sits in a record's data, and how its walk ended.
 ///
-/// Slot `i` holds the name met at step `i` of the walk. A step that crosses from a mount's root to
-/// its mountpoint leaves its slot empty (`lens[i] == 0`).
+/// The path is a run of NUL-terminated names, leaf first, one per dentry met on the walk up to
+/// the root (a mount crossing adds none). `len` counts every byte of them, NULs included.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RawPath<const N: usize, const L: usize> {
-    /// Bytes written into each slot by `bpf_probe_read_kernel_str`, including the NUL; 0 = empty.
-    pub lens: [u16; N],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathInfo {
+    /// Bytes of names.
+    pub len: u32,
     /// `PATH_*` flags.
     pub flags: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
-    /// The names; only the first `lens[i]` bytes of slot `i` are meaningful.
-    pub names: [[u8; L]; N],
 }
 
 /// The walk reached the task's root or the root of the mount tree.
 pub const PATH_COMPLETE: u32 = 1;
-/// The walk ran out of slots before reaching the root.
+/// The walk took its maximum number of steps before reaching the root.
 pub const PATH_TOO_DEEP: u32 = 2;
 /// A kernel read failed during the walk.
 pub const PATH_READ_ERROR: u32 = 4;
 /// There was no path to walk (e.g. a kernel thread has no executable).
 pub const PATH_ABSENT: u32 = 8;
-
-/// The path of an opened file.
-pub type OpenPath = RawPath<PATH_SEGMENTS, SEGMENT_LEN>;
-/// The path of an executable.
-pub type ExePath = RawPath<EXE_SEGMENTS, EXE_SEGMENT_LEN>;
+/// The names filled their byte budget ([`PATH_BYTES`], [`EXE_BYTES`]) before the root.
+pub const PATH_TOO_LONG: u32 = 16;
 
 /// A file was opened and its basename is approved.
+///
+/// A variable-length record: this fixed part, then `task.cgroup_len` bytes of cgroup name,
+/// `path.len` bytes of the file's path and `exe.len` bytes of the executable's path. The kernel
+/// sends only the bytes used (`bpf_ringbuf_output`), so most records are a few hundred bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OpenEvent {
@@ -188,12 +192,15 @@ pub struct OpenEvent {
     /// The descriptor number, or -1 when the hook runs before one exists (LSM, fentry).
     pub fd: i32,
     /// The file's path as the opening task sees it.
-    pub path: OpenPath,
+    pub path: PathInfo,
     /// The task's executable (`mm->exe_file`).
-    pub exe: ExePath,
+    pub exe: PathInfo,
 }
 
 /// A task called `execve` successfully.
+///
+/// A variable-length record: this fixed part, then `task.cgroup_len` bytes of cgroup name,
+/// `exe.len` bytes of the executable's path and `args_len` bytes of arguments.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {
@@ -201,14 +208,12 @@ pub struct ExecEvent {
     pub header: EventHeader,
     /// The task after the exec (new comm).
     pub task: TaskInfo,
-    /// Bytes of `args` used.
+    /// Bytes of the NUL-separated argument strings, read from `mm->arg_start..arg_end`.
     pub args_len: u32,
     /// Non-zero when the argument block was longer than `ARGS_LEN`.
     pub args_truncated: u32,
     /// The new executable.
-    pub exe: ExePath,
-    /// The NUL-separated argument strings, read from `mm->arg_start..arg_end`.
-    pub args: [u8; ARGS_LEN],
+    pub exe: PathInfo,
 }
 
 /// A new process (not a thread) was created.

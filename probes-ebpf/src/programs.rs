@@ -6,8 +6,13 @@
 //! - A read whose failure only zero-fills (the helper memsets the destination on error) needs no
 //!   branch: a zero pointer propagates, every later read fails cheaply and the name-length check
 //!   rejects it. Fewer branches keep the verifier's state count low and the hot path short.
-//! - The path walk writes step `i` into slot `i`. A separate "next free slot" counter made states
-//!   differ across branches, defeated pruning and blew the 1M-instruction budget.
+//! - Records are built in a per-CPU scratch buffer, names packed one after the other, and only
+//!   their used bytes are copied into the ring buffer. A walk's write position lives in map
+//!   memory and is masked (`& DATA_MASK`) after each load: the verifier then sees the same range
+//!   `0..=DATA_MASK` on every path, whatever earlier reads returned, and prunes. Kept in a
+//!   register, the position's range differed with the number of names read so far, no two
+//!   states matched and the verifier processed 955k of its 1M instructions. The byte budgets
+//!   keep real positions below the mask.
 //! - Flags that must survive the loop are accumulated without branches for the same reason.
 
 use core::ffi::c_void;
@@ -24,10 +29,11 @@ use aya_ebpf::{
     programs::{FEntryContext, LsmContext, RawTracePointContext, TracePointContext},
 };
 use picket_probes_common::{
-    ARGS_LEN, BASENAME_KEY_LEN, BasenameKey, CGROUP_NAME_LEN, COMM_LEN, EventHeader, EventKind,
-    ExecEvent, ExitEvent, FMODE_PATH, Filter, ForkEvent, IORING_OP_OPENAT, IORING_OP_OPENAT2,
-    MAX_BASENAME, Offsets, OpenEvent, OpenSource, PATH_ABSENT, PATH_COMPLETE, PATH_READ_ERROR,
-    PATH_TOO_DEEP, PREFIX_ANY, RawPath, TaskInfo,
+    ARGS_LEN, BASENAME_KEY_LEN, BasenameKey, CGROUP_NAME_LEN, COMM_LEN, EXE_BYTES, EXE_DEPTH,
+    EventHeader, EventKind, ExecEvent, ExitEvent, FMODE_PATH, Filter, ForkEvent, IORING_OP_OPENAT,
+    IORING_OP_OPENAT2, MAX_BASENAME, MAX_RECORD_DATA, NAME_READ, Offsets, OpenEvent, OpenSource,
+    PATH_ABSENT, PATH_BYTES, PATH_COMPLETE, PATH_DEPTH, PATH_READ_ERROR, PATH_TOO_DEEP,
+    PATH_TOO_LONG, PREFIX_ANY, PathInfo, TaskInfo,
 };
 
 // The loader finds the globals and the license by symbol name, hence `no_mangle` (the names are
@@ -58,6 +64,43 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Room for a record's fixed part (`OpenEvent`, `ExecEvent`) at the start of a [`Scratch`].
+const HEADER_ROOM: usize = 128;
+/// Mask applied to data positions where they address a [`Scratch`]. Above every real position
+/// (`MAX_RECORD_DATA`), so it never changes one; it bounds them for the verifier.
+const DATA_MASK: u64 = 8191;
+/// Mask for the position of the exec arguments, which come after at most a cgroup name and an
+/// executable path (and are read `ARGS_LEN` bytes at a time).
+const ARGS_MASK: u64 = 4095;
+const _: () = {
+    assert!(MAX_RECORD_DATA <= DATA_MASK as usize);
+    assert!(CGROUP_NAME_LEN + EXE_BYTES + NAME_READ - 1 <= ARGS_MASK as usize);
+    assert!(size_of::<OpenEvent>() <= HEADER_ROOM && size_of::<ExecEvent>() <= HEADER_ROOM);
+    assert!(ARGS_MASK as usize + ARGS_LEN <= DATA_MASK as usize + NAME_READ);
+    assert!(NAME_READ.is_power_of_two() && CGROUP_NAME_LEN <= NAME_READ);
+};
+
+/// Where a record is built before its used bytes are copied into the ring buffer.
+#[repr(C)]
+pub struct Scratch {
+    /// The fixed part at the start, its data right after it. Every write ends below
+    /// `size_of::<fixed part>() + DATA_MASK + NAME_READ`.
+    record: [u64; (HEADER_ROOM + DATA_MASK as usize + 1 + NAME_READ) / 8],
+    /// The write position of a path walk, kept in map memory rather than in a register: see
+    /// [`walk`].
+    cursor: u64,
+}
+
+/// Scratch for the tracepoint programs. Perf-event tracepoint programs run with preemption off
+/// and never nest on a CPU (the kernel's `bpf_prog_active` guard), so one per CPU is enough.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch for the LSM and fentry programs, which run with only migration disabled: a
+/// preempted one must not share its buffer with the tracepoint programs.
+#[map]
+static HOOK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static FILTER: Array<Filter> = Array::with_max_entries(1, 0);
@@ -179,7 +222,7 @@ pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
     if STOP_AFTER.load() == 1 {
         return 0;
     }
-    on_file(task, file, ret as i32, OpenSource::Syscall);
+    on_file(task, file, ret as i32, OpenSource::Syscall, &SCRATCH);
     0
 }
 
@@ -204,7 +247,7 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
     let task = unsafe { bpf_get_current_task() };
     // io-wq workers and the SQPOLL thread share the ring owner's file table.
     let file = fd_file(task, res as u64);
-    on_file(task, file, res, OpenSource::IoUring);
+    on_file(task, file, res, OpenSource::IoUring, &SCRATCH);
     0
 }
 
@@ -215,7 +258,7 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     let file: u64 = ctx.arg(0);
     // SAFETY: no preconditions.
     let task = unsafe { bpf_get_current_task() };
-    on_file(task, file, -1, OpenSource::Lsm);
+    on_file(task, file, -1, OpenSource::Lsm, &HOOK_SCRATCH);
     0
 }
 
@@ -226,7 +269,7 @@ pub fn fentry_security_file_open(ctx: FEntryContext) -> i32 {
     let file: u64 = ctx.arg(0);
     // SAFETY: no preconditions.
     let task = unsafe { bpf_get_current_task() };
-    on_file(task, file, -1, OpenSource::Fentry);
+    on_file(task, file, -1, OpenSource::Fentry, &HOOK_SCRATCH);
     0
 }
 
@@ -234,7 +277,7 @@ pub fn fentry_security_file_open(ctx: FEntryContext) -> i32 {
 /// is kept to three reads after the file pointer: dentry, the name's `hash_len`+`name` (one
 /// 16-byte read) and the length mask (an array lookup the verifier inlines).
 #[inline(always)]
-fn on_file(task: u64, file: u64, fd: i32, source: OpenSource) {
+fn on_file(task: u64, file: u64, fd: i32, source: OpenSource, scratch: &PerCpuArray<Scratch>) {
     let dentry = read_u64(file + off!(file_f_path) + off!(path_dentry));
     if STOP_AFTER.load() == 2 {
         return;
@@ -306,36 +349,93 @@ fn on_file(task: u64, file: u64, fd: i32, source: OpenSource) {
         // O_PATH gives no access to the contents; the LSM hook does not even run for it.
         return;
     }
-    emit_open(task, file, dentry, fd, f_mode, source);
+    emit_open(task, file, dentry, fd, f_mode, source, scratch);
+}
+
+/// Where a record of type `T` is built in this CPU's scratch buffer.
+struct Building<T> {
+    /// The fixed part.
+    fixed: *mut T,
+    /// The variable part, right after it.
+    data: *mut u8,
+    /// The scratch buffer's cursor.
+    cursor: *mut u64,
+}
+
+/// This CPU's scratch buffer, for a record with a fixed part of type `T`.
+#[inline(always)]
+fn scratch_for<T>(scratch: &PerCpuArray<Scratch>) -> Option<Building<T>> {
+    let scratch = scratch.get_ptr_mut(0)?;
+    // SAFETY: T is one of the record types, which fit in HEADER_ROOM (checked above).
+    unsafe {
+        let base = (&raw mut (*scratch).record).cast::<u8>();
+        Some(Building {
+            fixed: base.cast::<T>(),
+            data: base.add(size_of::<T>()),
+            cursor: &raw mut (*scratch).cursor,
+        })
+    }
+}
+
+/// Copies the first `size_of::<T>() + data_len` bytes of the scratch buffer holding a `T` into
+/// the ring buffer, or counts a lost event.
+///
+/// # Safety
+/// `record` is a scratch buffer from [`scratch_for`], filled up to there.
+#[inline(always)]
+unsafe fn output<T>(record: *mut T, data_len: u64) {
+    let len = size_of::<T>() + (data_len & DATA_MASK) as usize;
+    // SAFETY: the scratch buffer has HEADER_ROOM + DATA_MASK + 1 + NAME_READ bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(record.cast::<u8>(), len) };
+    if EVENTS.output(bytes, 0).is_err() {
+        count_lost();
+    }
 }
 
 #[inline(always)]
-fn emit_open(task: u64, file: u64, dentry: u64, fd: i32, f_mode: u32, source: OpenSource) {
-    let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
-        count_lost();
+fn emit_open(
+    task: u64,
+    file: u64,
+    dentry: u64,
+    fd: i32,
+    f_mode: u32,
+    source: OpenSource,
+    scratch: &PerCpuArray<Scratch>,
+) {
+    let Some(Building {
+        fixed: event,
+        data,
+        cursor,
+    }) = scratch_for::<OpenEvent>(scratch)
+    else {
         return;
     };
-    let event = entry.as_mut_ptr();
-    // SAFETY: event points at a reservation of size_of::<OpenEvent>() that only we write.
+    // SAFETY: event and data point into this CPU's scratch buffer, which nothing else uses while
+    // this program runs; every write is in bounds (see `walk`).
     unsafe {
         (*event).header = header(EventKind::Open);
-        fill_task(&raw mut (*event).task, task);
+        let pos = fill_task(&raw mut (*event).task, task, data);
         (*event).source = source as u32;
         (*event).f_mode = f_mode;
         (*event).f_flags = read_u32(file + off!(file_f_flags));
         (*event).fd = fd;
         let (root_dentry, root_mnt) = task_root(task);
         let vfsmnt = read_u64(file + off!(file_f_path) + off!(path_mnt));
-        walk(
-            &raw mut (*event).path,
+        let (pos, path) = walk::<PATH_DEPTH>(
+            data,
+            cursor,
+            pos,
+            PATH_BYTES as u64,
             dentry,
             vfsmnt,
             root_dentry,
             root_mnt,
         );
-        walk_exe(&raw mut (*event).exe, task, root_dentry, root_mnt);
+        (*event).path = path;
+        let (pos, exe) = walk_exe(data, cursor, pos, task, root_dentry, root_mnt);
+        (*event).exe = exe;
+        output(event, pos);
     }
-    entry.submit(0);
 }
 
 #[inline(always)]
@@ -348,10 +448,12 @@ fn header(kind: EventKind) -> EventHeader {
     }
 }
 
-/// Fills `info` from the current task (`task` must be current).
+/// Fills `info` from the current task (`task` must be current) and writes its cgroup name at the
+/// start of `data`; returns the bytes written there.
 #[inline(always)]
-unsafe fn fill_task(info: *mut TaskInfo, task: u64) {
-    // SAFETY: the helpers have no preconditions; info is writable (caller).
+unsafe fn fill_task(info: *mut TaskInfo, task: u64, data: *mut u8) -> u64 {
+    // SAFETY: the helpers have no preconditions; info is writable and data has room for
+    // CGROUP_NAME_LEN bytes (caller).
     unsafe {
         let pid_tgid = bpf_get_current_pid_tgid();
         let uid_gid = bpf_get_current_uid_gid();
@@ -361,14 +463,22 @@ unsafe fn fill_task(info: *mut TaskInfo, task: u64) {
         (*info).ppid = read_u32(parent + off!(task_tgid));
         (*info).uid = uid_gid as u32;
         (*info).gid = (uid_gid >> 32) as u32;
-        (*info)._pad = 0;
         bpf_get_current_comm((*info).comm.as_mut_ptr().cast::<c_void>(), COMM_LEN as u32);
         let css_set = read_u64(task + off!(task_cgroups));
         let cgroup = read_u64(css_set + off!(css_set_dfl_cgrp));
         let kn = read_u64(cgroup + off!(cgroup_kn));
         let name = read_u64(kn + off!(kernfs_node_name));
-        read_str((*info).cgroup.as_mut_ptr(), CGROUP_NAME_LEN as u32, name);
+        let n = read_str(data, CGROUP_NAME_LEN as u32, name);
+        let len = non_negative(n) & (NAME_READ as u64 - 1);
+        (*info).cgroup_len = len as u32;
+        len
     }
+}
+
+/// `n` if it is not negative (a helper's byte count), else 0; without a branch.
+#[inline(always)]
+fn non_negative(n: i64) -> u64 {
+    (n & !(n >> 63)) as u64
 }
 
 /// `task->fs->root` as (dentry, vfsmount).
@@ -382,89 +492,127 @@ fn task_root(task: u64) -> (u64, u64) {
     )
 }
 
-/// The path of `task->mm->exe_file`.
+/// Appends the path of `task->mm->exe_file` at `pos` in `data`; see [`walk`].
 #[inline(always)]
-unsafe fn walk_exe<const N: usize, const L: usize>(
-    out: *mut RawPath<N, L>,
+unsafe fn walk_exe(
+    data: *mut u8,
+    cursor: *mut u64,
+    pos: u64,
     task: u64,
     root_dentry: u64,
     root_mnt: u64,
-) {
+) -> (u64, PathInfo) {
     let mm = read_u64(task + off!(task_mm));
     let exe = read_u64(mm + off!(mm_exe_file));
     if exe == 0 {
         // Kernel threads have no mm.
-        // SAFETY: out is writable (caller).
-        unsafe {
-            zero_lens(out);
-            (*out).flags = PATH_ABSENT;
-        }
-        return;
+        return (
+            pos,
+            PathInfo {
+                len: 0,
+                flags: PATH_ABSENT,
+            },
+        );
     }
     let dentry = read_u64(exe + off!(file_f_path) + off!(path_dentry));
     let vfsmnt = read_u64(exe + off!(file_f_path) + off!(path_mnt));
-    // SAFETY: out is writable (caller).
-    unsafe { walk(out, dentry, vfsmnt, root_dentry, root_mnt) };
+    // SAFETY: as for walk (caller).
+    unsafe {
+        walk::<EXE_DEPTH>(
+            data,
+            cursor,
+            pos,
+            EXE_BYTES as u64,
+            dentry,
+            vfsmnt,
+            root_dentry,
+            root_mnt,
+        )
+    }
 }
 
+/// Walks from `dentry` (in mount `vfsmnt`) up to the task's root, like the kernel's d_path(): up
+/// `d_parent` to the mount's root, then across to the mountpoint in the parent mount. Appends the
+/// names, leaf first and each NUL-terminated, at `start` in `data`, until `DEPTH` steps or
+/// `budget` bytes are used. Returns the new position and the path's length and flags.
+///
+/// The write position lives in `cursor`, map memory: each step loads it (the verifier knows
+/// nothing of a value loaded from a map), masks it (now it knows `0..=DATA_MASK`) and stores it
+/// back advanced. Kept in a register, its range would depend on how many earlier reads
+/// succeeded, so the states of different histories would never match, the verifier could not
+/// prune, and it ran out of its budget; loaded this way it is the same on every path.
+///
+/// # Safety
+/// `data` and `cursor` must come from the same [`scratch_for`], and `start + budget` must be at
+/// most `MAX_RECORD_DATA - NAME_READ + 1`, so that every name lands below `DATA_MASK`.
 #[inline(always)]
-unsafe fn zero_lens<const N: usize, const L: usize>(out: *mut RawPath<N, L>) {
-    const { assert!(N % 4 == 0, "lens must be a whole number of u64s") };
-    // SAFETY: lens is the first field (8-byte aligned) and 2 * N bytes long, a multiple of 8.
-    unsafe { zero((&raw mut (*out).lens).cast::<u8>(), 2 * N) };
-}
-
-/// Walks from `dentry` (in mount `vfsmnt`) up to the task's root, like the kernel's d_path():
-/// up `d_parent` to the mount's root, then across to the mountpoint in the parent mount. Names go
-/// leaf first into `out`, one slot per step; a mount crossing leaves its slot empty.
-#[inline(always)]
-unsafe fn walk<const N: usize, const L: usize>(
-    out: *mut RawPath<N, L>,
+unsafe fn walk<const DEPTH: usize>(
+    data: *mut u8,
+    cursor: *mut u64,
+    start: u64,
+    budget: u64,
     mut dentry: u64,
     mut vfsmnt: u64,
     root_dentry: u64,
     root_mnt: u64,
-) {
+) -> (u64, PathInfo) {
     let mount_mnt = off!(mount_mnt);
+    let limit = start + budget;
     let mut flags = PATH_TOO_DEEP;
     let mut errors = 0u64;
-    // SAFETY: out is writable (caller); every index is a loop index below N.
-    unsafe {
-        zero_lens(out);
-        for i in 0..N {
-            if dentry == root_dentry && vfsmnt == root_mnt {
-                flags = PATH_COMPLETE;
-                break;
-            }
-            let mnt_root = read_u64(vfsmnt + off!(vfsmount_mnt_root));
-            if dentry == mnt_root {
-                let mount = vfsmnt - mount_mnt;
-                let parent = read_u64(mount + off!(mount_mnt_parent));
-                if parent == mount || parent == 0 {
-                    // Top of this namespace's mount tree (or outside the task's root).
-                    flags = PATH_COMPLETE;
-                    break;
-                }
-                dentry = read_u64(mount + off!(mount_mnt_mountpoint));
-                vfsmnt = parent + mount_mnt;
-                continue;
-            }
-            let parent = read_u64(dentry + off!(dentry_d_parent));
-            let name = read_u64(dentry + off!(dentry_d_name) + off!(qstr_name));
-            let n = read_str((*out).names[i].as_mut_ptr(), L as u32, name);
-            // Branch-free: a failed read leaves an empty slot and sets the error bit.
-            errors |= (n as u64) >> 63;
-            (*out).lens[i] = (n & !(n >> 63)) as u16;
-            if parent == dentry || parent == 0 {
-                // A filesystem root that is not a mount root: a detached or lazily unmounted tree.
-                flags = PATH_COMPLETE;
-                break;
-            }
-            dentry = parent;
+    // SAFETY: cursor is the scratch buffer's (caller).
+    unsafe { core::ptr::write_volatile(cursor, start) };
+    for _ in 0..DEPTH {
+        if dentry == root_dentry && vfsmnt == root_mnt {
+            flags = PATH_COMPLETE;
+            break;
         }
-        (*out).flags = flags | if errors != 0 { PATH_READ_ERROR } else { 0 };
-        (*out)._pad = 0;
+        let mnt_root = read_u64(vfsmnt + off!(vfsmount_mnt_root));
+        if dentry == mnt_root {
+            let mount = vfsmnt - mount_mnt;
+            let parent = read_u64(mount + off!(mount_mnt_parent));
+            if parent == mount || parent == 0 {
+                // Top of this namespace's mount tree (or outside the task's root).
+                flags = PATH_COMPLETE;
+                break;
+            }
+            dentry = read_u64(mount + off!(mount_mnt_mountpoint));
+            vfsmnt = parent + mount_mnt;
+            continue;
+        }
+        // SAFETY: cursor is the scratch buffer's (caller).
+        let pos = unsafe { core::ptr::read_volatile(cursor) } & DATA_MASK;
+        if pos >= limit {
+            flags = PATH_TOO_LONG;
+            break;
+        }
+        let parent = read_u64(dentry + off!(dentry_d_parent));
+        let name = read_u64(dentry + off!(dentry_d_name) + off!(qstr_name));
+        // SAFETY: pos <= DATA_MASK, and the scratch buffer has NAME_READ bytes more (caller).
+        let n = unsafe { read_str(data.add(pos as usize), NAME_READ as u32, name) };
+        // SAFETY: as above.
+        unsafe {
+            core::ptr::write_volatile(cursor, pos + (non_negative(n) & (2 * NAME_READ as u64 - 1)))
+        };
+        // Branch-free: a failed read adds nothing and sets the error bit.
+        errors |= (n as u64) >> 63;
+        if parent == dentry || parent == 0 {
+            // A filesystem root that is not a mount root: a detached or lazily unmounted tree.
+            flags = PATH_COMPLETE;
+            break;
+        }
+        dentry = parent;
     }
+    // SAFETY: as above.
+    let end = unsafe { core::ptr::read_volatile(cursor) } & DATA_MASK;
+    let flags = flags | if errors != 0 { PATH_READ_ERROR } else { 0 };
+    (
+        end,
+        PathInfo {
+            len: end.wrapping_sub(start) as u32,
+            flags,
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -473,18 +621,24 @@ unsafe fn walk<const N: usize, const L: usize>(
 /// `sched/sched_process_exec`: current is the task with its new image.
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count_lost();
+    let Some(Building {
+        fixed: event,
+        data,
+        cursor,
+    }) = scratch_for::<ExecEvent>(&SCRATCH)
+    else {
         return 0;
     };
-    let event = entry.as_mut_ptr();
-    // SAFETY: event points at a reservation of size_of::<ExecEvent>() that only we write.
+    // SAFETY: event and data point into this CPU's scratch buffer, which nothing else uses while
+    // this program runs; every write is in bounds.
     unsafe {
         let task = bpf_get_current_task();
         (*event).header = header(EventKind::Exec);
-        fill_task(&raw mut (*event).task, task);
+        let pos = fill_task(&raw mut (*event).task, task, data);
         let (root_dentry, root_mnt) = task_root(task);
-        walk_exe(&raw mut (*event).exe, task, root_dentry, root_mnt);
+        let (pos, exe) = walk_exe(data, cursor, pos, task, root_dentry, root_mnt);
+        (*event).exe = exe;
+        let pos = pos & ARGS_MASK;
         let mm = read_u64(task + off!(task_mm));
         let start = read_u64(mm + off!(mm_arg_start));
         let end = read_u64(mm + off!(mm_arg_end));
@@ -496,13 +650,14 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
             (*event).args_truncated = 1;
         }
         let read = bpf_probe_read_user(
-            (*event).args.as_mut_ptr().cast::<c_void>(),
+            data.add(pos as usize).cast::<c_void>(),
             len as u32,
             start as *const c_void,
         );
-        (*event).args_len = if read == 0 { len as u32 } else { 0 };
+        let args_len = if read == 0 { len } else { 0 };
+        (*event).args_len = args_len as u32;
+        output(event, pos + args_len);
     }
-    entry.submit(0);
     0
 }
 

@@ -5,7 +5,9 @@
 //! sudo open-latency [--strategy auto|tracepoint|...] [--opens N] [--gap-us U]
 //! ```
 //! A child process (this binary again, with `--child`) opens a file named `token` N times, U µs
-//! apart; the probes' own process is never reported, hence the child. Prints p50/p99/max.
+//! apart; the probes' own process is never reported, hence the child. Prints p50/p99/max, the
+//! events lost, and (logged by the probes when dropped) the average size of an open record.
+//! `RUST_LOG` picks the logs (default: `warn,picket_probes=debug`).
 
 use std::{
     collections::BTreeSet,
@@ -16,6 +18,13 @@ use anyhow::{Context as _, Result, bail};
 use picket_probes::{Probes, Strategy};
 
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,picket_probes=debug".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let mut strategy = Strategy::Auto;
     let mut opens: u32 = 2000;
     let mut gap_us: u64 = 500;

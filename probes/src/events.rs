@@ -1,73 +1,132 @@
 //! Decoding of ring buffer records.
+//!
+//! Open and exec records are variable-length: a fixed `#[repr(C)]` part, then strings whose
+//! lengths the fixed part gives. Every length is checked against its limit and against the
+//! record's actual size before anything is sliced: a record is never trusted.
 
 use std::mem::size_of;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use picket_probes_common::{
-    EventHeader, EventKind, ExecEvent, ExitEvent, FMODE_READ, FMODE_WRITE, ForkEvent, OpenEvent,
-    PATH_COMPLETE, PATH_READ_ERROR, PATH_TOO_DEEP, RawPath,
+    ARGS_LEN, CGROUP_NAME_LEN, EXE_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, FMODE_READ,
+    FMODE_WRITE, ForkEvent, NAME_READ, OpenEvent, PATH_BYTES, PATH_COMPLETE, PATH_READ_ERROR,
+    PATH_TOO_DEEP, PATH_TOO_LONG, PathInfo,
 };
 
 use crate::Access;
 
-/// One decoded record. The large ones stay boxed: an open event is about 12 KiB.
+/// One decoded record.
 pub(crate) enum Record {
-    Open(Box<OpenEvent>),
-    Exec(Box<ExecEvent>),
+    Open(Open),
+    Exec(Exec),
     Fork(ForkEvent),
     Exit(ExitEvent),
 }
 
-/// Copies a `T` out of `bytes`.
+/// An open record: its fixed part and its decoded strings.
+pub(crate) struct Open {
+    pub raw: OpenEvent,
+    /// Leaf name of the task's cgroup (v2).
+    pub cgroup: String,
+    /// The file's path, and whether it is incomplete.
+    pub path: (String, bool),
+    /// The executable's path, and whether it is incomplete.
+    pub exe: (String, bool),
+}
+
+/// An exec record: its fixed part and its decoded strings.
+pub(crate) struct Exec {
+    pub raw: ExecEvent,
+    pub cgroup: String,
+    pub exe: String,
+    pub args: Vec<String>,
+}
+
+/// Copies a `T` out of the start of `bytes`; returns it and the bytes after it.
 ///
 /// # Safety
 /// `T` must be valid for any bit pattern (the `#[repr(C)]` integer structs of picket-probes-common).
-unsafe fn read<T>(bytes: &[u8]) -> Result<T> {
+unsafe fn read<T>(bytes: &[u8]) -> Result<(T, &[u8])> {
     ensure!(
         bytes.len() >= size_of::<T>(),
-        "record of {} bytes, expected {}",
+        "record of {} bytes, expected at least {}",
         bytes.len(),
         size_of::<T>()
     );
     // SAFETY: length checked above; read_unaligned copes with the ring buffer's 8-byte alignment
     // and any T is valid for any bytes (caller).
-    Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+    let value = unsafe { bytes.as_ptr().cast::<T>().read_unaligned() };
+    Ok((value, &bytes[size_of::<T>()..]))
 }
 
-/// Like [`read`], straight into a box, so 12 KiB records do not travel through the stack.
-///
-/// # Safety
-/// As for [`read`].
-unsafe fn read_boxed<T>(bytes: &[u8]) -> Result<Box<T>> {
-    ensure!(
-        bytes.len() >= size_of::<T>(),
-        "record of {} bytes, expected {}",
-        bytes.len(),
-        size_of::<T>()
-    );
-    let mut boxed = Box::<T>::new_uninit();
-    // SAFETY: the destination is a fresh allocation of size_of::<T>() bytes and the source has
-    // at least that many; any bytes are a valid T (caller).
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            bytes.as_ptr(),
-            boxed.as_mut_ptr().cast::<u8>(),
-            size_of::<T>(),
+/// Splits the variable part of a record into strings of the given lengths, each checked against
+/// its limit; the lengths must add up to exactly what the record holds.
+fn split<'a, const N: usize>(
+    mut data: &'a [u8],
+    fields: [(&str, u32, usize); N],
+) -> Result<[&'a [u8]; N]> {
+    let mut out = [&data[..0]; N];
+    for (slot, (name, len, max)) in out.iter_mut().zip(fields) {
+        let len = usize::try_from(len)?;
+        ensure!(len <= max, "{name} of {len} bytes, at most {max} expected");
+        ensure!(
+            len <= data.len(),
+            "{name} of {len} bytes overruns the record ({} bytes left)",
+            data.len()
         );
-        Ok(boxed.assume_init())
+        (*slot, data) = data.split_at(len);
     }
+    ensure!(
+        data.is_empty(),
+        "{} bytes after the record's last field",
+        data.len()
+    );
+    Ok(out)
 }
 
 pub(crate) fn parse(bytes: &[u8]) -> Result<Record> {
-    // SAFETY: EventHeader is a plain integer struct, valid for any bytes.
-    let header: EventHeader = unsafe { read(bytes)? };
+    // SAFETY (every read below): the record types are the plain integer structs of
+    // picket-probes-common, valid for any bytes; read checks the length.
+    let (header, _) = unsafe { read::<EventHeader>(bytes)? };
     Ok(match EventKind::from_u32(header.kind) {
-        // SAFETY (these four): the record types are the plain integer structs of
-        // picket-probes-common, valid for any bytes; read/read_boxed check the length.
-        Some(EventKind::Open) => Record::Open(unsafe { read_boxed(bytes)? }),
-        Some(EventKind::Exec) => Record::Exec(unsafe { read_boxed(bytes)? }),
-        Some(EventKind::Fork) => Record::Fork(unsafe { read(bytes)? }),
-        Some(EventKind::Exit) => Record::Exit(unsafe { read(bytes)? }),
+        Some(EventKind::Open) => {
+            let (raw, data) = unsafe { read::<OpenEvent>(bytes)? };
+            let [cgroup, path, exe] = split(
+                data,
+                [
+                    ("cgroup name", raw.task.cgroup_len, CGROUP_NAME_LEN),
+                    ("path", raw.path.len, PATH_BYTES + NAME_READ - 1),
+                    ("executable path", raw.exe.len, EXE_BYTES + NAME_READ - 1),
+                ],
+            )
+            .context("open record")?;
+            Record::Open(Open {
+                cgroup: c_string(cgroup),
+                path: path_string(path, raw.path),
+                exe: path_string(exe, raw.exe),
+                raw,
+            })
+        }
+        Some(EventKind::Exec) => {
+            let (raw, data) = unsafe { read::<ExecEvent>(bytes)? };
+            let [cgroup, exe, args] = split(
+                data,
+                [
+                    ("cgroup name", raw.task.cgroup_len, CGROUP_NAME_LEN),
+                    ("executable path", raw.exe.len, EXE_BYTES + NAME_READ - 1),
+                    ("arguments", raw.args_len, ARGS_LEN),
+                ],
+            )
+            .context("exec record")?;
+            Record::Exec(Exec {
+                cgroup: c_string(cgroup),
+                exe: path_string(exe, raw.exe).0,
+                args: crate::process::split_args(args),
+                raw,
+            })
+        }
+        Some(EventKind::Fork) => Record::Fork(unsafe { read(bytes)?.0 }),
+        Some(EventKind::Exit) => Record::Exit(unsafe { read(bytes)?.0 }),
         None => bail!("unknown event kind {}", header.kind),
     })
 }
@@ -78,39 +137,27 @@ pub(crate) fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// Joins a leaf-first [`RawPath`] into `/a/b/c`. Returns the path and whether it is incomplete.
-pub(crate) fn path_string<const N: usize, const L: usize>(raw: &RawPath<N, L>) -> (String, bool) {
-    let mut names = Vec::with_capacity(N);
-    let mut cut_name = false;
-    for (len, name) in raw.lens.iter().zip(&raw.names) {
-        let len = usize::from(*len).min(L);
-        if len == 0 {
-            continue;
-        }
-        // A slot filled to the brim held a longer name, cut by bpf_probe_read_kernel_str.
-        cut_name |= len == L;
-        let bytes = &name[..len - 1];
-        // A filesystem root's own name is "/", met only in detached trees.
-        if bytes == b"/" || bytes.is_empty() {
-            continue;
-        }
-        names.push(String::from_utf8_lossy(bytes));
-    }
-    let complete = raw.flags & PATH_COMPLETE != 0;
-    let truncated = cut_name || !complete || raw.flags & (PATH_TOO_DEEP | PATH_READ_ERROR) != 0;
-    names.reverse();
-    let joined = names.join("/");
+/// Joins the leaf-first, NUL-terminated names of a path into `/a/b/c`. Returns the path and
+/// whether it is incomplete (then, if the walk did not reach the root, it has no leading `/`).
+pub(crate) fn path_string(names: &[u8], info: PathInfo) -> (String, bool) {
+    let mut parts: Vec<_> = names
+        .split(|&b| b == 0)
+        // A filesystem root's own name is "/", met only in detached trees; the last piece is
+        // what follows the final NUL.
+        .filter(|name| !name.is_empty() && *name != b"/")
+        .map(String::from_utf8_lossy)
+        .collect();
+    parts.reverse();
+    let joined = parts.join("/");
+    let complete = info.flags & PATH_COMPLETE != 0;
+    let truncated =
+        !complete || info.flags & (PATH_TOO_DEEP | PATH_TOO_LONG | PATH_READ_ERROR) != 0;
     let path = if complete {
         format!("/{joined}")
     } else {
         joined
     };
     (path, truncated)
-}
-
-pub(crate) fn exec_args(raw: &ExecEvent) -> Vec<String> {
-    let len = (raw.args_len as usize).min(raw.args.len());
-    crate::process::split_args(&raw.args[..len])
 }
 
 pub(crate) fn access(f_mode: u32) -> Access {
@@ -124,52 +171,153 @@ pub(crate) fn access(f_mode: u32) -> Access {
 
 #[cfg(test)]
 mod tests {
-    use picket_probes_common::PATH_ABSENT;
+    use picket_probes_common::{PATH_ABSENT, TaskInfo};
 
     use super::*;
 
-    fn raw(names: &[&str], flags: u32) -> RawPath<8, 16> {
-        let mut path = RawPath {
-            lens: [0; 8],
-            flags,
-            _pad: 0,
-            names: [[0xAA; 16]; 8],
-        };
-        for (i, name) in names.iter().enumerate() {
-            if name.is_empty() {
-                continue; // a mount crossing
-            }
-            let n = name.len().min(15);
-            path.names[i][..n].copy_from_slice(&name.as_bytes()[..n]);
-            path.names[i][n] = 0;
-            path.lens[i] = (n + 1) as u16;
+    /// The leaf-first names of a walk, as the kernel packs them.
+    fn names(leaf_first: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for name in leaf_first {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
         }
-        path
+        out
+    }
+
+    fn info(names: &[u8], flags: u32) -> PathInfo {
+        PathInfo {
+            len: names.len() as u32,
+            flags,
+        }
     }
 
     #[test]
     fn joins_leaf_first_names() {
-        let p = raw(&["token", "..data", "", "secrets", "run"], PATH_COMPLETE);
+        let p = names(&["token", "..data", "secrets", "run"]);
         assert_eq!(
-            path_string(&p),
+            path_string(&p, info(&p, PATH_COMPLETE)),
             ("/run/secrets/..data/token".to_owned(), false)
         );
         assert_eq!(
-            path_string(&raw(&[], PATH_COMPLETE)),
+            path_string(&[], info(&[], PATH_COMPLETE)),
             ("/".to_owned(), false)
+        );
+        let p = names(&["x", "/"]);
+        assert_eq!(
+            path_string(&p, info(&p, PATH_COMPLETE)),
+            ("/x".to_owned(), false)
         );
     }
 
     #[test]
     fn flags_incomplete_paths() {
-        let p = raw(&["c", "b"], PATH_TOO_DEEP);
-        assert_eq!(path_string(&p), ("b/c".to_owned(), true));
-        let p = raw(&["c", "b"], PATH_COMPLETE | PATH_READ_ERROR);
-        assert_eq!(path_string(&p), ("/b/c".to_owned(), true));
-        // 15 bytes + NUL fill the 16-byte slot: the name may have been longer.
-        let p = raw(&["abcdefghijklmnopq"], PATH_COMPLETE);
-        assert_eq!(path_string(&p), ("/abcdefghijklmno".to_owned(), true));
-        assert!(path_string(&raw(&[], PATH_ABSENT)).1);
+        let p = names(&["c", "b"]);
+        assert_eq!(
+            path_string(&p, info(&p, PATH_TOO_DEEP)),
+            ("b/c".to_owned(), true)
+        );
+        assert_eq!(
+            path_string(&p, info(&p, PATH_TOO_LONG)),
+            ("b/c".to_owned(), true)
+        );
+        assert_eq!(
+            path_string(&p, info(&p, PATH_COMPLETE | PATH_READ_ERROR)),
+            ("/b/c".to_owned(), true)
+        );
+        assert!(path_string(&[], info(&[], PATH_ABSENT)).1);
+    }
+
+    fn task(cgroup_len: u32) -> TaskInfo {
+        TaskInfo {
+            tgid: 7,
+            tid: 8,
+            ppid: 1,
+            uid: 0,
+            gid: 0,
+            cgroup_len,
+            comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    /// An open record as the kernel writes it.
+    fn open_record(cgroup: &[u8], path: &[u8], exe: &[u8]) -> (OpenEvent, Vec<u8>) {
+        let raw = OpenEvent {
+            header: EventHeader {
+                kind: EventKind::Open as u32,
+                _pad: 0,
+                ts_boot_ns: 1,
+            },
+            task: task(cgroup.len() as u32),
+            source: 3,
+            f_mode: 1,
+            f_flags: 0,
+            fd: 3,
+            path: info(path, PATH_COMPLETE),
+            exe: info(exe, PATH_COMPLETE),
+        };
+        (raw, [cgroup, path, exe].concat())
+    }
+
+    fn bytes_of(raw: &OpenEvent, data: &[u8]) -> Vec<u8> {
+        // SAFETY: OpenEvent is a plain integer struct without padding.
+        let fixed = unsafe {
+            std::slice::from_raw_parts(
+                (raw as *const OpenEvent).cast::<u8>(),
+                size_of::<OpenEvent>(),
+            )
+        };
+        [fixed, data].concat()
+    }
+
+    #[test]
+    fn decodes_an_open_record() {
+        let (raw, data) = open_record(
+            b"session-1.scope\0",
+            &names(&["token", "tmp"]),
+            &names(&["cat", "bin", "usr"]),
+        );
+        let Record::Open(open) = parse(&bytes_of(&raw, &data)).unwrap() else {
+            panic!("not an open");
+        };
+        assert_eq!(open.cgroup, "session-1.scope");
+        assert_eq!(open.path, ("/tmp/token".to_owned(), false));
+        assert_eq!(open.exe, ("/usr/bin/cat".to_owned(), false));
+    }
+
+    #[test]
+    fn rejects_lengths_that_do_not_fit() {
+        let (raw, data) = open_record(b"cg\0", &names(&["token"]), &names(&["cat"]));
+        let good = bytes_of(&raw, &data);
+        // Cut short, or with bytes to spare.
+        for bytes in [
+            &good[..good.len() - 1],
+            &[good.as_slice(), &[0]].concat()[..],
+        ] {
+            assert!(parse(bytes).is_err());
+        }
+        assert!(parse(&good[..size_of::<OpenEvent>() - 1]).is_err());
+        // Lengths beyond their limits, or beyond the record, however they add up.
+        let mut bad = raw;
+        bad.task.cgroup_len = CGROUP_NAME_LEN as u32 + 1;
+        let err = parse(&bytes_of(&bad, &data)).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("cgroup name of 129 bytes"),
+            "{err:#}"
+        );
+        let mut bad = raw;
+        bad.path.len = u32::MAX;
+        assert!(parse(&bytes_of(&bad, &data)).is_err());
+        let mut bad = raw;
+        bad.exe.len += 1;
+        let err = parse(&bytes_of(&bad, &data)).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("overruns the record"),
+            "{err:#}"
+        );
+        let mut bad = raw;
+        bad.header.kind = 99;
+        assert!(parse(&bytes_of(&bad, &data)).is_err());
     }
 
     #[test]

@@ -166,6 +166,9 @@ pub struct Probes {
     filter: Filter,
     cache: ProcessCache,
     images: ContainerImages,
+    /// Open records read, and their bytes (diagnostics, logged when dropped).
+    open_records: u64,
+    open_record_bytes: u64,
 }
 
 enum Ring {
@@ -247,6 +250,8 @@ impl Probes {
             filter: Filter::EMPTY,
             cache,
             images: ContainerImages::new("/"),
+            open_records: 0,
+            open_record_bytes: 0,
         })
     }
 
@@ -354,18 +359,23 @@ impl Probes {
             let Some(item) = ring.next() else {
                 return Ok(None);
             };
+            let len = item.len();
             let record = events::parse(&item);
             drop(item);
             match record {
-                Ok(Record::Open(raw)) => return Ok(Some(self.open_event(&raw))),
-                Ok(Record::Exec(raw)) => {
-                    let cgroup = events::c_string(&raw.task.cgroup);
+                Ok(Record::Open(open)) => {
+                    self.open_records += 1;
+                    self.open_record_bytes += len as u64;
+                    return Ok(Some(self.open_event(open)));
+                }
+                Ok(Record::Exec(exec)) => {
+                    let container_id = container_id_from_cgroup(&exec.cgroup);
                     self.cache.exec(
-                        raw.task.tgid,
+                        exec.raw.task.tgid,
                         Cached {
-                            exe: events::path_string(&raw.exe).0,
-                            args: events::exec_args(&raw),
-                            container_id: container_id_from_cgroup(&cgroup),
+                            exe: exec.exe,
+                            args: exec.args,
+                            container_id,
                         },
                     );
                 }
@@ -401,10 +411,14 @@ impl Probes {
         }
     }
 
-    fn open_event(&mut self, raw: &picket_probes_common::OpenEvent) -> OpenEvent {
+    fn open_event(&mut self, open: events::Open) -> OpenEvent {
+        let events::Open {
+            raw,
+            cgroup,
+            path: (path, path_truncated),
+            exe: (exe, _),
+        } = open;
         let task = &raw.task;
-        let (path, path_truncated) = events::path_string(&raw.path);
-        let (exe, _) = events::path_string(&raw.exe);
         let cached = self.cache.get(task.tgid);
         let args = match cached {
             Some(cached) => cached.args.clone(),
@@ -413,7 +427,6 @@ impl Probes {
                 .map(|raw| process::split_args(&raw))
                 .unwrap_or_default(),
         };
-        let cgroup = events::c_string(&task.cgroup);
         let container_id = container_id_from_cgroup(&cgroup)
             .or_else(|| cached.and_then(|c| c.container_id.clone()));
         let container_image = container_id.as_deref().and_then(|id| self.images.image(id));
@@ -435,6 +448,20 @@ impl Probes {
                 container_id,
                 container_image,
             },
+        }
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        if self.open_records > 0 {
+            // In the ring buffer each record also takes an 8-byte header and is padded to 8.
+            let avg = self.open_record_bytes as f64 / self.open_records as f64;
+            tracing::debug!(
+                "read {} open records of {avg:.0} bytes on average ({} events lost)",
+                self.open_records,
+                self.lost_events()
+            );
         }
     }
 }

@@ -396,6 +396,92 @@ fn kubelet_token_reads_resolve_to_the_timestamped_file() {
     assert_eq!(probes.lost_events(), 0);
 }
 
+/// Runs `xcat token` from `dir` (reached one component at a time, as it may be longer than
+/// PATH_MAX) and returns xcat's pid.
+fn cat_token_in(scratch: &Scratch, components: &[String]) -> u32 {
+    let start = std::env::current_dir().unwrap();
+    std::env::set_current_dir(&scratch.dir).unwrap();
+    for name in components {
+        fs::create_dir(name).unwrap();
+        std::env::set_current_dir(name).unwrap();
+    }
+    fs::write("token", "deep").unwrap();
+    let output = Command::new(&scratch.xcat)
+        .arg("token")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = output.id();
+    let output = output.wait_with_output().unwrap();
+    std::env::set_current_dir(start).unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "deep");
+    pid
+}
+
+#[test]
+fn paths_too_deep_or_too_long_keep_their_tail_and_are_flagged() {
+    if !in_private_mount_namespace("paths_too_deep_or_too_long_keep_their_tail_and_are_flagged") {
+        return;
+    }
+    let scratch = Scratch::new("long");
+    let sentinel_file = scratch.dir.join("sentinel");
+    fs::write(&sentinel_file, "s").unwrap();
+    let mut probes = load_tracepoint();
+    probes
+        .set_basenames(&names(&["token", "sentinel"]))
+        .unwrap();
+
+    // 40 levels: more walk steps than an open's path gets (32).
+    let deep: Vec<String> = (0..40).map(|i| format!("d{i:02}")).collect();
+    let deep_pid = cat_token_in(&scratch, &deep);
+    // 24 names of 200 bytes: more than the 4096 bytes of names a path gets.
+    let long: Vec<String> = (0..24)
+        .map(|i| format!("{i:02}{}", "x".repeat(198)))
+        .collect();
+    let long_pid = cat_token_in(&scratch, &long);
+    let sentinel = scratch.cat(sentinel_file.to_str().unwrap(), None, "s");
+
+    let events = runtime().block_on(until_sentinel(
+        &mut probes,
+        &HashSet::from([deep_pid, long_pid]),
+        sentinel,
+    ));
+    let by_pid = |pid: u32| -> &OpenEvent {
+        let got: Vec<_> = events.iter().filter(|e| e.process.pid == pid).collect();
+        assert_eq!(got.len(), 1, "{got:?}");
+        got[0]
+    };
+    for (pid, components) in [(deep_pid, &deep), (long_pid, &long)] {
+        let event = by_pid(pid);
+        let full = format!("{}/{}/token", scratch.dir.display(), components.join("/"));
+        println!("{} of {} bytes", event.path.len(), full.len());
+        assert!(event.path_truncated, "{event:?}");
+        // The tail, relative (no leading '/'), on a component boundary.
+        assert!(!event.path.starts_with('/'), "{}", event.path);
+        assert!(
+            full.ends_with(&format!("/{}", event.path)),
+            "{}",
+            event.path
+        );
+        assert_eq!(event.process.exe, scratch.xcat_str());
+    }
+    let deep_event = by_pid(deep_pid);
+    assert_eq!(
+        deep_event.path.split('/').count(),
+        32,
+        "{}",
+        deep_event.path
+    );
+    let long_event = by_pid(long_pid);
+    assert!(
+        (4096 - 255..=4096 + 255).contains(&long_event.path.len()),
+        "{}",
+        long_event.path.len()
+    );
+    assert_eq!(probes.lost_events(), 0);
+}
+
 #[test]
 fn set_basenames_adds_and_removes() {
     if !in_private_mount_namespace("set_basenames_adds_and_removes") {

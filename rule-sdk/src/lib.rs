@@ -32,6 +32,7 @@
 //! Build with `cargo build --release --target wasm32-unknown-unknown` and check the module with
 //! `picket test`. On other targets the same crate builds natively: [`native`] lets a program run
 //! the rule's functions directly, which picket uses to measure what the sandbox costs.
+#![warn(missing_docs)]
 
 mod host;
 mod manifest;

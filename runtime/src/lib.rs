@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: events (live or replayed) → [`pipeline`] → rules in the [`sandbox`] with
 //! their [`state`] → signals → [`output`].
+#![warn(missing_docs)]
 
 pub mod agent;
 pub mod cli;
