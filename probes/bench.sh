@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures what file-open monitoring adds to open()+close() and getppid(), side by side in one
-# session: no monitoring, picket's probes, an auditd watch rule and a bpftrace one-liner.
+# session: no monitoring, the picket agent (`picket run` with the bundled rules), picket's probes
+# alone, an auditd watch rule and a bpftrace one-liner.
 # Conditions are interleaved over several passes so that drift of the machine hits them all alike.
 #
 #   sudo probes/bench.sh [passes]            (default 5 passes; needs root, auditctl, bpftrace)
@@ -12,8 +13,14 @@ set -euo pipefail
 passes=${1:-5}
 here=$(cd "$(dirname "$0")" && pwd)
 cargo build --release -p picket-probes --examples --manifest-path "$here/Cargo.toml" >&2
-bin=${CARGO_TARGET_DIR:-$here/../target}/release/examples
+cargo build --release -p picket --manifest-path "$here/../Cargo.toml" >&2
+cargo build --release --target wasm32-unknown-unknown -p eks-token -p k8s-sa-token \
+    --manifest-path "$here/../Cargo.toml" >&2
+target=${CARGO_TARGET_DIR:-$here/../target}
+bin=$target/release/examples
 work=$(mktemp -d /tmp/picket-bench.XXXXXX)
+mkdir -p "$work/rules"
+cp "$target"/wasm32-unknown-unknown/release/{eks_token,k8s_sa_token}.wasm "$work/rules/"
 token=$work/token
 echo secret > "$token"
 results=$work/results.tsv
@@ -37,6 +44,9 @@ start() { # condition
   monitor_pid=
   case $1 in
     none) ;;
+    agent) taskset -c 0 "$target/release/picket" run --rules "$work/rules" --state "$work/state" \
+               >"$work/agent.out" 2>"$work/agent.log" &
+           monitor_pid=$!; wait_for "$work/agent.log" "agent ready" ;;
     probes) taskset -c 0 "$bin/probe-dump" --basename token >"$work/probes.log" 2>&1 &
             monitor_pid=$!; wait_for "$work/probes.log" "attached with strategy" ;;
     stage*) PICKET_PROBES_STOP_AFTER=${1#stage} taskset -c 0 "$bin/probe-dump" --basename token >"$work/probes.log" 2>&1 &
@@ -54,7 +64,7 @@ stop() { # condition
   if [[ -n $monitor_pid ]]; then kill -INT "$monitor_pid"; wait "$monitor_pid" 2>/dev/null || true; monitor_pid=; fi
 }
 
-conditions=(none probes auditd bpftrace)
+conditions=(none agent probes auditd bpftrace)
 if [[ -n ${STAGES:-} ]]; then conditions+=(stage0 stage1 stage2 stage3); fi
 
 for pass in $(seq "$passes"); do
