@@ -287,6 +287,19 @@ async fn until_sentinel(probes: &mut Probes, pids: &HashSet<u32>, sentinel: u32)
     }
 }
 
+/// A scratch directory holding a `sentinel` file, and the tracepoint probes approving `token`
+/// and `sentinel` (a test reads the sentinel last, to know all earlier events have arrived).
+fn watch_tokens(name: &str) -> (Scratch, PathBuf, Probes) {
+    let scratch = Scratch::new(name);
+    let sentinel_file = scratch.dir.join("sentinel");
+    fs::write(&sentinel_file, "s").unwrap();
+    let mut probes = load_tracepoint();
+    probes
+        .set_basenames(&names(&["token", "sentinel"]))
+        .unwrap();
+    (scratch, sentinel_file, probes)
+}
+
 fn load_tracepoint() -> Probes {
     let probes = Probes::load(Strategy::Tracepoint).expect("loading the tracepoint strategy");
     assert_eq!(probes.strategy(), Strategy::Tracepoint);
@@ -299,13 +312,7 @@ fn kubelet_token_reads_resolve_to_the_timestamped_file() {
         return;
     }
     kubelet_layout();
-    let scratch = Scratch::new("kubelet");
-    let sentinel_file = scratch.dir.join("sentinel");
-    fs::write(&sentinel_file, "s").unwrap();
-    let mut probes = load_tracepoint();
-    probes
-        .set_basenames(&names(&["token", "sentinel"]))
-        .unwrap();
+    let (scratch, sentinel_file, mut probes) = watch_tokens("kubelet");
 
     let via_var_run = "/var/run/secrets/kubernetes.io/serviceaccount/token".to_owned();
     let absolute = scratch.cat(&via_var_run, None, "k8s-token");
@@ -424,13 +431,7 @@ fn paths_too_deep_or_too_long_keep_their_tail_and_are_flagged() {
     if !in_private_mount_namespace("paths_too_deep_or_too_long_keep_their_tail_and_are_flagged") {
         return;
     }
-    let scratch = Scratch::new("long");
-    let sentinel_file = scratch.dir.join("sentinel");
-    fs::write(&sentinel_file, "s").unwrap();
-    let mut probes = load_tracepoint();
-    probes
-        .set_basenames(&names(&["token", "sentinel"]))
-        .unwrap();
+    let (scratch, sentinel_file, mut probes) = watch_tokens("long");
 
     // 40 levels: more walk steps than an open's path gets (32).
     let deep: Vec<String> = (0..40).map(|i| format!("d{i:02}")).collect();
@@ -618,13 +619,7 @@ fn container_id_and_image_come_from_the_cgroup_and_runtime_metadata() {
     )
     .unwrap();
 
-    let scratch = Scratch::new("container");
-    let sentinel_file = scratch.dir.join("sentinel");
-    fs::write(&sentinel_file, "s").unwrap();
-    let mut probes = load_tracepoint();
-    probes
-        .set_basenames(&names(&["token", "sentinel"]))
-        .unwrap();
+    let (scratch, sentinel_file, mut probes) = watch_tokens("container");
     // The shell moves itself into the cgroup, then becomes xcat.
     let child = Command::new("/bin/sh")
         .arg("-c")
@@ -684,13 +679,7 @@ fn io_uring_opens_are_seen_by_the_tracepoint_strategy() {
         return;
     }
     kubelet_layout();
-    let scratch = Scratch::new("io_uring");
-    let sentinel_file = scratch.dir.join("sentinel");
-    fs::write(&sentinel_file, "s").unwrap();
-    let mut probes = load_tracepoint();
-    probes
-        .set_basenames(&names(&["token", "sentinel"]))
-        .unwrap();
+    let (scratch, sentinel_file, mut probes) = watch_tokens("io_uring");
 
     let child = Command::new(std::env::current_exe().unwrap())
         .args([

@@ -82,15 +82,20 @@ impl Run {
     }
 }
 
-/// Runs `command` to completion, with `stdin` as its input.
-pub fn run(command: &mut Command, stdin: &str) -> Run {
-    use std::io::Write;
-    let mut child = command
+/// Starts `command` with stdin, stdout and stderr piped.
+fn spawn_piped(command: &mut Command) -> std::process::Child {
+    command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("starting picket");
+        .expect("starting picket")
+}
+
+/// Runs `command` to completion, with `stdin` as its input.
+pub fn run(command: &mut Command, stdin: &str) -> Run {
+    use std::io::Write;
+    let mut child = spawn_piped(command);
     let mut input = child.stdin.take().expect("stdin");
     let text = stdin.to_string();
     let writer = std::thread::spawn(move || {
@@ -157,12 +162,7 @@ impl Streaming {
     /// Starts `command` with piped stdin, stdout and stderr.
     pub fn spawn(command: &mut Command) -> Streaming {
         use std::io::BufRead;
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting picket");
+        let mut child = spawn_piped(command);
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, signals) = std::sync::mpsc::channel();
