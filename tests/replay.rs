@@ -183,3 +183,33 @@ fn a_missing_rules_directory_or_input_is_an_error() {
         out.stderr
     );
 }
+
+#[test]
+fn a_full_new_value_state_is_reported() {
+    let rules = bundled_rules();
+    let events: String = (0..50)
+        .map(|i| token_read(i, &format!("/tmp/r{i}/cat"), K8S_TOKEN) + "\n")
+        .collect();
+    let out = run(
+        picket()
+            .args([
+                "replay",
+                "--learning-period",
+                "0s",
+                "--state-capacity",
+                "10",
+            ])
+            .arg("--rules")
+            .arg(rules.path())
+            .arg("-"),
+        &events,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("new-value state full") && out.stderr.contains("rule=k8s-sa-token"),
+        "{}",
+        out.stderr
+    );
+    // Evicted values are new again, never silently known: every reader still raised a signal.
+    assert_eq!(out.signals().len(), 49);
+}

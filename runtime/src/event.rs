@@ -267,35 +267,6 @@ impl Event<'_> {
         let path: &str = &self.file.path;
         path.rsplit('/').next().unwrap_or(path)
     }
-
-    /// This event with every string owned, to keep beyond its input line.
-    pub fn into_owned(self) -> Event<'static> {
-        fn own(s: Cow<'_, str>) -> Cow<'static, str> {
-            Cow::Owned(s.into_owned())
-        }
-        Event {
-            ts: self.ts,
-            kind: self.kind,
-            host: self.host.map(own),
-            file: File {
-                path: own(self.file.path),
-                access: self.file.access,
-            },
-            process: Process {
-                pid: self.process.pid,
-                ppid: self.process.ppid,
-                uid: self.process.uid,
-                gid: self.process.gid,
-                comm: self.process.comm.map(own),
-                exe: own(self.process.exe),
-                args: self.process.args,
-            },
-            container: self.container.map(|c| Container {
-                id: c.id.map(own),
-                image: c.image.map(own),
-            }),
-        }
-    }
 }
 
 /// Parses one JSON event; the error names the field at fault.

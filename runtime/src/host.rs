@@ -7,8 +7,8 @@ use crate::rules_dir::{self, RuleDirectory, Scan};
 use crate::sandbox::{Limits, Sandbox};
 use crate::store::{self, Persister, StateStore};
 use crate::watch::{self, RuleWatcher};
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,8 @@ pub struct Host {
     directory: Option<RuleDirectory>,
     persister: Option<Persister>,
     last_save: Instant,
+    /// Evictions already reported, per rule.
+    evictions_reported: HashMap<String, u64>,
 }
 
 impl Host {
@@ -81,13 +83,9 @@ impl Host {
             directory: Some(directory),
             persister,
             last_save: Instant::now(),
+            evictions_reported: HashMap::new(),
         };
         Ok((host, scan))
-    }
-
-    /// The rules directory.
-    pub fn rules_dir(&self) -> Option<&Path> {
-        self.directory.as_ref().map(RuleDirectory::path)
     }
 
     /// Starts watching the rules directory; each scan after a change goes to `deliver`, which
@@ -122,12 +120,27 @@ impl Host {
         }
     }
 
-    /// Hands learned values to the persister now.
+    /// Hands learned values to the persister now, and reports rules whose state is full.
     pub fn save(&mut self) {
         self.last_save = Instant::now();
         if let Some(persister) = &self.persister {
             persister.send(store::drain(&mut self.pipeline));
         }
+        let reported = &mut self.evictions_reported;
+        self.pipeline.for_each_state(|rule, state| {
+            let evicted = state.stats().evicted;
+            let before = reported.entry(rule.to_string()).or_insert(0);
+            if evicted > *before {
+                tracing::warn!(
+                    rule,
+                    evicted = evicted - *before,
+                    total = evicted,
+                    capacity = state.capacity(),
+                    "new-value state full: least recently seen values evicted (see --state-capacity)"
+                );
+                *before = evicted;
+            }
+        });
     }
 
     /// Basenames the rules subscribe to (`None`: some rule wants every file).

@@ -9,7 +9,7 @@
 
 use crate::event::Event;
 use crate::sandbox::{LoadedModule, NewValue, RuleError, RuleInstance, Sandbox};
-use crate::state::{DEFAULT_CAPACITY, RuleState, Settings, Stats};
+use crate::state::{DEFAULT_CAPACITY, RuleState, Settings};
 use hashbrown::HashMap;
 use picket_abi::{EventKind, Manifest, Subscription};
 use std::collections::BTreeSet;
@@ -261,15 +261,6 @@ impl Pipeline {
     /// The installed rules, ordered by id.
     pub fn rules(&self) -> impl Iterator<Item = &RuleStatus> {
         self.slots.iter().map(|slot| &slot.status)
-    }
-
-    /// New-value counters of an installed rule.
-    pub fn state_stats(&self, id: &str) -> Option<Stats> {
-        let slot = self.slots.iter().find(|s| s.status.manifest.id == id)?;
-        match &slot.instance {
-            Some(instance) => Some(instance.state().stats()),
-            None => slot.parked.as_ref().map(RuleState::stats),
-        }
     }
 
     /// Runs `f` on the new-value state of every rule, installed or not.

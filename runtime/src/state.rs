@@ -218,6 +218,11 @@ impl RuleState {
         self.stats
     }
 
+    /// Most values plus groups held before the least recently seen are evicted.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Values plus groups held now.
     pub fn entries(&self) -> usize {
         self.entries

@@ -527,6 +527,18 @@ mod tests {
         ("rule".into(), change)
     }
 
+    /// The rule's state as read back from `store`, with learning off; asserts the value count.
+    fn reloaded(store: &StateStore, values: usize) -> RuleState {
+        let (mut states, count) = store.load(1000).unwrap();
+        assert_eq!(count, values);
+        let mut state = states.remove("rule").unwrap();
+        state.set_settings(Settings {
+            learning_period_ns: 0,
+            forget_after_ns: u64::MAX,
+        });
+        state
+    }
+
     #[test]
     fn folding_keeps_the_outcome_of_the_log() {
         let removed = |g: &str| {
@@ -554,13 +566,7 @@ mod tests {
         let mut store = StateStore::open(dir.path()).unwrap();
         store.apply(&pending.changes).unwrap();
         assert_eq!(pending.changes.len(), 5, "{:?}", pending.changes);
-        let (mut states, values) = store.load(100).unwrap();
-        assert_eq!(values, 2);
-        let state = states.get_mut("rule").unwrap();
-        state.set_settings(Settings {
-            learning_period_ns: 0,
-            forget_after_ns: u64::MAX,
-        });
+        let mut state = reloaded(&store, 2);
         assert_eq!(state.check(9, "s", "g", "/old").unwrap(), Verdict::New);
         assert_eq!(state.check(9, "s", "g", "/kept").unwrap(), Verdict::Known);
         assert_eq!(state.check(9, "s", "h", "/h").unwrap(), Verdict::Known);
@@ -600,13 +606,7 @@ mod tests {
         drop(store);
 
         let store = StateStore::open(dir.path()).unwrap();
-        let (mut states, values) = store.load(1000).unwrap();
-        assert_eq!(values, 2);
-        let state = states.get_mut("rule").unwrap();
-        state.set_settings(Settings {
-            learning_period_ns: 0,
-            forget_after_ns: u64::MAX,
-        });
+        let state = &mut reloaded(&store, 2);
         let check = |state: &mut RuleState, group: &str, value: &str| {
             state.check(30, "s", group, value).unwrap()
         };

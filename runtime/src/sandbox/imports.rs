@@ -142,7 +142,15 @@ fn log(mut caller: Caller<'_, RuleCtx>, level: i32, ptr: i32, len: i32) -> wasmt
         return Ok(());
     }
     if ctx.logs_this_event >= ctx.limits.max_logs_per_event {
-        ctx.logs_dropped += 1;
+        if ctx.logs_this_event == ctx.limits.max_logs_per_event {
+            // Said once per event, so that the report of a flood is not a flood itself.
+            tracing::warn!(
+                rule = &*ctx.rule_id,
+                "rule wrote more than {} log lines for one event; the rest of this event's are dropped",
+                ctx.limits.max_logs_per_event
+            );
+            ctx.logs_this_event += 1;
+        }
         return Ok(());
     }
     ctx.logs_this_event += 1;

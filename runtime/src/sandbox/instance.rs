@@ -78,7 +78,6 @@ pub(super) struct RuleCtx {
     pub(super) ts_ns: i64,
     pub(super) signals: Vec<RaisedSignal>,
     pub(super) logs_this_event: u32,
-    pub(super) logs_dropped: u64,
     pub(super) panic_message: Option<String>,
 }
 
@@ -169,7 +168,6 @@ impl RuleInstance {
             ts_ns: 0,
             signals: Vec::new(),
             logs_this_event: 0,
-            logs_dropped: 0,
             panic_message: None,
         };
         let mut store = Store::new(&sandbox.engine, ctx);
@@ -307,11 +305,6 @@ impl RuleInstance {
     /// The rule's new-value state, to change settings or drain its journal.
     pub fn state_mut(&mut self) -> &mut RuleState {
         &mut self.store.data_mut().state
-    }
-
-    /// Log lines dropped because the rule wrote too many for one event.
-    pub fn logs_dropped(&self) -> u64 {
-        self.store.data().logs_dropped
     }
 
     /// Ends the instance, handing back its state.

@@ -27,7 +27,7 @@ pub struct Limits {
     pub timeout: Duration,
     /// Most signals a rule may raise for one event.
     pub max_signals_per_event: u32,
-    /// Most log lines a rule may write for one event; later ones are dropped and counted.
+    /// Most log lines a rule may write for one event; later ones are dropped, and that is logged once.
     pub max_logs_per_event: u32,
     /// Largest module file accepted.
     pub max_module_bytes: usize,
