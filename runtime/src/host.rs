@@ -5,7 +5,8 @@ use crate::event::Event;
 use crate::pipeline::{Pipeline, PipelineConfig, Sink};
 use crate::rules_dir::{self, RuleDirectory, Scan};
 use crate::sandbox::{Limits, Sandbox};
-use crate::store::{self, Persister, StateStore};
+use crate::state::Stats;
+use crate::store::{self, Persister};
 use crate::watch::{self, RuleWatcher};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -15,6 +16,9 @@ use std::time::{Duration, Instant};
 /// How often learned values are handed to the persister. With the commit after it, a value is
 /// on disk well within a second of being learned.
 pub const SAVE_EVERY: Duration = Duration::from_millis(200);
+
+/// Journaled key bytes past which changes go to the persister before [`SAVE_EVERY`] is up.
+const SAVE_AT_JOURNAL_BYTES: usize = 4 << 20;
 
 /// Where the host's inputs and outputs live.
 #[derive(Clone, Debug)]
@@ -36,8 +40,8 @@ pub struct Host {
     directory: Option<RuleDirectory>,
     persister: Option<Persister>,
     last_save: Instant,
-    /// Evictions already reported, per rule.
-    evictions_reported: HashMap<String, u64>,
+    /// State counters already reported, per rule.
+    reported: HashMap<String, Stats>,
 }
 
 impl Host {
@@ -50,18 +54,22 @@ impl Host {
         let mut restored = None;
         let mut persister = None;
         if let Some(state_dir) = &options.state {
-            let store = StateStore::open(state_dir)?;
             let started = Instant::now();
-            let (states, values) = store.load(config.state_capacity)?;
+            let restored_file = store::open_and_load(state_dir, config.state_capacity)?;
+            let (state_store, states, values) = (
+                restored_file.store,
+                restored_file.states,
+                restored_file.values,
+            );
             tracing::info!(
-                file = %store.path().display(),
+                file = %state_store.path().display(),
                 rules = states.len(),
                 values,
                 "learned state restored in {:?}",
                 started.elapsed()
             );
             restored = Some(states);
-            persister = Some(Persister::start(store));
+            persister = Some(Persister::start(state_store));
             config.journal = true;
             let cache = state_dir.join("modules");
             if let Err(err) = sandbox.use_module_cache(&cache) {
@@ -83,7 +91,7 @@ impl Host {
             directory: Some(directory),
             persister,
             last_save: Instant::now(),
-            evictions_reported: HashMap::new(),
+            reported: HashMap::new(),
         };
         Ok((host, scan))
     }
@@ -108,9 +116,13 @@ impl Host {
         rules_dir::apply(&mut self.pipeline, scan)
     }
 
-    /// Evaluates one event.
+    /// Evaluates one event. A rule learning fast (or a hostile one learning big keys) has its
+    /// changes handed to the persister early, so that they never pile up in memory.
     pub fn handle(&mut self, event: &Event<'_>, sink: &mut dyn Sink) {
         self.pipeline.handle(event, sink);
+        if self.persister.is_some() && self.pipeline.journal_bytes() > SAVE_AT_JOURNAL_BYTES {
+            self.save();
+        }
     }
 
     /// Hands learned values to the persister when [`SAVE_EVERY`] has passed.
@@ -126,20 +138,33 @@ impl Host {
         if let Some(persister) = &self.persister {
             persister.send(store::drain(&mut self.pipeline));
         }
-        let reported = &mut self.evictions_reported;
+        let reported = &mut self.reported;
         self.pipeline.for_each_state(|rule, state| {
-            let evicted = state.stats().evicted;
-            let before = reported.entry(rule.to_string()).or_insert(0);
-            if evicted > *before {
+            let now = state.stats();
+            let before = reported.entry(rule.to_string()).or_default();
+            if now.evicted > before.evicted {
                 tracing::warn!(
                     rule,
-                    evicted = evicted - *before,
-                    total = evicted,
+                    evicted = now.evicted - before.evicted,
+                    total = now.evicted,
+                    entries = state.entries(),
+                    bytes = state.bytes(),
                     capacity = state.capacity(),
-                    "new-value state full: least recently seen values evicted (see --state-capacity)"
+                    max_bytes = state.max_bytes(),
+                    "new-value state full: least recently seen values evicted (see \
+                     --state-capacity, --state-bytes-per-rule, --state-bytes-total)"
                 );
-                *before = evicted;
             }
+            if now.ahead > before.ahead {
+                tracing::warn!(
+                    rule,
+                    events = now.ahead - before.ahead,
+                    total = now.ahead,
+                    "events dated implausibly far ahead of the stream: not used to forget values \
+                     (docs/new-value.md)"
+                );
+            }
+            *before = now;
         });
     }
 

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod compile;
 pub mod conformance;
 pub mod event;
 pub mod host;
@@ -15,6 +16,7 @@ pub mod output;
 pub mod pipeline;
 pub mod replay;
 pub mod rules_dir;
+pub mod safe_file;
 pub mod sandbox;
 pub mod state;
 pub mod store;

@@ -35,11 +35,52 @@ pub const STATE_FILE: &str = "state.redb";
 
 /// A state store problem, naming the file.
 #[derive(Debug)]
-pub struct StoreError(pub String);
+pub struct StoreError {
+    message: String,
+    /// Whether the file itself is damaged (as opposed to locked, unreadable, foreign).
+    damaged: bool,
+}
+
+impl StoreError {
+    fn new(message: String) -> StoreError {
+        StoreError {
+            message,
+            damaged: false,
+        }
+    }
+
+    fn damage(message: String) -> StoreError {
+        StoreError {
+            message,
+            damaged: true,
+        }
+    }
+
+    /// Whether the file's content is damaged: it should be set aside, not retried.
+    pub fn is_damage(&self) -> bool {
+        self.damaged
+    }
+}
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
+    }
+}
+
+/// Whether an error opening the database means its content is damaged, rather than that it is
+/// locked by another process or cannot be reached.
+fn is_damage(err: &redb::DatabaseError) -> bool {
+    use redb::{DatabaseError, StorageError};
+    match err {
+        DatabaseError::Storage(StorageError::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        DatabaseError::Storage(StorageError::Corrupted(_) | StorageError::ValueTooLarge(_))
+        | DatabaseError::RepairAborted
+        | DatabaseError::UpgradeRequired(_) => true,
+        _ => false,
     }
 }
 
@@ -65,16 +106,18 @@ impl StateStore {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|err| StoreError(format!("state directory {}: {err}", dir.display())))?;
+            .map_err(|err| StoreError::new(format!("state directory {}: {err}", dir.display())))?;
         let path = dir.join(STATE_FILE);
-        let fail = |what: &str, err: &dyn fmt::Display| {
-            StoreError(format!("state file {}: {what}: {err}", path.display()))
-        };
         let db = Database::create(&path).map_err(|err| {
-            fail(
-                "cannot be opened (not a picket state database, or damaged)",
-                &err,
-            )
+            let message = format!(
+                "state file {}: cannot be opened (not a picket state database, or damaged): {err}",
+                path.display()
+            );
+            if is_damage(&err) {
+                StoreError::damage(message)
+            } else {
+                StoreError::new(message)
+            }
         })?;
         let mut store = StateStore {
             db,
@@ -94,7 +137,7 @@ impl StateStore {
 
     fn check_format(&self) -> Result<(), StoreError> {
         let path = self.path.display();
-        let err = |err: &dyn fmt::Display| StoreError(format!("state file {path}: {err}"));
+        let err = |err: &dyn fmt::Display| StoreError::damage(format!("state file {path}: {err}"));
         let txn = self.db.begin_write().map_err(|e| err(&e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
@@ -102,7 +145,7 @@ impl StateStore {
             match format {
                 Some(STATE_FORMAT) => {}
                 Some(other) => {
-                    return Err(StoreError(format!(
+                    return Err(StoreError::new(format!(
                         "state file {path} was written in state format {other}, but this picket \
                          reads format {STATE_FORMAT}; move it aside or use another --state directory"
                     )));
@@ -110,7 +153,7 @@ impl StateStore {
                 None => {
                     let groups = txn.open_table(GROUPS).map_err(|e| err(&e))?;
                     if !groups.is_empty().map_err(|e| err(&e))? {
-                        return Err(StoreError(format!(
+                        return Err(StoreError::new(format!(
                             "state file {path} holds state but no format marker; it was not \
                              written by picket"
                         )));
@@ -125,7 +168,7 @@ impl StateStore {
 
     fn read_group_ids(&mut self) -> Result<(), StoreError> {
         let path = self.path.display();
-        let err = |e: &dyn fmt::Display| StoreError(format!("state file {path}: {e}"));
+        let err = |e: &dyn fmt::Display| StoreError::damage(format!("state file {path}: {e}"));
         let txn = self.db.begin_read().map_err(|e| err(&e))?;
         let groups = txn.open_table(GROUPS).map_err(|e| err(&e))?;
         for row in groups.iter().map_err(|e| err(&e))? {
@@ -141,7 +184,7 @@ impl StateStore {
     /// installed. Returns the states by rule id and the number of values read.
     pub fn load(&self, capacity: usize) -> Result<(HashMap<String, RuleState>, usize), StoreError> {
         let path = self.path.display();
-        let err = |e: &dyn fmt::Display| StoreError(format!("state file {path}: {e}"));
+        let err = |e: &dyn fmt::Display| StoreError::damage(format!("state file {path}: {e}"));
         let txn = self.db.begin_read().map_err(|e| err(&e))?;
         let mut states: HashMap<String, RuleState> = HashMap::new();
         let placeholder = Settings {
@@ -179,7 +222,7 @@ impl StateStore {
     /// Commits `changes` in order, in one transaction.
     pub fn apply(&mut self, changes: &[RuleChange]) -> Result<(), StoreError> {
         let path = self.path.display().to_string();
-        let err = |e: &dyn fmt::Display| StoreError(format!("state file {path}: {e}"));
+        let err = |e: &dyn fmt::Display| StoreError::damage(format!("state file {path}: {e}"));
         let txn = self.db.begin_write().map_err(|e| err(&e))?;
         let mut ids;
         {
@@ -250,6 +293,102 @@ impl StateStore {
         self.ids.extend(added);
         Ok(())
     }
+}
+
+/// A state file opened and read back by [`open_and_load`].
+pub struct Restored {
+    /// The store, for the persister.
+    pub store: StateStore,
+    /// Every rule's state, by rule id.
+    pub states: HashMap<String, RuleState>,
+    /// Values read.
+    pub values: usize,
+    /// Where a damaged file was moved, if one was.
+    pub set_aside: Option<PathBuf>,
+}
+
+/// Opens `dir/state.redb` and reads it back. A damaged file (redb refuses it as corrupt, or
+/// panics on it) or an emptied one (present but 0 bytes: it was truncated, since redb never
+/// leaves one) is never fatal and never silent: it is moved aside as
+/// `state.redb.damaged-<unix seconds>` for whoever investigates, an error names both paths, and
+/// a fresh file is started, so the agent keeps detecting rather than crash-looping. Other
+/// failures (the file locked by another process, a foreign or newer file, no permission) are
+/// returned: those are for the operator to decide, and moving the file would hide them.
+pub fn open_and_load(dir: &Path, capacity: usize) -> Result<Restored, StoreError> {
+    let path = dir.join(STATE_FILE);
+    let mut set_aside = None;
+    if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        set_aside = Some(move_aside(
+            &path,
+            "it is empty (0 bytes): it was truncated",
+        )?);
+    }
+    match guarded(|| open_loaded(dir, capacity)) {
+        Ok(mut restored) => {
+            restored.set_aside = set_aside;
+            return Ok(restored);
+        }
+        Err(err) if !err.is_damage() => return Err(err),
+        Err(err) => set_aside = Some(move_aside(&path, &err.to_string())?),
+    }
+    let mut restored = guarded(|| open_loaded(dir, capacity))?;
+    restored.set_aside = set_aside;
+    Ok(restored)
+}
+
+fn open_loaded(dir: &Path, capacity: usize) -> Result<Restored, StoreError> {
+    let store = StateStore::open(dir)?;
+    let (states, values) = store.load(capacity)?;
+    Ok(Restored {
+        store,
+        states,
+        values,
+        set_aside: None,
+    })
+}
+
+/// Runs `f`, turning a panic inside it (redb's, on a file it cannot make sense of) into an
+/// error about a damaged file.
+fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(StoreError::damage(format!(
+            "the state database panicked reading it: {what}"
+        )))
+    })
+}
+
+/// Renames a damaged state file to `<name>.damaged-<unix seconds>` and says so.
+fn move_aside(path: &Path, why: &str) -> Result<PathBuf, StoreError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
+    for n in 1.. {
+        if !aside.exists() {
+            break;
+        }
+        aside = PathBuf::from(format!("{}.damaged-{stamp}.{n}", path.display()));
+    }
+    std::fs::rename(path, &aside).map_err(|err| {
+        StoreError::new(format!(
+            "state file {} is damaged ({why}) and cannot be moved aside to {}: {err}",
+            path.display(),
+            aside.display()
+        ))
+    })?;
+    tracing::error!(
+        file = %path.display(),
+        moved_to = %aside.display(),
+        "state file damaged: moved aside and starting with an empty state; what it held is \
+         learned again (values are silent while their group learns, new ones raise signals). \
+         Cause: {why}"
+    );
+    Ok(aside)
 }
 
 /// Group ids as a transaction sees them: the committed ones, with this transaction's changes
@@ -432,7 +571,7 @@ fn persist(mut store: StateStore, rx: mpsc::Receiver<Vec<RuleChange>>) {
         if pending.changes.is_empty() {
             continue;
         }
-        match store.apply(&pending.changes) {
+        match guarded(|| store.apply(&pending.changes)) {
             Ok(()) => {
                 if let Some(since) = failing_since.take() {
                     tracing::info!(
@@ -468,7 +607,7 @@ fn persist(mut store: StateStore, rx: mpsc::Receiver<Vec<RuleChange>>) {
                 let dir = store.dir.clone();
                 drop(store);
                 store = loop {
-                    match StateStore::open(&dir) {
+                    match guarded(|| StateStore::open(&dir)) {
                         Ok(reopened) => break reopened,
                         Err(err) => {
                             tracing::error!("reopening the state store: {err}");
