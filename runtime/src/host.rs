@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 /// on disk well within a second of being learned.
 pub const SAVE_EVERY: Duration = Duration::from_millis(200);
 
+/// Shortest time between two reports of state evictions.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
 /// Journaled key bytes past which changes go to the persister before [`SAVE_EVERY`] is up.
 const SAVE_AT_JOURNAL_BYTES: usize = 4 << 20;
 
@@ -40,8 +43,9 @@ pub struct Host {
     directory: Option<RuleDirectory>,
     persister: Option<Persister>,
     last_save: Instant,
-    /// State counters already reported, per rule.
+    /// State counters already reported, per rule, and when.
     reported: HashMap<String, Stats>,
+    last_report: Option<Instant>,
 }
 
 impl Host {
@@ -92,6 +96,7 @@ impl Host {
             persister,
             last_save: Instant::now(),
             reported: HashMap::new(),
+            last_report: None,
         };
         Ok((host, scan))
     }
@@ -138,6 +143,20 @@ impl Host {
         if let Some(persister) = &self.persister {
             persister.send(store::drain(&mut self.pipeline));
         }
+        self.report_state(false);
+    }
+
+    /// Logs evictions and events from the future since the last report: at most every
+    /// [`REPORT_EVERY`] (a rule churning through its budget must not flood the log), or now.
+    fn report_state(&mut self, now: bool) {
+        if !now
+            && self
+                .last_report
+                .is_some_and(|at| at.elapsed() < REPORT_EVERY)
+        {
+            return;
+        }
+        self.last_report = Some(Instant::now());
         let reported = &mut self.reported;
         self.pipeline.for_each_state(|rule, state| {
             let now = state.stats();
@@ -181,6 +200,7 @@ impl Host {
     /// Saves what was learned and waits until it is committed.
     pub fn shutdown(mut self) {
         self.save();
+        self.report_state(true);
         if let Some(persister) = self.persister.take() {
             persister.finish();
         }

@@ -79,6 +79,9 @@ pub enum Change {
         value: Box<str>,
         /// When it was last seen.
         last_seen_ns: i64,
+        /// Whether the value was just added (it was not in the state before this change), so
+        /// that a store can drop an addition that a later removal undoes before either landed.
+        fresh: bool,
     },
     /// A value was dropped (expired or evicted).
     ValueRemoved {
@@ -99,6 +102,12 @@ pub enum Change {
 }
 
 impl Change {
+    /// Bytes of its keys (what it costs to hold while waiting to be saved).
+    pub fn key_bytes(&self) -> usize {
+        let (state, group, value) = self.place();
+        state.len() + group.len() + value.map_or(0, str::len)
+    }
+
     /// The state, group and (for value changes) value the change is about.
     pub fn place(&self) -> (&str, &str, Option<&str>) {
         match self {
@@ -366,7 +375,7 @@ impl RuleState {
                 self.entries += 2;
                 self.bytes += group_cost(group) + value_cost(value);
                 journal.group(state, group, ts_ns);
-                journal.value(state, group, value, ts_ns);
+                journal.value(state, group, value, ts_ns, true);
                 self.stats.learned += 1;
                 Verdict::Learning
             }
@@ -379,13 +388,13 @@ impl RuleState {
                     Some(last_seen) if ts_ns.saturating_sub(*last_seen) > forget_after => {
                         self.stats.forgotten += 1;
                         *last_seen = ts_ns;
-                        journal.value(state, group, value, ts_ns);
+                        journal.value(state, group, value, ts_ns, false);
                         true
                     }
                     Some(last_seen) => {
                         if ts_ns > *last_seen {
                             if ts_ns / granularity != *last_seen / granularity {
-                                journal.value(state, group, value, ts_ns);
+                                journal.value(state, group, value, ts_ns, false);
                             }
                             *last_seen = ts_ns;
                         }
@@ -396,7 +405,7 @@ impl RuleState {
                         entry.values.insert(value.into(), ts_ns);
                         self.entries += 1;
                         self.bytes += value_cost(value);
-                        journal.value(state, group, value, ts_ns);
+                        journal.value(state, group, value, ts_ns, true);
                         true
                     }
                 };
@@ -585,7 +594,7 @@ impl Journal<'_> {
         }
     }
 
-    fn value(&mut self, state: &[u8], group: &[u8], value: &[u8], last_seen_ns: i64) {
+    fn value(&mut self, state: &[u8], group: &[u8], value: &[u8], last_seen_ns: i64, fresh: bool) {
         if let Some(changes) = self.0.as_mut() {
             *self.1 += state.len() + group.len() + value.len();
             changes.push(Change::Value {
@@ -593,6 +602,7 @@ impl Journal<'_> {
                 group: text(group),
                 value: text(value),
                 last_seen_ns,
+                fresh,
             });
         }
     }
