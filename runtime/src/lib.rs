@@ -10,6 +10,7 @@ pub mod cli;
 pub mod conformance;
 pub mod event;
 pub mod host;
+pub mod kernel_report;
 pub mod module_cache;
 pub mod output;
 pub mod pipeline;
