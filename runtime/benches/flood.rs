@@ -1,16 +1,16 @@
-//! A flood of opens of the token by one reader (issue 8, finding 2): how fast one process can
-//! open the token while the agent still sees every other reader, and the agent's CPU meanwhile,
-//! with repeats dropped in the kernel (the default) and without (`PICKET_PROBES_DROP_REPEATS=off`),
-//! side by side in one run.
+//! A flood of opens of the token (issue 8, finding 2): how fast one process (and eight of them,
+//! as in the finding) can open the token while the agent still sees every other reader, and the
+//! agent's CPU meanwhile, with repeats dropped in the kernel (the default) and without
+//! (`PICKET_PROBES_DROP_REPEATS=off`), side by side in one run.
 //!
 //! Run as root: `cargo bench -p picket --bench flood` (`-- --quick` for a smoke run, which also
 //! checks that no reader is missed with repeats dropped). It re-runs itself in a private mount
-//! namespace with a tmpfs over /run holding a service-account token. For each flood rate and each
+//! namespace with a tmpfs over /run holding a service-account token. For each flood and each
 //! condition it starts `picket run` (learning period 0, fresh state), starts this binary again as
-//! the flooder (a loop of open+close of the token, paced to the rate or as fast as it goes), runs
+//! the flooders (a loop of open+close of the token, paced to a rate or as fast as it goes), runs
 //! 20 distinct readers (renamed copies of `cat`) spread over the flood, then one more reader
 //! after it: once that one's signal is out, everything before it has been read from the ring
-//! buffer. Reported: the opens/s reached, events lost, readers detected, repeats dropped and the
+//! buffer. Reported: the opens/s reached (all flooders together), events lost, readers detected, repeats dropped and the
 //! agent's CPU (user + system time over the flood and the drain, per second of wall time).
 
 #[path = "../../tests/support/mod.rs"]
@@ -81,27 +81,37 @@ struct Outcome {
 
 fn inner(quick: bool) {
     let work = support::bench_token_layout(0..=READERS);
-    let (length, rates): (f64, &[f64]) = if quick {
-        (1.0, &[0.0])
+    // (flooding processes, opens/s each: 0 for as fast as they go)
+    let (length, floods): (f64, &[(usize, f64)]) = if quick {
+        (1.0, &[(1, 0.0)])
     } else {
-        (3.0, &[25_000.0, 50_000.0, 100_000.0, 200_000.0, 0.0])
+        (
+            3.0,
+            &[
+                (1, 10_000.0),
+                (1, 20_000.0),
+                (1, 40_000.0),
+                (1, 0.0),
+                (8, 0.0),
+            ],
+        )
     };
     println!(
-        "picket run, one process opening the token for {length} s while {READERS} distinct readers \
+        "picket run, the token opened in a loop for {length} s while {READERS} distinct readers \
          read it once each"
     );
     println!(
-        "| flood (target opens/s) | repeats | opens/s reached | events lost | readers detected | \
+        "| flooders × target opens/s | repeats | opens/s reached | events lost | readers detected | \
          repeats dropped | agent CPU |"
     );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     let mut run = 0;
-    for &rate in rates {
+    for &(flooders, rate) in floods {
         for drop_repeats in [true, false] {
             run += 1;
-            let outcome = one_flood(work.path(), run, drop_repeats, length, rate);
+            let outcome = one_flood(work.path(), run, drop_repeats, length, flooders, rate);
             println!(
-                "| {} | {} | {:.0} | {} | {}/{READERS} | {} | {:.0}% |",
+                "| {flooders} × {} | {} | {:.0} | {} | {}/{READERS} | {} | {:.0}% |",
                 if rate > 0.0 {
                     format!("{rate:.0}")
                 } else {
@@ -129,6 +139,7 @@ fn one_flood(
     run: usize,
     drop_repeats: bool,
     length: f64,
+    flooders: usize,
     rate: f64,
 ) -> Outcome {
     let w = work.display().to_string();
@@ -174,20 +185,29 @@ fn one_flood(
 
     let cpu_before = cpu_time(pid);
     let started = Instant::now();
-    let flooder = Command::new(std::env::current_exe().unwrap())
-        .args(["--flood", &length.to_string(), &rate.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let flooders: Vec<_> = (0..flooders)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--flood", &length.to_string(), &rate.to_string()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
     for i in 1..=READERS {
         std::thread::sleep(Duration::from_secs_f64(length / (READERS + 2) as f64));
         support::sh(&format!("{w}/bin/reader{i} {TOKEN} >/dev/null"));
     }
-    let flooded = flooder.wait_with_output().unwrap();
-    let opens: u64 = String::from_utf8_lossy(&flooded.stdout)
-        .trim()
-        .parse()
-        .unwrap();
+    let opens: u64 = flooders
+        .into_iter()
+        .map(|flooder| {
+            let out = flooder.wait_with_output().unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
     let flood_time = started.elapsed();
     // The last reader comes after the flood; its signal means the ring buffer has been read.
     support::sh(&format!("{w}/bin/reader0 {TOKEN} >/dev/null"));
