@@ -53,6 +53,16 @@ pub mod names {
     /// Read-only global `u32`: measurement aid, the open programs stop after this many
     /// prefilter steps (`u32::MAX`, the default, runs them all).
     pub const STOP_AFTER: &str = "STOP_AFTER";
+    /// LRU hash map of the opens recently sent ([`crate::RepeatKey`] to [`crate::RepeatEntry`]),
+    /// for dropping repeats in the kernel.
+    pub const REPEATS: &str = "REPEATS";
+    /// Per-CPU `u64` counter of opens dropped as repeats.
+    pub const REPEATS_DROPPED: &str = "REPEATS_DROPPED";
+    /// One-slot array holding the [`crate::RepeatConfig`].
+    pub const REPEATS_CONFIG: &str = "REPEATS_CONFIG";
+    /// LRU per-CPU hash map of events lost because the ring buffer was full, by cgroup (v2) id:
+    /// `u64` to `u64` per CPU.
+    pub const LOST_BY_CGROUP: &str = "LOST_BY_CGROUP";
 }
 
 /// Program names (the Rust function names in `picket-probes-ebpf`).
@@ -353,6 +363,12 @@ pub struct Offsets {
     pub task_signal: u64,
     /// `signal_struct.live` (threads still running).
     pub signal_live: u64,
+    /// `file.f_inode`.
+    pub file_f_inode: u64,
+    /// `inode.i_ino`.
+    pub inode_i_ino: u64,
+    /// `inode.i_generation`.
+    pub inode_i_generation: u64,
     /// `io_kiocb.opcode`.
     pub io_kiocb_opcode: u64,
     /// `io_kiocb.cmd` + `io_open.file_slot`: non-zero when an open goes to a fixed-file slot.
@@ -361,6 +377,97 @@ pub struct Offsets {
     pub tp_io_uring_req: u64,
     /// Offset of the `res` field in the `io_uring/io_uring_complete` trace record (from tracefs).
     pub tp_io_uring_res: u64,
+}
+
+/// How long an open is remembered for dropping its repeats: 1 s.
+///
+/// Within the window, an open with the same [`RepeatKey`] as one already sent is dropped before
+/// the ring buffer. Why one second: the rules' answers move on a scale of days (learning
+/// periods, forgetting), so a repeat a second later cannot change them; each key still costs at
+/// most one record per second, so even thousands of flooding keys stay far below what the ring
+/// buffer and the agent absorb (one reader absorbs ~150k records/s); a reader that keeps
+/// reading is still reported every second (its last-seen time stays fresh for forgetting); and
+/// the short window bounds how long a kernel object's address can stand for a freed one (the
+/// key also carries inode numbers and names for that, see [`FileIdentity`]).
+pub const REPEAT_WINDOW_NS: u64 = 1_000_000_000;
+/// Opens remembered for dropping repeats: an LRU map, so a flood of distinct keys only evicts
+/// (and costs extra records), never hides one. ~200 bytes each in the kernel.
+pub const REPEAT_ENTRIES: u32 = 4096;
+/// Cgroups whose lost events are counted separately; past this the least recently used are
+/// evicted (the total in `LOST` stays exact).
+pub const LOST_CGROUP_ENTRIES: u32 = 1024;
+
+/// Which file, as far as a path-based rule can tell: the kernel objects the path walk starts
+/// from, and what tells a freed and reused object apart from the one remembered.
+///
+/// Pointers alone would identify a live object, but an object freed and reallocated within the
+/// window at the same address would pass for the old one. So each object also carries what a
+/// reused one would have to match as well: the dentry's parent and name (hash and length), the
+/// inode's number and generation. A match then means the same name in the same directory on
+/// the same inode: the same path, which is all a rule sees.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileIdentity {
+    /// `path.mnt` (`struct vfsmount *`): hard links differ by dentry, bind mounts by mount.
+    pub mnt: u64,
+    /// `path.dentry`.
+    pub dentry: u64,
+    /// `dentry->d_parent`.
+    pub parent: u64,
+    /// `dentry->d_name.hash_len`: the name's hash and length.
+    pub name: u64,
+    /// `file->f_inode`.
+    pub inode: u64,
+    /// `inode->i_ino`.
+    pub ino: u64,
+    /// `inode->i_generation` (zero-extended).
+    pub generation: u64,
+}
+
+/// What makes two opens the same for every rule: the same executable (same path, same inode) in
+/// the same cgroup, with the same root, user and group, opening the same file the same way.
+/// The same process opening the same file again is a special case.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RepeatKey {
+    /// `bpf_get_current_cgroup_id()` (cgroup v2).
+    pub cgroup: u64,
+    /// `bpf_get_current_uid_gid()`.
+    pub uid_gid: u64,
+    /// `f_mode & (FMODE_READ | FMODE_WRITE)`.
+    pub access: u64,
+    /// The task's root (`fs->root`): dentry and mount. A chroot sees other paths.
+    pub root_dentry: u64,
+    /// See `root_dentry`.
+    pub root_mnt: u64,
+    /// The executable (`mm->exe_file`).
+    pub exe: FileIdentity,
+    /// The opened file.
+    pub file: FileIdentity,
+}
+
+/// How repeats are dropped; user space writes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepeatConfig {
+    /// The window in nanoseconds; 0 (before user space writes it) sends every open.
+    pub window_ns: u64,
+    /// Generation of the rule set: user space bumps it whenever the rules change, which makes
+    /// every remembered open stale (it may not have reached the rules running now).
+    pub epoch: u64,
+}
+
+/// What the kernel remembers of a sent open.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepeatEntry {
+    /// A hash of the key. An LRU map can recycle an element while a program still reads it; a
+    /// recycled element carries another key's tag, so it is never taken for this key's.
+    pub tag: u64,
+    /// [`RepeatConfig::epoch`] when it was sent: a rule change makes it stale.
+    pub epoch: u64,
+    /// `bpf_ktime_get_ns()` when it was sent.
+    pub sent_ns: u64,
 }
 
 /// `FMODE_READ`.
@@ -383,4 +490,10 @@ mod pod {
     unsafe impl aya::Pod for super::Filter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RepeatKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RepeatEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RepeatConfig {}
 }

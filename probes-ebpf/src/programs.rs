@@ -20,20 +20,22 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext as _, Global,
     helpers::generated::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str,
+        bpf_probe_read_user,
     },
     macros::{fentry, lsm, map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, LsmContext, RawTracePointContext, TracePointContext},
 };
 use picket_probes_common::{
     ARGS_LEN, BASENAME_KEY_LEN, BasenameKey, CGROUP_NAME_LEN, COMM_LEN, EXE_BYTES, EXE_DEPTH,
-    EventHeader, EventKind, ExecEvent, ExitEvent, FMODE_PATH, Filter, ForkEvent, IORING_OP_OPENAT,
-    IORING_OP_OPENAT2, MAX_BASENAME, MAX_RECORD_DATA, NAME_READ, Offsets, OpenEvent, OpenSource,
-    PATH_ABSENT, PATH_BYTES, PATH_COMPLETE, PATH_DEPTH, PATH_READ_ERROR, PATH_TOO_DEEP,
-    PATH_TOO_LONG, PREFIX_ANY, PathInfo, TaskInfo,
+    EventHeader, EventKind, ExecEvent, ExitEvent, FMODE_PATH, FMODE_READ, FMODE_WRITE,
+    FileIdentity, Filter, ForkEvent, IORING_OP_OPENAT, IORING_OP_OPENAT2, LOST_CGROUP_ENTRIES,
+    MAX_BASENAME, MAX_RECORD_DATA, NAME_READ, Offsets, OpenEvent, OpenSource, PATH_ABSENT,
+    PATH_BYTES, PATH_COMPLETE, PATH_DEPTH, PATH_READ_ERROR, PATH_TOO_DEEP, PATH_TOO_LONG,
+    PREFIX_ANY, PathInfo, REPEAT_ENTRIES, RepeatConfig, RepeatEntry, RepeatKey, TaskInfo,
 };
 
 // The loader finds the globals and the license by symbol name, hence `no_mangle` (the names are
@@ -170,6 +172,7 @@ fn count_lost() {
         // SAFETY: per-CPU slot, and BPF programs do not preempt each other on one CPU.
         unsafe { *lost += 1 };
     }
+    count_lost_in_cgroup();
 }
 
 /// `task->files->fdt->fd[fd]` for the current task, with the first three steps as direct loads
@@ -349,7 +352,12 @@ fn on_file(task: u64, file: u64, fd: i32, source: OpenSource, scratch: &PerCpuAr
         // O_PATH gives no access to the contents; the LSM hook does not even run for it.
         return;
     }
-    emit_open(task, file, dentry, fd, f_mode, source, scratch);
+    if is_repeat(task, file, f_mode, source) {
+        return;
+    }
+    if emit_open(task, file, dentry, fd, f_mode, source, scratch) {
+        remember_sent(source);
+    }
 }
 
 /// Where a record of type `T` is built in this CPU's scratch buffer.
@@ -378,18 +386,20 @@ fn scratch_for<T>(scratch: &PerCpuArray<Scratch>) -> Option<Building<T>> {
 }
 
 /// Copies the first `size_of::<T>() + data_len` bytes of the scratch buffer holding a `T` into
-/// the ring buffer, or counts a lost event.
+/// the ring buffer, or counts a lost event. Returns whether the record was queued.
 ///
 /// # Safety
 /// `record` is a scratch buffer from [`scratch_for`], filled up to there.
 #[inline(always)]
-unsafe fn output<T>(record: *mut T, data_len: u64) {
+unsafe fn output<T>(record: *mut T, data_len: u64) -> bool {
     let len = size_of::<T>() + (data_len & DATA_MASK) as usize;
     // SAFETY: the scratch buffer has HEADER_ROOM + DATA_MASK + 1 + NAME_READ bytes.
     let bytes = unsafe { core::slice::from_raw_parts(record.cast::<u8>(), len) };
     if EVENTS.output(bytes, 0).is_err() {
         count_lost();
+        return false;
     }
+    true
 }
 
 #[inline(always)]
@@ -401,14 +411,14 @@ fn emit_open(
     f_mode: u32,
     source: OpenSource,
     scratch: &PerCpuArray<Scratch>,
-) {
+) -> bool {
     let Some(Building {
         fixed: event,
         data,
         cursor,
     }) = scratch_for::<OpenEvent>(scratch)
     else {
-        return;
+        return false;
     };
     // SAFETY: event and data point into this CPU's scratch buffer, which nothing else uses while
     // this program runs; every write is in bounds (see `walk`).
@@ -434,7 +444,7 @@ fn emit_open(
         (*event).path = path;
         let (pos, exe) = walk_exe(data, cursor, pos, task, root_dentry, root_mnt);
         (*event).exe = exe;
-        output(event, pos);
+        output(event, pos)
     }
 }
 
@@ -708,6 +718,215 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     }
     entry.submit(0);
     0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flood resistance: repeats of an open that no rule can answer differently are dropped before
+// the ring buffer, so one reader opening a file in a loop cannot push other readers' events
+// out of it; and events lost anyway are counted by cgroup, so the agent can say whose they were.
+
+/// Opens recently sent. LRU: a flood of distinct keys evicts entries, which only makes their next
+/// open be sent again.
+#[map]
+static REPEATS: LruHashMap<RepeatKey, RepeatEntry> =
+    LruHashMap::with_max_entries(REPEAT_ENTRIES, 0);
+
+/// Opens dropped as repeats.
+#[map]
+static REPEATS_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The window, and the rule set's generation (bumped by user space on every rule change: what
+/// was sent before may not have reached the rules now running).
+#[map]
+static REPEATS_CONFIG: Array<RepeatConfig> = Array::with_max_entries(1, 0);
+
+/// An open being sent: its key and what to remember of it once its record is queued.
+#[repr(C)]
+pub struct Pending {
+    /// 152 bytes: too much for the 512-byte stack next to the rest.
+    key: RepeatKey,
+    entry: RepeatEntry,
+    /// Non-zero when `key` and `entry` are to be remembered.
+    armed: u64,
+}
+
+/// Per CPU: slot 0 for the tracepoint programs, slot 1 for the LSM and fentry programs, which
+/// can be preempted by them (as with `SCRATCH` and `HOOK_SCRATCH`). Kept in map memory rather
+/// than carried across `emit_open` in registers: the verifier then walks the paths once, not once
+/// per outcome of the check.
+#[map]
+static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(2, 0);
+
+/// Events lost (ring buffer full) by cgroup id, per CPU: no atomics needed (BPF has no portable
+/// atomic add in Rust's `core`), and user space sums the CPUs.
+#[map]
+static LOST_BY_CGROUP: LruPerCpuHashMap<u64, u64> =
+    LruPerCpuHashMap::with_max_entries(LOST_CGROUP_ENTRIES, 0);
+
+/// This CPU's [`Pending`] slot for the program kind of `source`.
+#[inline(always)]
+fn pending_slot(source: OpenSource) -> Option<*mut Pending> {
+    let slot = match source {
+        OpenSource::Lsm | OpenSource::Fentry => 1,
+        OpenSource::Syscall | OpenSource::IoUring => 0,
+    };
+    PENDING.get_ptr_mut(slot)
+}
+
+/// Whether the open repeats one sent less than the window ago; then it is counted and must be
+/// dropped. Otherwise arms the [`Pending`] slot with what to remember if the record gets into
+/// the ring buffer (nothing when repeats are not dropped). Only a queued record is remembered:
+/// an open whose record was lost is never the reason to drop the next one.
+#[inline(always)]
+fn is_repeat(task: u64, file: u64, f_mode: u32, source: OpenSource) -> bool {
+    let Some(pending) = pending_slot(source) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot for this kind of program, which nothing else uses while this
+    // program runs.
+    unsafe { (*pending).armed = 0 };
+    let Some(config) = REPEATS_CONFIG.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: aligned u64s in map memory. User space rewrites the slot whole; reading the window
+    // of one version and the epoch of another is harmless (an epoch never goes back, and the
+    // window only bounds what counts as a repeat).
+    let (window, epoch) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*config).window_ns),
+            core::ptr::read_volatile(&raw const (*config).epoch),
+        )
+    };
+    if window == 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    let key = unsafe {
+        fill_repeat_key(&raw mut (*pending).key, task, file, f_mode);
+        &(*pending).key
+    };
+    let tag = repeat_tag(key);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = REPEATS.get_ptr(key) {
+        // SAFETY: entry points at this map's value. The element may be recycled for another key
+        // meanwhile (LRU elements are reused without waiting): the tag check catches that.
+        let (sent, entry_tag, entry_epoch) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*entry).sent_ns),
+                core::ptr::read_volatile(&raw const (*entry).tag),
+                core::ptr::read_volatile(&raw const (*entry).epoch),
+            )
+        };
+        // A time after `now` (another CPU sent it since) wraps to a large age: not a repeat.
+        if entry_tag == tag && entry_epoch == epoch && now.wrapping_sub(sent) < window {
+            if let Some(dropped) = REPEATS_DROPPED.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot; see count_lost.
+                unsafe { *dropped += 1 };
+            }
+            return true;
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*pending).entry = RepeatEntry {
+            tag,
+            epoch,
+            sent_ns: now,
+        };
+        (*pending).armed = 1;
+    }
+    false
+}
+
+/// Remembers the open [`is_repeat`] armed, now that its record is queued.
+#[inline(always)]
+fn remember_sent(source: OpenSource) {
+    let Some(pending) = pending_slot(source) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, as in is_repeat; emit_open does not touch it.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*pending).armed) != 0 {
+            // Replaces the element whole; never written through a looked-up pointer, which may
+            // belong to another key by now. A failed insert only means the next open is sent.
+            let _ = REPEATS.insert(&(*pending).key, &(*pending).entry, 0);
+            (*pending).armed = 0;
+        }
+    }
+}
+
+/// Writes the [`RepeatKey`] of the current task opening `file` into `key`, field by field (a
+/// whole struct would be built on the stack first).
+///
+/// # Safety
+/// `key` is writable map memory.
+#[inline(always)]
+unsafe fn fill_repeat_key(key: *mut RepeatKey, task: u64, file: u64, f_mode: u32) {
+    let mm = read_u64(task + off!(task_mm));
+    let exe = read_u64(mm + off!(mm_exe_file));
+    let (root_dentry, root_mnt) = task_root(task);
+    // SAFETY: key is writable (caller); the helpers have no preconditions.
+    unsafe {
+        (*key).cgroup = bpf_get_current_cgroup_id();
+        (*key).uid_gid = bpf_get_current_uid_gid();
+        (*key).access = u64::from(f_mode & (FMODE_READ | FMODE_WRITE));
+        (*key).root_dentry = root_dentry;
+        (*key).root_mnt = root_mnt;
+        fill_file_identity(&raw mut (*key).exe, exe);
+        fill_file_identity(&raw mut (*key).file, file);
+    }
+}
+
+/// See [`FileIdentity`]. A null `file` (no executable) reads as all zeros.
+///
+/// # Safety
+/// `id` is writable map memory.
+#[inline(always)]
+unsafe fn fill_file_identity(id: *mut FileIdentity, file: u64) {
+    let dentry = read_u64(file + off!(file_f_path) + off!(path_dentry));
+    let inode = read_u64(file + off!(file_f_inode));
+    // SAFETY: id is writable (caller).
+    unsafe {
+        (*id).mnt = read_u64(file + off!(file_f_path) + off!(path_mnt));
+        (*id).dentry = dentry;
+        (*id).parent = read_u64(dentry + off!(dentry_d_parent));
+        (*id).name = read_u64(dentry + off!(dentry_d_name) + off!(qstr_hash_len));
+        (*id).inode = inode;
+        (*id).ino = read_u64(inode + off!(inode_i_ino));
+        (*id).generation = u64::from(read_u32(inode + off!(inode_i_generation)));
+    }
+}
+
+/// A hash of every word of the key (see [`RepeatEntry::tag`]).
+#[inline(always)]
+fn repeat_tag(key: &RepeatKey) -> u64 {
+    const WORDS: usize = size_of::<RepeatKey>() / 8;
+    const _: () = assert!(size_of::<RepeatKey>() % 8 == 0);
+    let words = (key as *const RepeatKey).cast::<u64>();
+    let mut hash = 0u64;
+    for i in 0..WORDS {
+        // SAFETY: i < WORDS, inside the key; RepeatKey is made of u64s.
+        let word = unsafe { *words.add(i) };
+        hash = (hash.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    hash
+}
+
+/// Adds a lost event to the current task's cgroup. Best effort where the total (`LOST`) is exact:
+/// an evicted cgroup loses its count, and an element recycled under us may take another's.
+#[inline(always)]
+fn count_lost_in_cgroup() {
+    // SAFETY: no preconditions.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    match LOST_BY_CGROUP.get_ptr_mut(&cgroup) {
+        // SAFETY: this CPU's slot; see count_lost.
+        Some(count) => unsafe { *count += 1 },
+        // Creates the element with 1 in this CPU's slot and 0 in the others.
+        None => {
+            let _ = LOST_BY_CGROUP.insert(&cgroup, &1, 0);
+        }
+    }
 }
 
 #[panic_handler]

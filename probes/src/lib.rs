@@ -22,10 +22,13 @@
 //!
 //! Diagnostics: `PICKET_PROBES_STOP_AFTER=<n>` makes the open programs stop after prefilter step
 //! `n` (so nothing is reported), to measure what each step costs; see `probes/NOTES.md`.
+//! `PICKET_PROBES_DROP_REPEATS=off` sends every approved open, repeats included (to measure what
+//! dropping them saves).
 
 #![warn(missing_docs)]
 
 mod btf;
+mod cgroups;
 mod events;
 mod filter;
 mod offsets;
@@ -42,14 +45,18 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{FEntry, Lsm, RawTracePoint, TracePoint},
 };
-use picket_probes_common::{BasenameKey, Filter, MAX_BASENAME, names, programs};
+use picket_probes_common::{
+    BasenameKey, Filter, MAX_BASENAME, REPEAT_WINDOW_NS, RepeatConfig, names, programs,
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
+pub use crate::cgroups::CgroupLoss;
 pub use crate::process::container_id_from_cgroup;
 use crate::{
+    cgroups::CgroupPaths,
     events::Record,
     process::{Cached, ContainerImages, ProcessCache},
 };
@@ -169,6 +176,9 @@ pub struct Probes {
     /// Open records read, and their bytes (diagnostics, logged when dropped).
     open_records: u64,
     open_record_bytes: u64,
+    /// What the kernel's `REPEATS_CONFIG` holds.
+    repeats: RepeatConfig,
+    cgroup_paths: CgroupPaths,
 }
 
 enum Ring {
@@ -242,7 +252,7 @@ impl Probes {
         // After attaching, so that a process started in between is in the scan or has an event.
         let cache = ProcessCache::scan(Path::new("/proc"));
         tracing::debug!("process cache starts with {} processes", cache.len());
-        Ok(Probes {
+        let mut probes = Probes {
             ebpf,
             strategy: attached,
             ring: Ring::Plain(ring),
@@ -252,7 +262,12 @@ impl Probes {
             images: ContainerImages::new("/"),
             open_records: 0,
             open_record_bytes: 0,
-        })
+            repeats: RepeatConfig::default(),
+            cgroup_paths: CgroupPaths::default(),
+        };
+        // Before any approver is set, so no open is sent before the window is in place.
+        probes.set_repeat_window(repeat_window()?)?;
+        Ok(probes)
     }
 
     /// The strategy that was attached (never [`Strategy::Auto`]).
@@ -299,7 +314,7 @@ impl Probes {
         self.set_filter(&narrow)?;
         self.filter = narrow;
         self.basenames = names.clone();
-        Ok(())
+        self.forget_repeats()
     }
 
     fn set_filter(&mut self, value: &Filter) -> Result<()> {
@@ -322,6 +337,92 @@ impl Probes {
         })
     }
 
+    /// Approved opens the kernel dropped as repeats: the same executable in the same cgroup
+    /// (same root, user, group) opening the same file the same way less than
+    /// [`REPEAT_WINDOW_NS`] after an open that was sent.
+    pub fn repeats_dropped(&self) -> u64 {
+        let dropped = || -> Result<u64> {
+            let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+                self.ebpf
+                    .map(names::REPEATS_DROPPED)
+                    .context("no REPEATS_DROPPED map")?,
+            )?;
+            Ok(map.get(&0, 0)?.iter().sum())
+        };
+        dropped().unwrap_or_else(|err| {
+            tracing::warn!("reading the repeats counter: {err:#}");
+            0
+        })
+    }
+
+    /// The repeat window, or `None` when every open is sent.
+    pub fn repeat_window(&self) -> Option<Duration> {
+        (self.repeats.window_ns != 0).then(|| Duration::from_nanos(self.repeats.window_ns))
+    }
+
+    /// Sets the repeat window (`None`: send every open, repeats included). [`Probes::load`]
+    /// sets [`REPEAT_WINDOW_NS`], or `None` with `PICKET_PROBES_DROP_REPEATS=off`.
+    pub fn set_repeat_window(&mut self, window: Option<Duration>) -> Result<()> {
+        let window_ns = window.map_or(0, |w| u64::try_from(w.as_nanos()).unwrap_or(u64::MAX));
+        self.write_repeats(RepeatConfig {
+            window_ns,
+            epoch: self.repeats.epoch + 1,
+        })
+    }
+
+    /// Makes every open remembered so far stale, so the next open of each is sent. Call it when
+    /// the rules change: an open sent before may not have reached the rules running now.
+    /// [`Probes::set_basenames`] does it too.
+    pub fn forget_repeats(&mut self) -> Result<()> {
+        self.write_repeats(RepeatConfig {
+            epoch: self.repeats.epoch + 1,
+            ..self.repeats
+        })
+    }
+
+    fn write_repeats(&mut self, config: RepeatConfig) -> Result<()> {
+        let mut map: Array<&mut MapData, RepeatConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(names::REPEATS_CONFIG)
+                .context("no REPEATS_CONFIG map")?,
+        )?;
+        map.set(0, &config, 0)?;
+        self.repeats = config;
+        Ok(())
+    }
+
+    /// Events lost (ring buffer full) by the cgroup of the task that was current, most first,
+    /// with the cgroup's path and container id where they can be found. Best effort: the kernel
+    /// keeps the [`picket_probes_common::LOST_CGROUP_ENTRIES`] most recent cgroups; the total is
+    /// [`Probes::lost_events`].
+    pub fn lost_by_cgroup(&mut self) -> Vec<CgroupLoss> {
+        let read = || -> Result<Vec<CgroupLoss>> {
+            let map: PerCpuHashMap<&MapData, u64, u64> = PerCpuHashMap::try_from(
+                self.ebpf
+                    .map(names::LOST_BY_CGROUP)
+                    .context("no LOST_BY_CGROUP map")?,
+            )?;
+            let mut losses = Vec::new();
+            for item in map.iter() {
+                let (cgroup_id, per_cpu) = item?;
+                losses.push(CgroupLoss {
+                    cgroup_id,
+                    events: per_cpu.iter().sum(),
+                    path: None,
+                    container_id: None,
+                });
+            }
+            Ok(losses)
+        };
+        let mut losses = read().unwrap_or_else(|err| {
+            tracing::warn!("reading the lost-events counters by cgroup: {err:#}");
+            Vec::new()
+        });
+        losses.sort_by(|a, b| b.events.cmp(&a.events).then(a.cgroup_id.cmp(&b.cgroup_id)));
+        self.cgroup_paths.describe(&mut losses);
+        losses
+    }
+
     /// Instructions the verifier processed for each loaded program (diagnostics; `None` when the
     /// kernel does not report it).
     pub fn verified_instructions(&self) -> Vec<(String, Option<u32>)> {
@@ -334,7 +435,8 @@ impl Probes {
             .collect()
     }
 
-    /// Waits for the next open of an approved file. Exec, fork and exit records met on the way
+    /// Waits for the next open of an approved file that is not a repeat (see
+    /// [`Probes::repeats_dropped`] and [`Probes::set_repeat_window`]). Exec, fork and exit records met on the way
     /// update the process cache. Cancel-safe: dropping the future loses no event.
     pub async fn next_event(&mut self) -> Result<OpenEvent> {
         loop {
@@ -481,6 +583,20 @@ fn stop_after() -> Result<u32> {
             Ok(n)
         }
         Err(_) => Ok(u32::MAX),
+    }
+}
+
+/// The repeat window: [`REPEAT_WINDOW_NS`], or none with `PICKET_PROBES_DROP_REPEATS=off`.
+fn repeat_window() -> Result<Option<Duration>> {
+    match std::env::var("PICKET_PROBES_DROP_REPEATS").as_deref() {
+        Err(_) | Ok("on") => Ok(Some(Duration::from_nanos(REPEAT_WINDOW_NS))),
+        Ok("off") => {
+            tracing::warn!(
+                "PICKET_PROBES_DROP_REPEATS=off: measurement mode, every repeated open is sent"
+            );
+            Ok(None)
+        }
+        Ok(other) => bail!("PICKET_PROBES_DROP_REPEATS must be on or off, not {other:?}"),
     }
 }
 

@@ -41,6 +41,9 @@ pub(crate) fn from_kernel(btf: &Btf) -> Result<(Offsets, bool)> {
         kernfs_node_name: o("kernfs_node", "name")?,
         task_signal: o("task_struct", "signal")?,
         signal_live: o("signal_struct", "live")?,
+        file_f_inode: o("file", "f_inode")?,
+        inode_i_ino: o("inode", "i_ino")?,
+        inode_i_generation: o("inode", "i_generation")?,
         ..Offsets::default()
     };
     // The prefilter reads hash_len and the name pointer with one 16-byte read.
@@ -57,6 +60,9 @@ pub(crate) fn from_kernel(btf: &Btf) -> Result<(Offsets, bool)> {
         ("file", "f_mode", 4),
         ("file", "f_flags", 4),
         ("signal_struct", "live", 4),
+        ("file", "f_inode", 8),
+        ("inode", "i_ino", 8),
+        ("inode", "i_generation", 4),
     ] {
         let actual = btf.member_size(s, m)?;
         ensure!(

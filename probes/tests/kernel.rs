@@ -301,8 +301,11 @@ fn watch_tokens(name: &str) -> (Scratch, PathBuf, Probes) {
 }
 
 fn load_tracepoint() -> Probes {
-    let probes = Probes::load(Strategy::Tracepoint).expect("loading the tracepoint strategy");
+    let mut probes = Probes::load(Strategy::Tracepoint).expect("loading the tracepoint strategy");
     assert_eq!(probes.strategy(), Strategy::Tracepoint);
+    // These tests read one file several times with one program and expect every open; the
+    // repeat filter has its own test.
+    probes.set_repeat_window(None).unwrap();
     probes
 }
 
@@ -586,6 +589,22 @@ fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// A cgroup made for a test, removed when dropped (once its processes have exited).
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn create(path: &Path) -> Cgroup {
+        fs::create_dir(path).unwrap();
+        Cgroup(path.to_owned())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
 #[test]
 fn container_id_and_image_come_from_the_cgroup_and_runtime_metadata() {
     if !in_private_mount_namespace(
@@ -601,14 +620,7 @@ fn container_id_and_image_come_from_the_cgroup_and_runtime_metadata() {
     // A containerd-style (systemd driver) cgroup, and the task's OCI bundle under our private /run.
     let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xfeed);
     let cgroup = cgroup_root.join(format!("cri-containerd-{id}.scope"));
-    fs::create_dir(&cgroup).unwrap();
-    struct RemoveCgroup(PathBuf);
-    impl Drop for RemoveCgroup {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir(&self.0);
-        }
-    }
-    let _cleanup = RemoveCgroup(cgroup.clone());
+    let _cleanup = Cgroup::create(&cgroup);
     let bundle = PathBuf::from(format!(
         "/run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}"
     ));
@@ -875,4 +887,101 @@ mod io_uring {
             Ok(cqe.add(8).cast::<i32>().read_volatile())
         }
     }
+}
+
+/// Runs `program args...` to completion (in `cgroup`, if given) and returns its pid.
+fn run_in(cgroup: Option<&Path>, program: &Path, args: &[&str]) -> u32 {
+    let mut command = match cgroup {
+        // The shell moves itself into the cgroup, then becomes the program.
+        Some(cgroup) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.arg("-c")
+                .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+                .arg(cgroup)
+                .arg(program)
+                .args(args);
+            sh
+        }
+        None => {
+            let mut direct = Command::new(program);
+            direct.args(args);
+            direct
+        }
+    };
+    let child = command.stdout(Stdio::null()).spawn().unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{program:?} {args:?}");
+    pid
+}
+
+#[test]
+fn repeats_are_dropped_but_never_hide_another_reader() {
+    if !in_private_mount_namespace("repeats_are_dropped_but_never_hide_another_reader") {
+        return;
+    }
+    let Some(cgroup_root) = cgroup2_mount() else {
+        skip("repeats_are_dropped", "no cgroup v2 hierarchy mounted");
+        return;
+    };
+    let (scratch, sentinel_file, mut probes) = watch_tokens("repeats");
+    // Long enough that no repeat below falls out of it on a slow machine.
+    probes
+        .set_repeat_window(Some(Duration::from_secs(600)))
+        .unwrap();
+    let token = scratch.dir.join("token");
+    fs::write(&token, "t").unwrap();
+    let token_str = token.to_str().unwrap();
+    let ycat = scratch.dir.join("ycat");
+    fs::copy(&scratch.xcat, &ycat).unwrap();
+    let hard_link = scratch.dir.join("zcat");
+    fs::hard_link(&scratch.xcat, &hard_link).unwrap();
+    let xsh = scratch.dir.join("xsh");
+    fs::copy("/bin/sh", &xsh).unwrap();
+    let cgroup = cgroup_root.join(format!("picket-repeats-{}", std::process::id()));
+    let _cleanup = Cgroup::create(&cgroup);
+    mount("tmpfs", "tmpfs", "/run", 0);
+    fs::create_dir("/run/bound").unwrap();
+    mount(
+        "",
+        scratch.dir.to_str().unwrap(),
+        "/run/bound",
+        libc::MS_BIND,
+    );
+
+    let xcat = &scratch.xcat;
+    let mut sent = Vec::new();
+    let mut dropped = Vec::new();
+    sent.push(run_in(None, xcat, &[token_str])); // the first: sent
+    dropped.push(run_in(None, xcat, &[token_str])); // same exe, cgroup, file, mode: dropped
+    sent.push(run_in(None, &ycat, &[token_str])); // another executable
+    sent.push(run_in(None, &hard_link, &[token_str])); // the same inode by another path
+    sent.push(run_in(None, &xsh, &["-c", &format!(": < '{token_str}'")]));
+    dropped.push(run_in(None, &xsh, &["-c", &format!(": < '{token_str}'")]));
+    sent.push(run_in(None, &xsh, &["-c", &format!(": <> '{token_str}'")])); // read-write
+    sent.push(run_in(Some(&cgroup), xcat, &[token_str])); // another cgroup
+    sent.push(run_in(None, xcat, &["/run/bound/token"])); // the file by another mount
+    probes.forget_repeats().unwrap(); // as on a rule change
+    sent.push(run_in(None, xcat, &[token_str]));
+    // The first open after the window is sent.
+    probes
+        .set_repeat_window(Some(Duration::from_millis(100)))
+        .unwrap();
+    sent.push(run_in(None, xcat, &[token_str]));
+    std::thread::sleep(Duration::from_millis(150));
+    sent.push(run_in(None, xcat, &[token_str]));
+    probes.forget_repeats().unwrap();
+    let sentinel = scratch.cat(sentinel_file.to_str().unwrap(), None, "s");
+
+    let pids: HashSet<u32> = sent.iter().chain(&dropped).copied().collect();
+    let events = runtime().block_on(until_sentinel(&mut probes, &pids, sentinel));
+    let got: Vec<u32> = events.iter().map(|e| e.process.pid).collect();
+    assert_eq!(got, sent, "{events:#?}");
+    assert_eq!(probes.repeats_dropped(), dropped.len() as u64);
+    let exe_of = |i: usize| events[i].process.exe.as_str();
+    assert_eq!(exe_of(3), xsh.to_str().unwrap());
+    assert_eq!(events[3].access, Access::Read);
+    assert_eq!(events[4].access, Access::ReadWrite);
+    assert_eq!(exe_of(2), hard_link.to_str().unwrap());
+    assert_eq!(events[6].path, "/run/bound/token");
 }

@@ -18,28 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    if std::env::args().any(|a| a == "--inner") {
+    if let Some(quick) = support::bench_in_private_mount_namespace("agent") {
         inner(quick);
-        return;
     }
-    if !support::is_root() {
-        println!("SKIPPED agent benchmark: needs root for BPF and mounts");
-        return;
-    }
-    let status = Command::new("unshare")
-        .args(["--mount", "--propagation", "private"])
-        .arg(std::env::current_exe().unwrap())
-        .arg("--inner")
-        .args(quick.then_some("--quick"))
-        .status()
-        .expect("unshare");
-    assert!(status.success());
-}
-
-fn sh(script: &str) {
-    let status = Command::new("sh").args(["-ec", script]).status().unwrap();
-    assert!(status.success(), "{script}");
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -57,21 +38,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn inner(quick: bool) {
     let readers = if quick { 20 } else { 400 };
-    let work = support::temp_dir();
+    let work = support::bench_token_layout(1..=readers);
     let w = work.path().display().to_string();
-    sh(&format!(
-        "mount -t tmpfs bench /run
-         sa=/run/secrets/kubernetes.io/serviceaccount; mkdir -p $sa; mount -t tmpfs bench-sa $sa
-         mkdir $sa/..2026_11_22_10_00_00.1; echo t > $sa/..2026_11_22_10_00_00.1/token
-         ln -s ..2026_11_22_10_00_00.1 $sa/..data; ln -s ..data/token $sa/token
-         mkdir -p {w}/rules {w}/bin
-         for i in $(seq {readers}); do cp $(command -v cat) {w}/bin/reader$i; done"
-    ));
-    std::fs::copy(
-        support::rule_wasm("k8s-sa-token"),
-        work.path().join("rules/k8s_sa_token.wasm"),
-    )
-    .unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_picket"))
         .args(["run", "--learning-period", "0s", "--rules"])
         .arg(work.path().join("rules"))
@@ -97,7 +65,7 @@ fn inner(quick: bool) {
         .recv_timeout(Duration::from_secs(60))
         .expect("the agent did not get ready");
     // The group's first reader is its baseline, learned silently.
-    sh(&format!("cat {TOKEN} >/dev/null"));
+    support::sh(&format!("cat {TOKEN} >/dev/null"));
     let rss_ready = rss_kib(pid, "VmRSS:");
 
     let mut latencies_us = Vec::new();

@@ -5,6 +5,7 @@
 
 use crate::event::{ArgList, Container, Event, File, FileAccess, Kind, Process};
 use crate::host::{Host, HostOptions, SAVE_EVERY};
+use crate::kernel_report::KernelReport;
 pub use crate::output::Output;
 use crate::output::{OnError, SignalOutput, WhenFull};
 use crate::time::{StableClock, Timestamp};
@@ -61,7 +62,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(SAVE_EVERY);
-    let mut lost_reported = 0;
+    let mut kernel_report = KernelReport::default();
     let rules: Vec<String> = host
         .pipeline()
         .rules()
@@ -94,17 +95,14 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 host.save();
                 sink.report();
-                let lost = probes.lost_events();
-                if lost > lost_reported {
-                    tracing::warn!(lost = lost - lost_reported, total = lost, "events lost in the kernel's ring buffer (reader too slow)");
-                    lost_reported = lost;
-                }
+                kernel_report.tick(&mut probes);
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
     }
     tracing::info!("stopping: detaching probes and saving state");
+    kernel_report.at_stop(&mut probes);
     drop(probes);
     host.shutdown();
     sink.finish(Some(OUTPUT_GRACE));
@@ -119,6 +117,10 @@ struct Prefilter {
 
 impl Prefilter {
     fn sync(&mut self, host: &Host, probes: &mut Probes) {
+        // The rules changed: an open sent before may not have reached the rules now running.
+        if let Err(err) = probes.forget_repeats() {
+            tracing::error!("resetting the kernel's repeat filter: {err:#}");
+        }
         let names = match host.basenames() {
             Some(names) => names,
             None => {

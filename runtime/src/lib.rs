@@ -11,6 +11,7 @@ pub mod compile;
 pub mod conformance;
 pub mod event;
 pub mod host;
+pub mod kernel_report;
 pub mod module_cache;
 pub mod output;
 pub mod pipeline;

@@ -145,6 +145,59 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// For the live benchmarks, which need their own mount namespace: in the process started by
+/// `cargo bench`, re-runs this binary with `--inner` (and `--quick` if given) in a private mount
+/// namespace, waits for it and returns `None`; in that child, returns `Some(quick)`. Without
+/// root, says why it skips and returns `None`.
+pub fn bench_in_private_mount_namespace(name: &str) -> Option<bool> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--inner") {
+        return Some(quick);
+    }
+    if !is_root() {
+        println!("SKIPPED {name} benchmark: needs root for BPF and mounts");
+        return None;
+    }
+    let status = Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .arg(std::env::current_exe().unwrap())
+        .arg("--inner")
+        .args(quick.then_some("--quick"))
+        .status()
+        .expect("unshare");
+    assert!(status.success(), "the {name} benchmark failed");
+    None
+}
+
+/// Runs a shell script; panics if it fails.
+pub fn sh(script: &str) {
+    let status = Command::new("sh").args(["-ec", script]).status().unwrap();
+    assert!(status.success(), "{script}");
+}
+
+/// For the live benchmarks, inside their private mount namespace: a tmpfs over /run holding the
+/// kubelet's projected Kubernetes token, a temporary work directory with `rules/` holding the
+/// k8s-sa-token module, and `bin/reader<i>` for each `i` in `readers`, renamed copies of `cat`.
+pub fn bench_token_layout(readers: std::ops::RangeInclusive<usize>) -> tempfile::TempDir {
+    let work = temp_dir();
+    let w = work.path().display().to_string();
+    let (first, last) = readers.into_inner();
+    sh(&format!(
+        "mount -t tmpfs bench /run
+         sa=/run/secrets/kubernetes.io/serviceaccount; mkdir -p $sa; mount -t tmpfs bench-sa $sa
+         mkdir $sa/..2026_11_22_10_00_00.1; echo t > $sa/..2026_11_22_10_00_00.1/token
+         ln -s ..2026_11_22_10_00_00.1 $sa/..data; ln -s ..data/token $sa/token
+         mkdir -p {w}/rules {w}/bin
+         for i in $(seq {first} {last}); do cp $(command -v cat) {w}/bin/reader$i; done"
+    ));
+    std::fs::copy(
+        rule_wasm("k8s-sa-token"),
+        work.path().join("rules/k8s_sa_token.wasm"),
+    )
+    .unwrap();
+    work
+}
+
 /// A fresh temporary directory.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("creating a temporary directory")
