@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod cli;
 pub mod conformance;
+pub mod discovery;
 pub mod event;
 pub mod host;
 pub mod module_cache;
