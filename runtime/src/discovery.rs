@@ -253,6 +253,9 @@ impl Known {
 enum Wake {
     Changed,
     Targets(Targets),
+    /// The [`Discovery`] was dropped. (The channel alone would never close: the watcher, which
+    /// the thread owns, holds a sender.)
+    Stop,
 }
 
 /// The discovery thread. Dropping it stops the thread.
@@ -335,6 +338,12 @@ impl Discovery {
     }
 }
 
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        let _ = self.wake.send(Wake::Stop);
+    }
+}
+
 /// Waits for a reason to rescan: a change (after its burst settles), new targets, or
 /// [`RESCAN_EVERY`]. `None` once the [`Discovery`] is dropped.
 fn wait(rx: &mpsc::Receiver<Wake>) -> Option<Option<Targets>> {
@@ -342,7 +351,7 @@ fn wait(rx: &mpsc::Receiver<Wake>) -> Option<Option<Targets>> {
     match rx.recv_timeout(RESCAN_EVERY) {
         Ok(Wake::Targets(new)) => targets = Some(new),
         Ok(Wake::Changed) | Err(RecvTimeoutError::Timeout) => {}
-        Err(RecvTimeoutError::Disconnected) => return None,
+        Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return None,
     }
     let burst = Instant::now();
     loop {
@@ -350,7 +359,7 @@ fn wait(rx: &mpsc::Receiver<Wake>) -> Option<Option<Targets>> {
             Ok(Wake::Targets(new)) => targets = Some(new),
             Ok(Wake::Changed) if burst.elapsed() < MAX_DELAY => {}
             Ok(Wake::Changed) | Err(RecvTimeoutError::Timeout) => return Some(targets),
-            Err(RecvTimeoutError::Disconnected) => return None,
+            Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return None,
         }
     }
 }
@@ -432,6 +441,40 @@ mod tests {
         let (found, watch) = scan(&targets);
         assert!(found.is_empty());
         assert!(watch.contains(dir.path()), "{watch:?}");
+    }
+
+    #[test]
+    fn the_thread_follows_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = kubelet(dir.path());
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let discovery = Discovery::spawn(targets(&root.join("pods")), move |found| {
+            tx.send(found).is_ok()
+        })
+        .unwrap();
+        // The timeouts only guard against a hang.
+        let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let old = file_id_of(&std::fs::metadata(&token).unwrap());
+        assert_eq!(first.ids(), BTreeSet::from([old]));
+        // The kubelet's rotation: a new timestamped directory, then the `..data` swap.
+        let volume = token.parent().unwrap().parent().unwrap();
+        let stamp = volume.join("..2026_11_22_11_00_00.2");
+        std::fs::create_dir(&stamp).unwrap();
+        std::fs::write(stamp.join("token"), "new").unwrap();
+        std::os::unix::fs::symlink("..2026_11_22_11_00_00.2", volume.join("..data_tmp")).unwrap();
+        std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+        std::fs::remove_dir_all(token.parent().unwrap()).unwrap();
+        let new = file_id_of(&std::fs::metadata(stamp.join("token")).unwrap());
+        let rotated = loop {
+            let found = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            if found.path_of(&new).is_some() {
+                break found;
+            }
+        };
+        // The old token stays known (a link to it would still read it).
+        assert_eq!(rotated.ids(), BTreeSet::from([old, new]));
+        drop(discovery);
     }
 
     #[test]
