@@ -6,6 +6,7 @@
 #
 #   sudo probes/bench.sh [passes]            (default 5 passes; needs root, auditctl, bpftrace)
 #   STAGES=1 sudo probes/bench.sh            (also the prefilter cut after each step)
+#   IDENTITIES=1 sudo probes/bench.sh        (also the probes with 200 files approved by identity)
 #
 # Builds the examples in release mode into $CARGO_TARGET_DIR (default: the workspace's target/).
 set -euo pipefail
@@ -49,6 +50,8 @@ start() { # condition
            monitor_pid=$!; wait_for "$work/agent.log" "agent ready" ;;
     probes) taskset -c 0 "$bin/probe-dump" --basename token >"$work/probes.log" 2>&1 &
             monitor_pid=$!; wait_for "$work/probes.log" "attached with strategy" ;;
+    identities) taskset -c 0 "$bin/probe-dump" --basename token "${identity_args[@]}" >"$work/probes.log" 2>&1 &
+                monitor_pid=$!; wait_for "$work/probes.log" "attached with strategy" ;;
     stage*) PICKET_PROBES_STOP_AFTER=${1#stage} taskset -c 0 "$bin/probe-dump" --basename token >"$work/probes.log" 2>&1 &
             monitor_pid=$!; wait_for "$work/probes.log" "attached with strategy" ;;
     auditd) auditctl -e 1 >/dev/null; auditctl -w "$token" -p r >/dev/null ;;
@@ -66,6 +69,14 @@ stop() { # condition
 
 conditions=(none agent probes auditd bpftrace)
 if [[ -n ${STAGES:-} ]]; then conditions+=(stage0 stage1 stage2 stage3); fi
+# Files approved by identity (none of them the benchmark's): what the inode-bitmap check costs
+# an unwatched open.
+identity_args=()
+if [[ -n ${IDENTITIES:-} ]]; then
+  conditions+=(identities)
+  mkdir -p "$work/ids"
+  for i in $(seq 200); do echo x > "$work/ids/f$i"; identity_args+=(--identity "$work/ids/f$i"); done
+fi
 
 for pass in $(seq "$passes"); do
   for c in "${conditions[@]}"; do

@@ -152,6 +152,97 @@ kill -TERM $agent
 wait $agent
 "#;
 
+/// Perl programs the scenarios run from renamed copies of perl, so that each technique has its
+/// own executable. `HANDLE_OPEN FILE DIR`: `open_by_handle_at(2)` of FILE (x86_64 syscall
+/// numbers), with DIR as the mount descriptor. `CHROOT_OPEN ROOT FILE`: chroot into ROOT, then
+/// open FILE by its path inside it.
+const READERS: &str = r#"
+cat > "$WORK/handle.pl" <<'PERL'
+my ($path, $dir) = @ARGV;
+my $handle = pack("LlZ128", 128, 0, "");
+my $mount_id = pack("l", 0);
+syscall(303, -100, $path, $handle, $mount_id, 0) == 0 or die "name_to_handle_at $path: $!";
+opendir(my $d, $dir) or die "$dir: $!";
+my $fd = syscall(304, fileno($d), $handle, 0);
+$fd >= 0 or die "open_by_handle_at $path: $!";
+open(my $f, "<&=", $fd) or die "fdopen: $!";
+print <$f>;
+PERL
+cat > "$WORK/chroot.pl" <<'PERL'
+my ($root, @files) = @ARGV;
+chroot($root) or die "chroot $root: $!";
+chdir("/") or die "chdir: $!";
+for my $file (@files) { open(my $f, "<", $file) or die "$file: $!"; print <$f>; }
+PERL
+for name in hperl cperl; do cp "$(command -v perl)" "$WORK/bin/$name"; done
+for name in bcat fcat lcat rcat ocat; do cp "$(command -v cat)" "$WORK/bin/$name"; done
+cp "$(command -v sh)" "$WORK/bin/wsh"
+SA=/run/secrets/kubernetes.io/serviceaccount
+ESA=/run/secrets/eks.amazonaws.com/serviceaccount
+STAMP=..2026_11_22_10_00_00.000000001
+"#;
+
+/// Every way of reaching a token under another path or name, each by its own program, reading
+/// both tokens; then the look-alikes that must raise nothing.
+const OTHER_NAMES: &str = r#"
+start_agent "$WORK/agent.log"
+wait_for "$WORK/agent.log" "kernel identity approvers updated"
+cat "$K8S" "$EKS" >/dev/null                        # the known reader
+# A bind mount of each serviceaccount directory elsewhere.
+mkdir -p "$WORK/mnt/k8s" "$WORK/mnt/eks"
+mount --bind "$SA" "$WORK/mnt/k8s" && mount --bind "$ESA" "$WORK/mnt/eks"
+"$WORK/bin/bcat" "$WORK/mnt/k8s/token" "$WORK/mnt/eks/token" >/dev/null
+# A bind mount of each token file onto another name.
+touch "$WORK/creds-k8s" "$WORK/creds-eks"
+mount --bind "$SA/$STAMP/token" "$WORK/creds-k8s" && mount --bind "$ESA/$STAMP/token" "$WORK/creds-eks"
+"$WORK/bin/fcat" "$WORK/creds-k8s" "$WORK/creds-eks" >/dev/null
+# A hard link to each token under another name (on its own filesystem, as links must be).
+mkdir "$SA/.cache" "$ESA/.cache"
+ln "$SA/$STAMP/token" "$SA/.cache/blob" && ln "$ESA/$STAMP/token" "$ESA/.cache/blob"
+"$WORK/bin/lcat" "$SA/.cache/blob" "$ESA/.cache/blob" >/dev/null
+# open_by_handle_at while those links exist: the kernel may hand back the link's name.
+"$WORK/bin/hperl" "$WORK/handle.pl" "$SA/.cache/blob" "$SA" >/dev/null
+"$WORK/bin/hperl" "$WORK/handle.pl" "$ESA/.cache/blob" "$ESA" >/dev/null
+# A reader that chroots into a parent of the tokens and opens them by the shortened paths.
+"$WORK/bin/cperl" "$WORK/chroot.pl" /run/secrets     /kubernetes.io/serviceaccount/token /eks.amazonaws.com/serviceaccount/token >/dev/null
+# Nothing for: ca.crt and namespace through a bind mount and a hard link, another file named
+# token, a write-only open of a token through its hard link.
+ln "$SA/$STAMP/ca.crt" "$SA/.cache/cert"
+"$WORK/bin/ocat" "$WORK/mnt/k8s/ca.crt" "$WORK/mnt/eks/namespace" "$SA/.cache/cert" >/dev/null
+echo unrelated > "$WORK/token" && "$WORK/bin/ocat" "$WORK/token" >/dev/null
+"$WORK/bin/wsh" -c ': >> "$1"' wsh "$SA/.cache/blob"
+signals 10
+sleep 0.5
+kill -TERM $agent
+wait $agent
+"#;
+
+/// The kubelet rotates the token (a new timestamped directory, an atomic `..data` swap, the old
+/// directory removed): the agent follows, so a read of the new token by another name is caught,
+/// and a hard link made to the old token before the rotation still counts as that token.
+const ROTATION: &str = r#"
+start_agent "$WORK/agent.log"
+wait_for "$WORK/agent.log" "kernel identity approvers updated"
+cat "$K8S" >/dev/null                               # the known reader
+mkdir "$SA/.cache"
+ln "$SA/$STAMP/token" "$SA/.cache/old"              # a link to the token before rotation
+NEW=..2026_11_22_11_00_00.000000002
+mkdir "$SA/$NEW"
+echo rotated > "$SA/$NEW/token"
+echo certificate > "$SA/$NEW/ca.crt"
+echo default > "$SA/$NEW/namespace"
+ln -s "$NEW" "$SA/..data_tmp" && mv -T "$SA/..data_tmp" "$SA/..data"
+rm -r "$SA/$STAMP"
+wait_for "$WORK/agent.log" "$NEW/token"
+ln "$SA/$NEW/token" "$SA/.cache/new"
+"$WORK/bin/lcat" "$SA/.cache/new" >/dev/null        # signal: the new token by another name
+"$WORK/bin/ocat" "$SA/.cache/old" >/dev/null        # signal: the old token, still known
+signals 2
+sleep 0.5
+kill -TERM $agent
+wait $agent
+"#;
+
 /// Runs `steps` after [`SETUP`] in a private mount namespace, with the named rule modules in
 /// the rules directory. Returns the work directory, or `None` (saying why) without root.
 fn scenario(steps: &str, rules: &[&str]) -> Option<tempfile::TempDir> {
@@ -173,7 +264,7 @@ fn scenario(steps: &str, rules: &[&str]) -> Option<tempfile::TempDir> {
         let file = format!("{}.wasm", rule.replace('-', "_"));
         std::fs::copy(rule_wasm(rule), dir.join(file)).unwrap();
     }
-    let script = format!("{SETUP}\n{steps}");
+    let script = format!("{SETUP}\n{READERS}\n{steps}");
     let output = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .env("PICKET", env!("CARGO_BIN_EXE_picket"))
@@ -309,6 +400,127 @@ fn a_stuck_output_costs_signals_past_its_queue_but_never_detection_or_shutdown()
     let ycat = work.path().join("bin/ycat").display().to_string();
     let second = std::fs::read_to_string(work.path().join("agent2.log")).unwrap();
     assert_eq!(seen, [ycat], "{second}");
+}
+
+/// (rule, exe, path, canonical path) of each signal, sorted.
+fn signal_summary(signals: &[serde_json::Value]) -> Vec<(String, String, String, String)> {
+    let mut seen: Vec<_> = signals
+        .iter()
+        .map(|s| {
+            let file = &s["event"]["file"];
+            assert_eq!(s["new_value"]["value"], s["event"]["process"]["exe"]);
+            (
+                s["rule"].as_str().unwrap().to_string(),
+                s["event"]["process"]["exe"].as_str().unwrap().to_string(),
+                file["path"].as_str().unwrap().to_string(),
+                file["canonical_path"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    seen
+}
+
+#[test]
+fn a_token_reached_by_another_path_or_name_raises_one_signal_per_rule() {
+    let Some(work) = scenario(OTHER_NAMES, &["eks-token", "k8s-sa-token"]) else {
+        return;
+    };
+    let log = std::fs::read_to_string(work.path().join("agent.log")).unwrap();
+    let signals = read_signals(work.path());
+    let bin = |name: &str| work.path().join("bin").join(name).display().to_string();
+    let w = work.path().display().to_string();
+    let stamp = "..2026_11_22_10_00_00.000000001";
+    let k8s = format!("/run/secrets/kubernetes.io/serviceaccount/{stamp}/token");
+    let eks = format!("/run/secrets/eks.amazonaws.com/serviceaccount/{stamp}/token");
+    let sa = "/run/secrets/kubernetes.io/serviceaccount";
+    let esa = "/run/secrets/eks.amazonaws.com/serviceaccount";
+    let row = |rule: &str, exe: &str, path: String, canonical: &str| {
+        (rule.to_string(), bin(exe), path, canonical.to_string())
+    };
+    let mut expected = vec![
+        row(
+            "k8s-sa-token",
+            "bcat",
+            format!("{w}/mnt/k8s/{stamp}/token"),
+            &k8s,
+        ),
+        row(
+            "eks-token",
+            "bcat",
+            format!("{w}/mnt/eks/{stamp}/token"),
+            &eks,
+        ),
+        row("k8s-sa-token", "fcat", format!("{w}/creds-k8s"), &k8s),
+        row("eks-token", "fcat", format!("{w}/creds-eks"), &eks),
+        row("k8s-sa-token", "lcat", format!("{sa}/.cache/blob"), &k8s),
+        row("eks-token", "lcat", format!("{esa}/.cache/blob"), &eks),
+        row(
+            "k8s-sa-token",
+            "cperl",
+            format!("/kubernetes.io/serviceaccount/{stamp}/token"),
+            &k8s,
+        ),
+        row(
+            "eks-token",
+            "cperl",
+            format!("/eks.amazonaws.com/serviceaccount/{stamp}/token"),
+            &eks,
+        ),
+    ];
+    // open_by_handle_at: the kernel picks one of the file's names, either is right.
+    let handles: Vec<_> = signal_summary(&signals)
+        .into_iter()
+        .filter(|(_, exe, _, _)| *exe == bin("hperl"))
+        .collect();
+    for (rule, path, canonical) in [
+        ("k8s-sa-token", format!("{sa}/.cache/blob"), &k8s),
+        ("eks-token", format!("{esa}/.cache/blob"), &eks),
+    ] {
+        let got = handles
+            .iter()
+            .find(|(r, ..)| r == rule)
+            .unwrap_or_else(|| panic!("no {rule} signal for open_by_handle_at: {handles:?}"));
+        assert!(got.2 == path || got.2 == *canonical, "{got:?}");
+        expected.push(row(rule, "hperl", got.2.clone(), canonical));
+    }
+    expected.sort();
+    assert_eq!(signal_summary(&signals), expected, "agent log:\n{log}");
+    for signal in &signals {
+        let file = &signal["event"]["file"];
+        assert_eq!(file["access"], "read");
+        assert!(file["dev"].as_u64().is_some() && file["ino"].as_u64().is_some());
+    }
+}
+
+#[test]
+fn a_rotated_token_is_followed_and_the_old_one_stays_known() {
+    let Some(work) = scenario(ROTATION, &["k8s-sa-token"]) else {
+        return;
+    };
+    let log = std::fs::read_to_string(work.path().join("agent.log")).unwrap();
+    let bin = |name: &str| work.path().join("bin").join(name).display().to_string();
+    let sa = "/run/secrets/kubernetes.io/serviceaccount";
+    let row = |exe: &str, path: String, canonical: String| {
+        ("k8s-sa-token".to_string(), bin(exe), path, canonical)
+    };
+    let expected = vec![
+        row(
+            "lcat",
+            format!("{sa}/.cache/new"),
+            format!("{sa}/..2026_11_22_11_00_00.000000002/token"),
+        ),
+        row(
+            "ocat",
+            format!("{sa}/.cache/old"),
+            format!("{sa}/..2026_11_22_10_00_00.000000001/token"),
+        ),
+    ];
+    assert_eq!(
+        signal_summary(&read_signals(work.path())),
+        expected,
+        "agent log:\n{log}"
+    );
 }
 
 fn assert_state_saved(work: &Path) {

@@ -18,21 +18,35 @@
 //! | 28 | 1 | `kind`: 0 = open |
 //! | 29 | 1 | `access`: 0 = unknown, 1 = read, 2 = write, 3 = read and write |
 //! | 30 | 1 | flags: bit 0 ppid, bit 1 uid, bit 2 gid, bit 3 the process runs in a container |
-//! | 31 | 1 | reserved, 0 |
+//! | 30 | 1 | flags: … bit 4 `file_dev` and `file_ino` are valid |
+//! | 31 | 1 | header extension: 0 = none (strings from 88), 1 = the file-identity block at 88 |
 //! | 32 | 56 | seven string slots of (u32 offset, u32 length): host, path, comm, exe, args, container id, container image; offset `u32::MAX` = absent |
-//! | 88 | … | string bytes, UTF-8; `args` holds the arguments joined by NUL bytes |
+//! | 88 | 8 | `file_dev`, u64 (extension 1) |
+//! | 96 | 8 | `file_ino`, u64 (extension 1) |
+//! | 104 | 8 | eighth string slot: `canonical_path` (extension 1) |
+//! | 112 | … | string bytes, UTF-8; `args` holds the arguments joined by NUL bytes |
 
 use crate::{Access, Args, EventKind};
 use alloc::vec::Vec;
 use core::fmt;
 
-/// Size of the fixed header.
-pub const HEADER_LEN: usize = 88;
+/// Size of the fixed header this version writes (with the file-identity extension).
+pub const HEADER_LEN: usize = 112;
+/// Size of the header without extension, as hosts before the file-identity fields wrote it.
+pub const BASE_HEADER_LEN: usize = 88;
+/// Byte 31: which extension follows the base header.
+const EXTENSION_AT: usize = 31;
+/// Extension: `file_dev` at 88, `file_ino` at 96, the `canonical_path` slot at 104.
+const EXTENSION_IDENTITY: u8 = 1;
+const FILE_DEV_AT: usize = 88;
+const FILE_INO_AT: usize = 96;
+const CANONICAL_SLOT_AT: usize = 104;
 
 const FLAG_PPID: u8 = 1;
 const FLAG_UID: u8 = 2;
 const FLAG_GID: u8 = 4;
 const FLAG_CONTAINER: u8 = 8;
+const FLAG_FILE_ID: u8 = 16;
 const ABSENT: u32 = u32::MAX;
 
 #[derive(Clone, Copy)]
@@ -45,10 +59,32 @@ enum Slot {
     Args,
     ContainerId,
     ContainerImage,
+    /// In the identity extension, not after the others.
+    CanonicalPath,
 }
 
+/// String slots of the base header.
 const SLOTS: usize = 7;
 const SLOTS_AT: usize = 32;
+
+/// Where string slot `index` is: the base header's seven, then the extension's.
+const fn slot_at(index: usize) -> usize {
+    if index < SLOTS {
+        SLOTS_AT + index * 8
+    } else {
+        CANONICAL_SLOT_AT
+    }
+}
+
+/// Which file an event is about, beyond its path: the device and inode number that `stat(2)`
+/// reports for it (`st_dev`, `st_ino`), the same through every name, link and mount of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
 
 /// The fields of an event, as the host fills them in before encoding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,6 +119,12 @@ pub struct EventFields<'a> {
     pub container_id: Option<&'a str>,
     /// Container image, when known.
     pub container_image: Option<&'a str>,
+    /// The file's device and inode, when known.
+    pub file_id: Option<FileId>,
+    /// Where the agent found the same file (same device and inode) on the node, seen from the
+    /// agent's root, when the file is one it watches by identity: the path a rule recognizes
+    /// even when `path` is a hard link's, a bind mount's or a chrooted reader's.
+    pub canonical_path: Option<&'a str>,
 }
 
 impl EventFields<'_> {
@@ -107,6 +149,12 @@ impl EventFields<'_> {
         if self.in_container {
             flags |= FLAG_CONTAINER;
         }
+        if let Some(id) = self.file_id {
+            buf[FILE_DEV_AT..FILE_DEV_AT + 8].copy_from_slice(&id.dev.to_le_bytes());
+            buf[FILE_INO_AT..FILE_INO_AT + 8].copy_from_slice(&id.ino.to_le_bytes());
+            flags |= FLAG_FILE_ID;
+        }
+        buf[EXTENSION_AT] = EXTENSION_IDENTITY;
         buf[28] = match self.kind {
             EventKind::Open => 0,
         };
@@ -125,9 +173,10 @@ impl EventFields<'_> {
             self.args.map(|a| a.joined()),
             self.container_id,
             self.container_image,
+            self.canonical_path,
         ];
         for (index, string) in strings.into_iter().enumerate() {
-            let slot = SLOTS_AT + index * 8;
+            let slot = slot_at(index);
             let (offset, len) = match string {
                 Some(s) => {
                     let offset = buf.len() as u32;
@@ -175,14 +224,22 @@ impl<'a> Event<'a> {
     /// Checks the header and every string slot's bounds, so that reading fields cannot fail
     /// later except on invalid UTF-8.
     pub fn parse(bytes: &'a [u8]) -> Result<Event<'a>, LayoutError> {
-        if bytes.len() < HEADER_LEN {
+        if bytes.len() < BASE_HEADER_LEN {
             return Err(LayoutError::Short);
         }
-        if bytes[28] != 0 || bytes[29] > 3 {
+        if bytes[28] != 0 || bytes[29] > 3 || bytes[EXTENSION_AT] > EXTENSION_IDENTITY {
             return Err(LayoutError::UnknownTag);
         }
-        for index in 0..SLOTS {
-            let at = SLOTS_AT + index * 8;
+        let slots = if bytes[EXTENSION_AT] == EXTENSION_IDENTITY {
+            if bytes.len() < HEADER_LEN {
+                return Err(LayoutError::Short);
+            }
+            SLOTS + 1
+        } else {
+            SLOTS
+        };
+        for index in 0..slots {
+            let at = slot_at(index);
             let offset = read_u32(bytes, at);
             let len = read_u32(bytes, at + 4) as usize;
             if offset != ABSENT {
@@ -295,6 +352,26 @@ impl<'a> Event<'a> {
         self.string(Slot::ContainerImage)
     }
 
+    /// The file's device and inode (`st_dev`, `st_ino`), when known.
+    pub fn file_id(&self) -> Option<FileId> {
+        if self.bytes[EXTENSION_AT] != EXTENSION_IDENTITY || self.bytes[30] & FLAG_FILE_ID == 0 {
+            return None;
+        }
+        Some(FileId {
+            dev: read_u64(self.bytes, FILE_DEV_AT),
+            ino: read_u64(self.bytes, FILE_INO_AT),
+        })
+    }
+
+    /// Where the agent found the same file on the node (same device and inode), when the file
+    /// is one it watches by identity; see [`EventFields::canonical_path`].
+    pub fn canonical_path(&self) -> Option<&'a str> {
+        if self.bytes[EXTENSION_AT] != EXTENSION_IDENTITY {
+            return None;
+        }
+        self.string(Slot::CanonicalPath)
+    }
+
     /// All fields, for a rule that wants them at once (validates every string).
     pub fn fields(&self) -> EventFields<'a> {
         EventFields {
@@ -313,6 +390,8 @@ impl<'a> Event<'a> {
             in_container: self.in_container(),
             container_id: self.container_id(),
             container_image: self.container_image(),
+            file_id: self.file_id(),
+            canonical_path: self.canonical_path(),
         }
     }
 
@@ -321,7 +400,7 @@ impl<'a> Event<'a> {
     }
 
     fn string(&self, slot: Slot) -> Option<&'a str> {
-        let at = SLOTS_AT + slot as usize * 8;
+        let at = slot_at(slot as usize);
         let offset = read_u32(self.bytes, at);
         if offset == ABSENT {
             return None;
@@ -349,6 +428,10 @@ fn read_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
 }
 
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +453,11 @@ mod tests {
             in_container: true,
             container_id: None,
             container_image: Some("registry.example/app:1.2"),
+            file_id: Some(FileId {
+                dev: 52,
+                ino: 1 << 40,
+            }),
+            canonical_path: Some("/var/lib/kubelet/pods/p/volumes/kubernetes.io~projected/v/token"),
         }
     }
 
@@ -405,12 +493,52 @@ mod tests {
         assert_eq!(&buf[0..8], &(-2i64).to_le_bytes());
         assert_eq!(&buf[8..12], &7u32.to_le_bytes());
         assert_eq!(&buf[16..20], &1000u32.to_le_bytes());
-        assert_eq!(&buf[28..32], &[0, 2, FLAG_UID, 0]);
-        // host absent; path at 88, 2 bytes; comm absent; exe at 90, 2 bytes.
+        assert_eq!(&buf[28..32], &[0, 2, FLAG_UID, 1]);
+        // host absent; path at 112, 2 bytes; comm absent; exe at 114, 2 bytes.
         assert_eq!(&buf[32..40], &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
-        assert_eq!(&buf[40..48], &[88, 0, 0, 0, 2, 0, 0, 0]);
-        assert_eq!(&buf[56..64], &[90, 0, 0, 0, 2, 0, 0, 0]);
-        assert_eq!(&buf[88..], b"/t/x");
+        assert_eq!(&buf[40..48], &[112, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(&buf[56..64], &[114, 0, 0, 0, 2, 0, 0, 0]);
+        // No identity: dev and ino zero, canonical path absent.
+        assert_eq!(&buf[88..104], &[0; 16]);
+        assert_eq!(&buf[104..112], &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        assert_eq!(&buf[112..], b"/t/x");
+        let mut buf = Vec::new();
+        EventFields {
+            path: "/t",
+            exe: "/x",
+            file_id: Some(FileId {
+                dev: 0x34,
+                ino: 0x0102,
+            }),
+            canonical_path: Some("/c"),
+            ..EventFields::default()
+        }
+        .encode(&mut buf);
+        assert_eq!(buf[30], FLAG_FILE_ID);
+        assert_eq!(&buf[88..96], &0x34u64.to_le_bytes());
+        assert_eq!(&buf[96..104], &0x0102u64.to_le_bytes());
+        assert_eq!(&buf[104..112], &[116, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(&buf[112..], b"/t/x/c");
+    }
+
+    #[test]
+    fn a_buffer_without_the_identity_extension_still_reads() {
+        // As a host before the extension wrote it: 88 bytes of header, then the strings.
+        let mut buf = alloc::vec![0u8; BASE_HEADER_LEN];
+        buf[8..12].copy_from_slice(&9u32.to_le_bytes());
+        for index in 0..SLOTS {
+            buf[slot_at(index)..slot_at(index) + 4].copy_from_slice(&ABSENT.to_le_bytes());
+        }
+        buf[40..48].copy_from_slice(&[88, 0, 0, 0, 2, 0, 0, 0]);
+        buf.extend_from_slice(b"/t");
+        let event = Event::parse(&buf).unwrap();
+        assert_eq!(event.path(), "/t");
+        assert_eq!(event.file_id(), None);
+        assert_eq!(event.canonical_path(), None);
+        buf[EXTENSION_AT] = 1;
+        assert_eq!(Event::parse(&buf).unwrap_err(), LayoutError::Short);
+        buf[EXTENSION_AT] = 2;
+        assert_eq!(Event::parse(&buf).unwrap_err(), LayoutError::UnknownTag);
     }
 
     #[test]

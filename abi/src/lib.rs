@@ -14,7 +14,7 @@ extern crate alloc;
 
 mod event;
 
-pub use event::{Event, EventFields, HEADER_LEN, LayoutError};
+pub use event::{BASE_HEADER_LEN, Event, EventFields, FileId, HEADER_LEN, LayoutError};
 
 use alloc::string::String;
 use alloc::vec::Vec;

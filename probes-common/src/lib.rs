@@ -32,6 +32,12 @@ pub const MAX_RECORD_DATA: usize = CGROUP_NAME_LEN + PATH_BYTES + EXE_BYTES + 2 
 pub const MAX_BASENAME: usize = 63;
 /// Key size of the approver map.
 pub const BASENAME_KEY_LEN: usize = MAX_BASENAME + 1;
+/// Most files the identity approver map holds (see [`FileIdKey`]).
+pub const IDENTITY_CAPACITY: u32 = 16384;
+/// Bits of the inode-number filter in front of the identity approver map (a power of two).
+pub const INODE_FILTER_BITS: u64 = 16384;
+/// `u64` words of the inode-number filter.
+pub const INODE_FILTER_WORDS: usize = (INODE_FILTER_BITS / 64) as usize;
 
 /// Names of maps and globals in the eBPF object, so both sides spell them the same way.
 pub mod names {
@@ -46,6 +52,11 @@ pub mod names {
     pub const APPROVERS: &str = "APPROVERS";
     /// One-slot array holding the [`crate::Filter`].
     pub const FILTER: &str = "FILTER";
+    /// Hash map of approved files by identity ([`crate::FileIdKey`] to `u8`): opens of these are
+    /// reported whatever their name.
+    pub const IDENTITIES: &str = "IDENTITIES";
+    /// One-slot array holding the [`crate::InodeFilter`] in front of [`IDENTITIES`].
+    pub const INODE_FILTER: &str = "INODE_FILTER";
     /// Read-only global holding the [`crate::Offsets`].
     pub const OFFSETS: &str = "OFFSETS";
     /// Read-only global `u32`: the loader's own tgid, whose opens are never reported.
@@ -205,6 +216,15 @@ pub struct OpenEvent {
     pub path: PathInfo,
     /// The task's executable (`mm->exe_file`).
     pub exe: PathInfo,
+    /// The file's inode number (`file->f_inode->i_ino`).
+    pub ino: u64,
+    /// The file's device as the kernel encodes it (`i_sb->s_dev`, `major << 20 | minor`).
+    pub dev: u32,
+    /// Non-zero when the open was approved by the file's identity ([`IDENTITIES`]) rather than
+    /// by its name.
+    ///
+    /// [`IDENTITIES`]: names::IDENTITIES
+    pub by_identity: u32,
 }
 
 /// A task called `execve` successfully.
@@ -256,6 +276,44 @@ pub struct ExitEvent {
 pub struct BasenameKey {
     /// The name's bytes followed by zeros.
     pub name: [u8; BASENAME_KEY_LEN],
+}
+
+/// Identity approver map key: which file this is, however it is named or reached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileIdKey {
+    /// Inode number (`inode->i_ino`).
+    pub ino: u64,
+    /// Device, kernel encoding (`super_block->s_dev`).
+    pub dev: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+
+/// A bitmap of approved inode numbers (bit `ino % INODE_FILTER_BITS`), tested before the
+/// identity approver map so that an open of an unwatched file costs two reads and a bit test.
+/// User space keeps it in sync with that map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InodeFilter {
+    /// Files in the identity map; zero skips the identity check entirely.
+    pub count: u64,
+    /// The bitmap.
+    pub bits: [u64; INODE_FILTER_WORDS],
+}
+
+impl InodeFilter {
+    /// Approves nothing.
+    pub const EMPTY: InodeFilter = InodeFilter {
+        count: 0,
+        bits: [0; INODE_FILTER_WORDS],
+    };
+
+    /// Sets the bit of inode number `ino`.
+    pub fn insert(&mut self, ino: u64) {
+        let bit = ino & (INODE_FILTER_BITS - 1);
+        self.bits[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
 }
 
 /// Name prefixes kept per basename length in the [`Filter`].
@@ -325,6 +383,14 @@ pub struct Offsets {
     pub file_f_mode: u64,
     /// `file.f_flags`.
     pub file_f_flags: u64,
+    /// `file.f_inode`.
+    pub file_f_inode: u64,
+    /// `inode.i_ino`.
+    pub inode_i_ino: u64,
+    /// `inode.i_sb`.
+    pub inode_i_sb: u64,
+    /// `super_block.s_dev`.
+    pub super_block_s_dev: u64,
     /// `path.mnt`.
     pub path_mnt: u64,
     /// `path.dentry`.
@@ -363,10 +429,6 @@ pub struct Offsets {
     pub task_signal: u64,
     /// `signal_struct.live` (threads still running).
     pub signal_live: u64,
-    /// `file.f_inode`.
-    pub file_f_inode: u64,
-    /// `inode.i_ino`.
-    pub inode_i_ino: u64,
     /// `inode.i_generation`.
     pub inode_i_generation: u64,
     /// `io_kiocb.opcode`.
@@ -488,6 +550,10 @@ mod pod {
     unsafe impl aya::Pod for super::BasenameKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Filter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FileIdKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InodeFilter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Offsets {}
     // SAFETY: as above.

@@ -31,11 +31,12 @@ use aya_ebpf::{
 };
 use picket_probes_common::{
     ARGS_LEN, BASENAME_KEY_LEN, BasenameKey, CGROUP_NAME_LEN, COMM_LEN, EXE_BYTES, EXE_DEPTH,
-    EventHeader, EventKind, ExecEvent, ExitEvent, FMODE_PATH, FMODE_READ, FMODE_WRITE,
-    FileIdentity, Filter, ForkEvent, IORING_OP_OPENAT, IORING_OP_OPENAT2, LOST_CGROUP_ENTRIES,
-    MAX_BASENAME, MAX_RECORD_DATA, NAME_READ, Offsets, OpenEvent, OpenSource, PATH_ABSENT,
-    PATH_BYTES, PATH_COMPLETE, PATH_DEPTH, PATH_READ_ERROR, PATH_TOO_DEEP, PATH_TOO_LONG,
-    PREFIX_ANY, PathInfo, REPEAT_ENTRIES, RepeatConfig, RepeatEntry, RepeatKey, TaskInfo,
+    EventHeader, EventKind, ExecEvent, ExitEvent, FMODE_PATH, FMODE_READ, FMODE_WRITE, FileIdKey,
+    FileIdentity, Filter, ForkEvent, IDENTITY_CAPACITY, INODE_FILTER_BITS, IORING_OP_OPENAT,
+    IORING_OP_OPENAT2, InodeFilter, LOST_CGROUP_ENTRIES, MAX_BASENAME, MAX_RECORD_DATA, NAME_READ,
+    Offsets, OpenEvent, OpenSource, PATH_ABSENT, PATH_BYTES, PATH_COMPLETE, PATH_DEPTH,
+    PATH_READ_ERROR, PATH_TOO_DEEP, PATH_TOO_LONG, PREFIX_ANY, PathInfo, REPEAT_ENTRIES,
+    RepeatConfig, RepeatEntry, RepeatKey, TaskInfo,
 };
 
 // The loader finds the globals and the license by symbol name, hence `no_mangle` (the names are
@@ -109,6 +110,16 @@ static FILTER: Array<Filter> = Array::with_max_entries(1, 0);
 
 #[map]
 static APPROVERS: HashMap<BasenameKey, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Files approved by what they are, (device, inode), whatever name or mount they are reached
+/// through: hard links, bind mounts of the file, chroots. Filled by user space from the files it
+/// finds under the rules' path prefixes.
+#[map]
+static IDENTITIES: HashMap<FileIdKey, u8> = HashMap::with_max_entries(IDENTITY_CAPACITY, 0);
+
+/// Bitmap of the approved inode numbers, tested before [`IDENTITIES`].
+#[map]
+static INODE_FILTER: Array<InodeFilter> = Array::with_max_entries(1, 0);
 
 /// Reads one field of [`OFFSETS`]. A volatile load of just that field: loading the whole struct
 /// would copy it to the stack, and the verifier sees each field as a constant (the map is frozen).
@@ -278,7 +289,8 @@ pub fn fentry_security_file_open(ctx: FEntryContext) -> i32 {
 
 /// The prefilter, then the event. Everything before the approver lookup runs on every open, so it
 /// is kept to three reads after the file pointer: dentry, the name's `hash_len`+`name` (one
-/// 16-byte read) and the length mask (an array lookup the verifier inlines).
+/// 16-byte read) and the length mask (an array lookup the verifier inlines). A name that is not
+/// approved gets a second chance by the file's identity ([`identity_approved`]).
 #[inline(always)]
 fn on_file(task: u64, file: u64, fd: i32, source: OpenSource, scratch: &PerCpuArray<Scratch>) {
     let dentry = read_u64(file + off!(file_f_path) + off!(path_dentry));
@@ -300,46 +312,8 @@ fn on_file(task: u64, file: u64, fd: i32, source: OpenSource, scratch: &PerCpuAr
     if STOP_AFTER.load() == 3 {
         return;
     }
-    let Some(filter) = FILTER.get(0) else {
-        return;
-    };
-    if len > MAX_BASENAME as u64 || (filter.len_mask >> len) & 1 == 0 {
-        return;
-    }
-    // Second cut, for names of an approved length: their first 8 bytes against the approved
-    // prefixes of that length. One 8-byte read (names live in the dentry's inline buffer or a
-    // longer allocation, so 8 bytes are always there) instead of a string copy and a 64-byte hash.
-    let mut word = 0u64;
-    // SAFETY: 8 bytes into a local u64.
-    let failed = unsafe {
-        bpf_probe_read_kernel(
-            (&raw mut word).cast::<c_void>(),
-            8,
-            qstr[1] as *const c_void,
-        )
-    } != 0;
-    if !failed {
-        if len < 8 {
-            word &= (1u64 << (len * 8)) - 1;
-        }
-        let slots = &filter.prefixes[len as usize];
-        if !slots.iter().any(|&slot| slot == word || slot == PREFIX_ANY) {
-            return;
-        }
-    }
-    let mut key = core::mem::MaybeUninit::<BasenameKey>::uninit();
-    // SAFETY: key is BASENAME_KEY_LEN bytes, zeroed then filled; len <= MAX_BASENAME so the name
-    // and its NUL fit, and the bytes after them stay zero as the map's keys expect.
-    let key = unsafe {
-        zero(key.as_mut_ptr().cast::<u8>(), BASENAME_KEY_LEN);
-        read_str(
-            key.as_mut_ptr().cast::<u8>(),
-            BASENAME_KEY_LEN as u32,
-            qstr[1],
-        );
-        key.assume_init()
-    };
-    if APPROVERS.get_ptr(&key).is_none() {
+    let by_identity = !name_approved(len, qstr[1]);
+    if by_identity && !identity_approved(file) {
         return;
     }
     // SAFETY: no preconditions.
@@ -355,9 +329,87 @@ fn on_file(task: u64, file: u64, fd: i32, source: OpenSource, scratch: &PerCpuAr
     if is_repeat(task, file, f_mode, source) {
         return;
     }
-    if emit_open(task, file, dentry, fd, f_mode, source, scratch) {
+    if emit_open(task, file, dentry, fd, f_mode, source, by_identity, scratch) {
         remember_sent(source);
     }
+}
+
+/// Whether the basename (`len` bytes at `name`) is approved: the length mask, the prefix of
+/// that length, then the exact lookup in [`APPROVERS`].
+#[inline(always)]
+fn name_approved(len: u64, name: u64) -> bool {
+    let Some(filter) = FILTER.get(0) else {
+        return false;
+    };
+    if len > MAX_BASENAME as u64 || (filter.len_mask >> len) & 1 == 0 {
+        return false;
+    }
+    // Second cut, for names of an approved length: their first 8 bytes against the approved
+    // prefixes of that length. One 8-byte read (names live in the dentry's inline buffer or a
+    // longer allocation, so 8 bytes are always there) instead of a string copy and a 64-byte hash.
+    let mut word = 0u64;
+    // SAFETY: 8 bytes into a local u64.
+    let failed = unsafe {
+        bpf_probe_read_kernel((&raw mut word).cast::<c_void>(), 8, name as *const c_void)
+    } != 0;
+    if !failed {
+        if len < 8 {
+            word &= (1u64 << (len * 8)) - 1;
+        }
+        let slots = &filter.prefixes[len as usize];
+        if !slots.iter().any(|&slot| slot == word || slot == PREFIX_ANY) {
+            return false;
+        }
+    }
+    let mut key = core::mem::MaybeUninit::<BasenameKey>::uninit();
+    // SAFETY: key is BASENAME_KEY_LEN bytes, zeroed then filled; len <= MAX_BASENAME so the name
+    // and its NUL fit, and the bytes after them stay zero as the map's keys expect.
+    let key = unsafe {
+        zero(key.as_mut_ptr().cast::<u8>(), BASENAME_KEY_LEN);
+        read_str(key.as_mut_ptr().cast::<u8>(), BASENAME_KEY_LEN as u32, name);
+        key.assume_init()
+    };
+    APPROVERS.get_ptr(&key).is_some()
+}
+
+/// `file->f_inode`'s device (`i_sb->s_dev`) and inode number (`i_ino`).
+#[inline(always)]
+fn file_identity(file: u64) -> (u32, u64) {
+    let inode = read_u64(file + off!(file_f_inode));
+    let sb = read_u64(inode + off!(inode_i_sb));
+    (
+        read_u32(sb + off!(super_block_s_dev)),
+        read_u64(inode + off!(inode_i_ino)),
+    )
+}
+
+/// Whether the file is one approved by identity: its inode number's bit in [`INODE_FILTER`],
+/// then its (device, inode) in [`IDENTITIES`]. Costs nothing while no identity is approved,
+/// two reads and a bit test for an unwatched file.
+#[inline(always)]
+fn identity_approved(file: u64) -> bool {
+    let Some(filter) = INODE_FILTER.get(0) else {
+        return false;
+    };
+    if filter.count == 0 {
+        return false;
+    }
+    let inode = read_u64(file + off!(file_f_inode));
+    let ino = read_u64(inode + off!(inode_i_ino));
+    let bit = ino & (INODE_FILTER_BITS - 1);
+    let Some(word) = filter.bits.get((bit >> 6) as usize) else {
+        return false;
+    };
+    if (word >> (bit & 63)) & 1 == 0 {
+        return false;
+    }
+    let sb = read_u64(inode + off!(inode_i_sb));
+    let key = FileIdKey {
+        ino,
+        dev: read_u32(sb + off!(super_block_s_dev)),
+        _pad: 0,
+    };
+    IDENTITIES.get_ptr(&key).is_some()
 }
 
 /// Where a record of type `T` is built in this CPU's scratch buffer.
@@ -410,6 +462,7 @@ fn emit_open(
     fd: i32,
     f_mode: u32,
     source: OpenSource,
+    by_identity: bool,
     scratch: &PerCpuArray<Scratch>,
 ) -> bool {
     let Some(Building {
@@ -429,6 +482,10 @@ fn emit_open(
         (*event).f_mode = f_mode;
         (*event).f_flags = read_u32(file + off!(file_f_flags));
         (*event).fd = fd;
+        let (dev, ino) = file_identity(file);
+        (*event).dev = dev;
+        (*event).ino = ino;
+        (*event).by_identity = by_identity as u32;
         let (root_dentry, root_mnt) = task_root(task);
         let vfsmnt = read_u64(file + off!(file_f_path) + off!(path_mnt));
         let (pos, path) = walk::<PATH_DEPTH>(

@@ -1,8 +1,10 @@
 //! Loads the probes and prints each open of an approved file as it comes.
 //!
 //! ```text
-//! sudo probe-dump [--strategy auto|lsm|fentry|tracepoint] [--basename token]... [--count N] [--stats]
+//! sudo probe-dump [--strategy auto|lsm|fentry|tracepoint] [--basename token]... [--identity PATH]...
+//!     [--count N] [--stats]
 //! ```
+//! `--identity` approves the file at PATH by its device and inode, under any name.
 //! `--stats` prints how many instructions the verifier processed for each loaded program.
 //! Without `--basename`, `token` is approved. Logs go to stderr (`RUST_LOG=debug` for more).
 
@@ -22,6 +24,7 @@ async fn main() -> Result<()> {
 
     let mut strategy = Strategy::Auto;
     let mut basenames = BTreeSet::new();
+    let mut identities = BTreeSet::new();
     let mut count: Option<u64> = None;
     let mut stats = false;
     let mut args = std::env::args().skip(1);
@@ -32,11 +35,17 @@ async fn main() -> Result<()> {
             "--basename" => {
                 basenames.insert(value()?);
             }
+            "--identity" => {
+                let path = value()?;
+                let metadata = std::fs::metadata(&path).with_context(|| path.clone())?;
+                identities.insert(picket_probes::file_id_of(&metadata));
+            }
             "--count" => count = Some(value()?.parse().context("--count")?),
             "--stats" => stats = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: probe-dump [--strategy auto|lsm|fentry|tracepoint] [--basename NAME]... [--count N] [--stats]"
+                    "usage: probe-dump [--strategy auto|lsm|fentry|tracepoint] [--basename NAME]... \
+                     [--identity PATH]... [--count N] [--stats]"
                 );
                 return Ok(());
             }
@@ -49,6 +58,7 @@ async fn main() -> Result<()> {
 
     let mut probes = Probes::load(strategy)?;
     probes.set_basenames(&basenames)?;
+    probes.set_identities(&identities)?;
     if stats {
         for (program, insns) in probes.verified_instructions() {
             match insns {
@@ -58,9 +68,10 @@ async fn main() -> Result<()> {
         }
     }
     eprintln!(
-        "attached with strategy {}; watching basenames {:?}; Ctrl-C to stop",
+        "attached with strategy {}; watching basenames {:?} and {} files by identity; Ctrl-C to stop",
         probes.strategy(),
-        basenames
+        basenames,
+        identities.len()
     );
     let mut seen = 0;
     loop {

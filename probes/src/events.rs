@@ -255,6 +255,9 @@ mod tests {
             fd: 3,
             path: info(path, PATH_COMPLETE),
             exe: info(exe, PATH_COMPLETE),
+            ino: 12,
+            dev: 34,
+            by_identity: 0,
         };
         (raw, [cgroup, path, exe].concat())
     }

@@ -31,6 +31,7 @@ mod btf;
 mod cgroups;
 mod events;
 mod filter;
+mod identity;
 mod offsets;
 mod process;
 mod tracefs;
@@ -54,6 +55,7 @@ use picket_probes_common::{
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub use crate::cgroups::CgroupLoss;
+pub use crate::identity::{FileId, file_id_from_kernel, file_id_of, kernel_dev};
 pub use crate::process::container_id_from_cgroup;
 use crate::{
     cgroups::CgroupPaths,
@@ -159,6 +161,11 @@ pub struct OpenEvent {
     pub flags: u32,
     /// Thread id of the opener.
     pub tid: u32,
+    /// Which file was opened: its device and inode.
+    pub file: FileId,
+    /// The open was reported because of the file's identity ([`Probes::set_identities`]), not
+    /// its basename.
+    pub by_identity: bool,
     /// The opening process.
     pub process: ProcessInfo,
 }
@@ -171,6 +178,8 @@ pub struct Probes {
     basenames: BTreeSet<String>,
     /// What the kernel's FILTER map holds.
     filter: Filter,
+    /// The files approved by identity, as the kernel's IDENTITIES and INODE_FILTER hold them.
+    identities: identity::Approved,
     cache: ProcessCache,
     images: ContainerImages,
     /// Open records read, and their bytes (diagnostics, logged when dropped).
@@ -213,6 +222,8 @@ impl Probes {
             .override_global(names::SELF_TGID, &self_tgid, true)
             .override_global(names::STOP_AFTER, &stop_after, true)
             .load(EBPF_OBJECT)
+            // Some of aya's parse errors display as nothing; their Debug form names the cause.
+            .map_err(|err| anyhow::anyhow!("{err:?}"))
             .context("loading the eBPF object (maps and relocations)")?;
 
         attach_lifecycle(&mut ebpf)?;
@@ -258,6 +269,7 @@ impl Probes {
             ring: Ring::Plain(ring),
             basenames: BTreeSet::new(),
             filter: Filter::EMPTY,
+            identities: identity::Approved::default(),
             cache,
             images: ContainerImages::new("/"),
             open_records: 0,
@@ -316,6 +328,23 @@ impl Probes {
         self.basenames = names.clone();
         self.forget_repeats()
     }
+
+    /// Replaces the set of files whose opens are reported whatever name, mount or root they are
+    /// reached through (hard links, bind mounts, chroots): opens of these pass the kernel
+    /// prefilter beside those of approved basenames, and are flagged
+    /// [`OpenEvent::by_identity`] when their name is not approved. At most
+    /// [`Probes::MAX_IDENTITIES`]; a file whose device the kernel could not encode is refused.
+    pub fn set_identities(&mut self, files: &BTreeSet<FileId>) -> Result<()> {
+        self.identities.set(&mut self.ebpf, files)
+    }
+
+    /// The files approved by identity, as last set.
+    pub fn identities(&self) -> &BTreeSet<FileId> {
+        self.identities.files()
+    }
+
+    /// Most files [`Probes::set_identities`] takes.
+    pub const MAX_IDENTITIES: usize = picket_probes_common::IDENTITY_CAPACITY as usize;
 
     fn set_filter(&mut self, value: &Filter) -> Result<()> {
         let mut map: Array<&mut MapData, Filter> =
@@ -539,6 +568,8 @@ impl Probes {
             access: events::access(raw.f_mode),
             flags: raw.f_flags,
             tid: task.tid,
+            file: file_id_from_kernel(raw.dev, raw.ino),
+            by_identity: raw.by_identity != 0,
             process: ProcessInfo {
                 pid: task.tgid,
                 ppid: task.ppid,

@@ -22,6 +22,10 @@ pub(crate) fn from_kernel(btf: &Btf) -> Result<(Offsets, bool)> {
         file_f_path: o("file", "f_path")?,
         file_f_mode: o("file", "f_mode")?,
         file_f_flags: o("file", "f_flags")?,
+        file_f_inode: o("file", "f_inode")?,
+        inode_i_ino: o("inode", "i_ino")?,
+        inode_i_sb: o("inode", "i_sb")?,
+        super_block_s_dev: o("super_block", "s_dev")?,
         path_mnt: o("path", "mnt")?,
         path_dentry: o("path", "dentry")?,
         dentry_d_parent: o("dentry", "d_parent")?,
@@ -41,8 +45,6 @@ pub(crate) fn from_kernel(btf: &Btf) -> Result<(Offsets, bool)> {
         kernfs_node_name: o("kernfs_node", "name")?,
         task_signal: o("task_struct", "signal")?,
         signal_live: o("signal_struct", "live")?,
-        file_f_inode: o("file", "f_inode")?,
-        inode_i_ino: o("inode", "i_ino")?,
         inode_i_generation: o("inode", "i_generation")?,
         ..Offsets::default()
     };
@@ -63,6 +65,7 @@ pub(crate) fn from_kernel(btf: &Btf) -> Result<(Offsets, bool)> {
         ("file", "f_inode", 8),
         ("inode", "i_ino", 8),
         ("inode", "i_generation", 4),
+        ("super_block", "s_dev", 4),
     ] {
         let actual = btf.member_size(s, m)?;
         ensure!(

@@ -985,3 +985,55 @@ fn repeats_are_dropped_but_never_hide_another_reader() {
     assert_eq!(exe_of(2), hard_link.to_str().unwrap());
     assert_eq!(events[6].path, "/run/bound/token");
 }
+
+#[test]
+fn files_approved_by_identity_are_reported_under_any_name() {
+    if !in_private_mount_namespace("files_approved_by_identity_are_reported_under_any_name") {
+        return;
+    }
+    kubelet_layout();
+    let (scratch, sentinel_file, mut probes) = watch_tokens("identity");
+    let token = format!("{K8S_DIR}/{K8S_TS}/token");
+    let id = picket_probes::file_id_of(&fs::metadata(&token).unwrap());
+    probes.set_identities(&BTreeSet::from([id])).unwrap();
+    assert_eq!(probes.identities(), &BTreeSet::from([id]));
+    // Hard links live on the token's own filesystem.
+    fs::create_dir(format!("{K8S_DIR}/.cache")).unwrap();
+    let link = format!("{K8S_DIR}/.cache/blob");
+    fs::hard_link(&token, &link).unwrap();
+    let cert = format!("{K8S_DIR}/.cache/cert");
+    fs::hard_link(format!("{K8S_DIR}/{K8S_TS}/ca.crt"), &cert).unwrap();
+
+    let by_name = scratch.cat(&format!("{K8S_DIR}/token"), None, "k8s-token");
+    let by_link = scratch.cat(&link, None, "k8s-token");
+    let by_cert_link = scratch.cat(&cert, None, "k8s-ca");
+    let writer = scratch.shell_open(">>", &link);
+    probes.set_identities(&BTreeSet::new()).unwrap();
+    let after_clear = scratch.cat(&link, None, "k8s-token");
+    let sentinel = scratch.cat(sentinel_file.to_str().unwrap(), None, "s");
+
+    let pids: HashSet<u32> = [by_name, by_link, by_cert_link, writer, after_clear].into();
+    let events = runtime().block_on(until_sentinel(&mut probes, &pids, sentinel));
+    for event in &events {
+        println!("{event:?}");
+    }
+    let by_pid =
+        |pid: u32| -> Vec<&OpenEvent> { events.iter().filter(|e| e.process.pid == pid).collect() };
+    let named = by_pid(by_name);
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!((named[0].file, named[0].by_identity), (id, false));
+    let linked = by_pid(by_link);
+    assert_eq!(linked.len(), 1, "{linked:?}");
+    assert_eq!(linked[0].path, link);
+    assert_eq!((linked[0].file, linked[0].by_identity), (id, true));
+    assert_eq!(linked[0].process.exe, scratch.xcat_str());
+    let written = by_pid(writer);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0].access, Access::Write);
+    assert!(by_pid(by_cert_link).is_empty(), "ca.crt was not approved");
+    assert!(
+        by_pid(after_clear).is_empty(),
+        "identities cleared: {:?}",
+        by_pid(after_clear)
+    );
+}

@@ -136,6 +136,16 @@ impl ProjectedFile {
         prefixes
     }
 
+    /// Whether the event is about this file: by its path, or by its canonical path, which the
+    /// agent adds when it knows the file by its device and inode (so that a hard link, a bind
+    /// mount of the file or its directory, or a chrooted reader's shortened path still match).
+    pub fn matches_event(&self, event: &crate::Event<'_>) -> bool {
+        self.matches(event.path())
+            || event
+                .canonical_path()
+                .is_some_and(|path| self.matches(path))
+    }
+
     /// Whether `path` is this file.
     pub fn matches(&self, path: &str) -> bool {
         if let Some(rest) = strip_prefix(path, "/run/").or_else(|| strip_prefix(path, "/var/run/"))
@@ -239,6 +249,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn events_match_by_path_or_by_canonical_path() {
+        use picket_abi::{Access, EventFields, FileId};
+        let token = KUBERNETES_SERVICE_ACCOUNT_TOKEN;
+        let kubelet = "/var/lib/kubelet/pods/p/volumes/kubernetes.io~projected/kube-api-access-x/..2026_11_22_10_00_00.1/token";
+        let matches = |path: &str, canonical: Option<&str>| {
+            let mut buf = Vec::new();
+            EventFields {
+                path,
+                exe: "/x",
+                access: Some(Access::Read),
+                file_id: canonical.map(|_| FileId { dev: 1, ino: 2 }),
+                canonical_path: canonical,
+                ..EventFields::default()
+            }
+            .encode(&mut buf);
+            token.matches_event(&crate::Event::parse(&buf).unwrap())
+        };
+        assert!(matches(
+            "/run/secrets/kubernetes.io/serviceaccount/token",
+            None
+        ));
+        assert!(matches("/tmp/hardlink", Some(kubelet)));
+        assert!(matches(
+            "/kubernetes.io/serviceaccount/..data/token",
+            Some(kubelet)
+        ));
+        assert!(!matches("/tmp/hardlink", None));
+        assert!(!matches(
+            "/tmp/hardlink",
+            Some("/var/lib/kubelet/pods/p/volumes/kubernetes.io~projected/aws-iam-token/token")
+        ));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! One thread evaluates events; reloads of the rules directory and saves of learned state land
 //! between events.
 
+use crate::discovery::{Discovery, Found, Targets};
 use crate::event::{ArgList, Container, Event, File, FileAccess, Kind, Process};
 use crate::host::{Host, HostOptions, SAVE_EVERY};
 use crate::kernel_report::KernelReport;
@@ -46,7 +47,8 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     host.apply(scan);
     let mut probes = Probes::load(options.strategy)?;
     tracing::info!(strategy = %probes.strategy(), "probes attached");
-    let mut prefilter = Prefilter::default();
+    let (found_tx, mut found_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut prefilter = Prefilter::start(&host, move |found| found_tx.send(found).is_ok())?;
     prefilter.sync(&host, &mut probes);
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -82,7 +84,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
                     tracing::warn!(path = %opened.path, pid = opened.process.pid, "path too deep or too long to resolve completely");
                 }
                 let dated = opened.ts;
-                let mut event = normalize(opened, &options.node_name);
+                let mut event = normalize(opened, &options.node_name, &prefilter.found);
                 // Learning and forgetting count on the boot clock, which no wall-clock step moves.
                 event.ts = clock.stable(dated);
                 host.handle(&event, &mut sink);
@@ -92,6 +94,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
                     prefilter.sync(&host, &mut probes);
                 }
             }
+            Some(found) = found_rx.recv() => prefilter.set_found(found, &mut probes),
             _ = tick.tick() => {
                 host.save();
                 sink.report();
@@ -109,17 +112,58 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps the kernel's basename approvers equal to what the rules subscribe to.
-#[derive(Default)]
+/// Keeps the kernel's approvers equal to what the rules subscribe to: their basenames, and the
+/// identities of the files found under their path prefixes (see [`crate::discovery`]).
 struct Prefilter {
     warned_all: bool,
+    discovery: Discovery,
+    targets: Targets,
+    /// The files known by identity, with the paths they were found at.
+    found: Found,
 }
 
 impl Prefilter {
+    /// Starts discovering the rules' files; what is found goes to `deliver`, to come back
+    /// through [`Prefilter::set_found`] on the agent's thread.
+    fn start(
+        host: &Host,
+        deliver: impl FnMut(Found) -> bool + Send + 'static,
+    ) -> anyhow::Result<Prefilter> {
+        let targets = Targets::of_rules(host.pipeline());
+        Ok(Prefilter {
+            warned_all: false,
+            discovery: Discovery::spawn(targets.clone(), deliver)?,
+            targets,
+            found: Found::default(),
+        })
+    }
+
+    /// Approves the files discovery found, by identity.
+    fn set_found(&mut self, found: Found, probes: &mut Probes) {
+        match probes.set_identities(&found.ids()) {
+            Ok(()) => {
+                let added: Vec<&str> = found
+                    .iter()
+                    .filter(|(id, _)| self.found.path_of(id).is_none())
+                    .map(|(_, path)| path)
+                    .take(8)
+                    .collect();
+                tracing::info!(files = found.len(), added = ?added, "kernel identity approvers updated");
+                self.found = found;
+            }
+            Err(err) => tracing::error!("updating the kernel identity approvers: {err:#}"),
+        }
+    }
+
     fn sync(&mut self, host: &Host, probes: &mut Probes) {
         // The rules changed: an open sent before may not have reached the rules now running.
         if let Err(err) = probes.forget_repeats() {
             tracing::error!("resetting the kernel's repeat filter: {err:#}");
+        }
+        let targets = Targets::of_rules(host.pipeline());
+        if targets != self.targets {
+            self.discovery.set_targets(targets.clone());
+            self.targets = targets;
         }
         let names = match host.basenames() {
             Some(names) => names,
@@ -147,8 +191,12 @@ impl Prefilter {
     }
 }
 
-/// A kernel open as design.md's event.
-pub fn normalize(opened: OpenEvent, node_name: &str) -> Event<'static> {
+/// A kernel open as design.md's event; `found` gives the canonical path of a file known by
+/// identity.
+pub fn normalize(opened: OpenEvent, node_name: &str, found: &Found) -> Event<'static> {
+    let canonical_path = found
+        .path_of(&opened.file)
+        .map(|path| Cow::Owned(path.to_string()));
     let process = opened.process;
     let access = match opened.access {
         Access::Read => Some(FileAccess::Read),
@@ -168,6 +216,9 @@ pub fn normalize(opened: OpenEvent, node_name: &str) -> Event<'static> {
         file: File {
             path: Cow::Owned(opened.path),
             access,
+            dev: Some(opened.file.dev),
+            ino: Some(opened.file.ino),
+            canonical_path,
         },
         process: Process {
             pid: process.pid,

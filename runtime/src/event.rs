@@ -2,7 +2,7 @@
 //! field of bad input.
 
 use crate::time::Timestamp;
-use picket_abi::{Access, Args, EventFields, EventKind};
+use picket_abi::{Access, Args, EventFields, EventKind, FileId};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,32 @@ pub struct File<'a> {
     /// How it was opened, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<FileAccess>,
+    /// Device of the file, as `stat(2)`'s `st_dev` (`stat -c %d`); given with `ino`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<u64>,
+    /// Inode number of the file (`st_ino`); given with `dev`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
+    /// Where the agent found the same file (same `dev` and `ino`) on the node, seen from its own
+    /// root: present when the file is one it watches by identity, whatever name, mount or root
+    /// the process reached it through.
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub canonical_path: Option<Cow<'a, str>>,
+}
+
+impl File<'_> {
+    /// The file's device and inode, when both are known.
+    pub fn id(&self) -> Option<FileId> {
+        Some(FileId {
+            dev: self.dev?,
+            ino: self.ino?,
+        })
+    }
 }
 
 /// The process behind an event.
@@ -259,6 +285,8 @@ impl Event<'_> {
             in_container: self.container.is_some(),
             container_id: self.container.as_ref().and_then(|c| c.id.as_deref()),
             container_image: self.container.as_ref().and_then(|c| c.image.as_deref()),
+            file_id: self.file.id(),
+            canonical_path: self.file.canonical_path.as_deref(),
         }
     }
 
@@ -272,8 +300,12 @@ impl Event<'_> {
 /// Parses one JSON event; the error names the field at fault.
 pub fn parse_event(json: &str) -> Result<Event<'_>, String> {
     // The plain parse is the fast path; only a failure pays for the field-tracking second pass.
-    match serde_json::from_str(json) {
-        Ok(event) => Ok(event),
+    match serde_json::from_str::<Event<'_>>(json) {
+        Ok(event) => match (event.file.dev, event.file.ino) {
+            (Some(_), None) => Err("field `file.ino`: required with `file.dev`".into()),
+            (None, Some(_)) => Err("field `file.dev`: required with `file.ino`".into()),
+            _ => Ok(event),
+        },
         Err(_) => {
             let mut de = serde_json::Deserializer::from_str(json);
             match serde_path_to_error::deserialize::<_, Event<'_>>(&mut de) {
@@ -377,6 +409,39 @@ mod tests {
             let err = parse_event(&json).unwrap_err();
             assert!(err.contains(field), "{err} should name {field}");
         }
+    }
+
+    #[test]
+    fn file_identity_fields_round_trip_and_come_in_pairs() {
+        let line = LINE.replace(
+            r#""access": "read"}"#,
+            r#""access": "read", "dev": 52, "ino": 18446744073709551615,
+               "canonical_path": "/var/lib/kubelet/pods/p/volumes/kubernetes.io~projected/v/token"}"#,
+        );
+        let event = parse_event(&line).unwrap();
+        assert_eq!(
+            event.file.id(),
+            Some(FileId {
+                dev: 52,
+                ino: u64::MAX
+            })
+        );
+        let fields = event.fields();
+        assert_eq!(fields.file_id, event.file.id());
+        assert!(fields.canonical_path.unwrap().ends_with("/v/token"));
+        let back: serde_json::Value = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(&line).unwrap()
+        );
+        let err = parse_event(&LINE.replace(r#""access": "read"}"#, r#""dev": 52}"#)).unwrap_err();
+        assert!(err.contains("file.ino"), "{err}");
+        let err = parse_event(&LINE.replace(r#""access": "read"}"#, r#""ino": 1}"#)).unwrap_err();
+        assert!(err.contains("file.dev"), "{err}");
+        let err = parse_event(&LINE.replace(r#""access": "read"}"#, r#""dev": -1, "ino": 1}"#))
+            .unwrap_err();
+        assert!(err.contains("file.dev"), "{err}");
+        assert!(parse_event(LINE).unwrap().fields().file_id.is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod cli;
 pub mod compile;
 pub mod conformance;
+pub mod discovery;
 pub mod event;
 pub mod host;
 pub mod kernel_report;

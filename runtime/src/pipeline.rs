@@ -357,9 +357,18 @@ impl Pipeline {
     pub fn handle(&mut self, event: &Event<'_>, sink: &mut dyn Sink) {
         let kind = EventKind::from(event.kind);
         let basename = event.basename();
+        // A file known by identity is also offered under the path the agent found it at, so
+        // that a hard link's or a chrooted reader's path reaches the rules of that file.
+        let canonical = event
+            .file
+            .canonical_path
+            .as_deref()
+            .map(|path| (path, path.rsplit('/').next().unwrap_or(path)));
         let mut encoded = false;
         for slot in &mut self.slots {
-            if !slot.wants(kind, &event.file.path, basename) {
+            if !slot.wants(kind, &event.file.path, basename)
+                && !canonical.is_some_and(|(path, name)| slot.wants(kind, path, name))
+            {
                 continue;
             }
             if !encoded {

@@ -25,7 +25,7 @@ fn manifest() -> Manifest {
 }
 
 fn on_event(event: &Event) {
-    if !event.may_read() || !EKS_WEB_IDENTITY_TOKEN.matches(event.path()) {
+    if !event.may_read() || !EKS_WEB_IDENTITY_TOKEN.matches_event(event) {
         return;
     }
     let group = event.workload();

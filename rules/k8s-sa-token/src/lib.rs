@@ -25,7 +25,7 @@ fn manifest() -> Manifest {
 }
 
 fn on_event(event: &Event) {
-    if !event.may_read() || !KUBERNETES_SERVICE_ACCOUNT_TOKEN.matches(event.path()) {
+    if !event.may_read() || !KUBERNETES_SERVICE_ACCOUNT_TOKEN.matches_event(event) {
         return;
     }
     let group = event.workload();
