@@ -447,7 +447,7 @@ pub struct Offsets {
 /// the ring buffer. Why one second: the rules' answers move on a scale of days (learning
 /// periods, forgetting), so a repeat a second later cannot change them; each key still costs at
 /// most one record per second, so even thousands of flooding keys stay far below what the ring
-/// buffer and the agent absorb (one reader absorbs ~150k records/s); a reader that keeps
+/// buffer (~18,000 records) and the agent (~150,000 records/s) absorb; a reader that keeps
 /// reading is still reported every second (its last-seen time stays fresh for forgetting); and
 /// the short window bounds how long a kernel object's address can stand for a freed one (the
 /// key also carries inode numbers and names for that, see [`FileIdentity`]).
