@@ -240,6 +240,23 @@ pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// [`sys_exit_open`] for kernels before 5.11, which have no `bpf_get_current_task_btf`: the
+/// descriptor table is reached with helper reads instead of BTF loads. The loader takes it when
+/// the kernel refuses the first.
+#[tracepoint]
+pub fn sys_exit_open_compat(ctx: TracePointContext) -> u32 {
+    // SAFETY: as in sys_exit_open.
+    let ret = unsafe { *(ctx.as_ptr() as *const u8).add(16).cast::<i64>() };
+    if ret < 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let file = fd_file(task, ret as u64);
+    on_file(task, file, ret as i32, OpenSource::Syscall, &SCRATCH);
+    0
+}
+
 /// `io_uring/io_uring_complete`: an `IORING_OP_OPENAT{,2}` completes with the new descriptor in
 /// `res`. Only descriptors in the normal table are followed; fixed-file slots have no fd.
 #[tracepoint]

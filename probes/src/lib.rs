@@ -723,10 +723,8 @@ fn attach_open(ebpf: &mut Ebpf, strategy: Strategy, btf: &aya::Btf, io_uring: bo
             }
         }
         Strategy::Tracepoint => {
-            let tp: &mut TracePoint = program(ebpf, programs::SYS_EXIT_OPEN)?;
-            tp.load().map_err(|err| {
-                verifier::load_error(err, "loading the sys_exit_* tracepoint program")
-            })?;
+            let name = load_sys_exit_open(ebpf)?;
+            let tp: &mut TracePoint = program(ebpf, name)?;
             let mut attached = Vec::new();
             for syscall in OPEN_SYSCALLS {
                 let name = format!("sys_exit_{syscall}");
@@ -756,6 +754,26 @@ fn attach_open(ebpf: &mut Ebpf, strategy: Strategy, btf: &aya::Btf, io_uring: bo
         }
     }
     Ok(())
+}
+
+/// Loads the `sys_exit_*` program, or its variant for kernels without
+/// `bpf_get_current_task_btf` (before 5.11) when the kernel refuses it; returns the name of the
+/// one loaded.
+fn load_sys_exit_open(ebpf: &mut Ebpf) -> Result<&'static str> {
+    let tp: &mut TracePoint = program(ebpf, programs::SYS_EXIT_OPEN)?;
+    let Err(err) = tp.load() else {
+        return Ok(programs::SYS_EXIT_OPEN);
+    };
+    let first = verifier::load_error(err, "loading the sys_exit_* tracepoint program");
+    tracing::debug!("{first:#}; trying the variant for kernels before 5.11");
+    let compat: &mut TracePoint = program(ebpf, programs::SYS_EXIT_OPEN_COMPAT)?;
+    match compat.load() {
+        Ok(()) => Ok(programs::SYS_EXIT_OPEN_COMPAT),
+        Err(err) => Err(first.context(verifier::load_error(
+            err,
+            "and its variant without bpf_get_current_task_btf",
+        ))),
+    }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>

@@ -16,7 +16,9 @@ pub(crate) fn load_error(err: ProgramError, what: &str) -> anyhow::Error {
         return anyhow::Error::new(err).context(what.to_owned());
     };
     let log = verifier_log.to_string();
-    tracing::debug!("{what}: verifier log:\n{log}");
+    if !log.trim().is_empty() {
+        tracing::debug!("{what}: verifier log:\n{log}");
+    }
     match decisive_line(&log) {
         Some((line, Some(insn))) => anyhow::anyhow!(
             "{what}: the kernel refused the program ({io_error}); verifier: {line} (at {insn})"
