@@ -48,7 +48,9 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     let mut probes = Probes::load(options.strategy)?;
     tracing::info!(strategy = %probes.strategy(), "probes attached");
     let (found_tx, mut found_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut prefilter = Prefilter::start(&host, move |found| found_tx.send(found).is_ok())?;
+    let mut prefilter = Prefilter::start(&host, &mut probes, move |found| {
+        found_tx.send(found).is_ok()
+    })?;
     prefilter.sync(&host, &mut probes);
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -123,19 +125,24 @@ struct Prefilter {
 }
 
 impl Prefilter {
-    /// Starts discovering the rules' files; what is found goes to `deliver`, to come back
-    /// through [`Prefilter::set_found`] on the agent's thread.
+    /// Finds the rules' files and approves them, before the agent says it is ready; later
+    /// changes go to `deliver`, to come back through [`Prefilter::set_found`] on the agent's
+    /// thread.
     fn start(
         host: &Host,
+        probes: &mut Probes,
         deliver: impl FnMut(Found) -> bool + Send + 'static,
     ) -> anyhow::Result<Prefilter> {
         let targets = Targets::of_rules(host.pipeline());
-        Ok(Prefilter {
+        let (discovery, found) = Discovery::spawn(targets.clone(), deliver)?;
+        let mut prefilter = Prefilter {
             warned_all: false,
-            discovery: Discovery::spawn(targets.clone(), deliver)?,
+            discovery,
             targets,
             found: Found::default(),
-        })
+        };
+        prefilter.set_found(found, probes);
+        Ok(prefilter)
     }
 
     /// Approves the files discovery found, by identity.

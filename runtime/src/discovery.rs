@@ -250,6 +250,35 @@ impl Known {
     }
 }
 
+/// The discovery thread's state.
+struct Scanner {
+    targets: Targets,
+    known: Known,
+    watcher: Option<RecommendedWatcher>,
+    watched: BTreeSet<PathBuf>,
+}
+
+impl Scanner {
+    /// Scans, watches what the scan says to, and returns what to publish if anything changed.
+    fn rescan(&mut self) -> Option<Found> {
+        let started = Instant::now();
+        let (found, watch) = scan(&self.targets);
+        let elapsed = started.elapsed();
+        if let Some(watcher) = self.watcher.as_mut() {
+            rewatch(watcher, &mut self.watched, watch);
+        }
+        let entries = found.entries;
+        let published = self.known.update(found, Instant::now())?;
+        tracing::debug!(
+            files = self.known.current.len(),
+            retired = self.known.retired.len(),
+            entries,
+            "files to watch by identity changed (scan took {elapsed:?})"
+        );
+        Some(published)
+    }
+}
+
 enum Wake {
     Changed,
     Targets(Targets),
@@ -264,12 +293,13 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// Starts looking for `targets`; calls `deliver` with the files known after each scan that
-    /// changed them (the files found now plus those retired recently), until it returns `false`.
+    /// Scans for `targets` once and returns what it found, then keeps looking in a thread and
+    /// calls `deliver` with the files known after each later scan that changed them (the files
+    /// found now plus those retired recently), until it returns `false`.
     pub fn spawn(
         targets: Targets,
         mut deliver: impl FnMut(Found) -> bool + Send + 'static,
-    ) -> std::io::Result<Discovery> {
+    ) -> std::io::Result<(Discovery, Found)> {
         let (wake, rx) = mpsc::channel::<Wake>();
         let kick = wake.clone();
         let watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
@@ -284,7 +314,7 @@ impl Discovery {
                 Err(err) => tracing::debug!("file discovery watch: {err}"),
             }
         });
-        let mut watcher = match watcher {
+        let watcher = match watcher {
             Ok(watcher) => Some(watcher),
             Err(err) => {
                 tracing::warn!(
@@ -293,43 +323,35 @@ impl Discovery {
                 None
             }
         };
+        let mut scanner = Scanner {
+            targets,
+            known: Known::default(),
+            watcher,
+            watched: BTreeSet::new(),
+        };
+        scanner.rescan();
+        let first = scanner.known.published();
         std::thread::Builder::new()
             .name("picket-discovery".into())
             .spawn(move || {
-                let mut targets = targets;
-                let mut known = Known::default();
-                let mut watched = BTreeSet::new();
                 loop {
-                    let started = Instant::now();
-                    let (found, watch) = scan(&targets);
-                    let elapsed = started.elapsed();
-                    if let Some(watcher) = watcher.as_mut() {
-                        rewatch(watcher, &mut watched, watch);
-                    }
-                    let entries = found.entries;
-                    if let Some(published) = known.update(found, Instant::now()) {
-                        tracing::debug!(
-                            files = known.current.len(),
-                            retired = known.retired.len(),
-                            entries,
-                            "files to watch by identity changed (scan took {elapsed:?})"
-                        );
-                        if !deliver(published) {
-                            return;
-                        }
-                    }
                     match wait(&rx) {
                         Some(Some(new)) => {
                             // Files of rules that left are no longer wanted, even recent ones.
-                            targets = new;
-                            known = Known::default();
+                            scanner.targets = new;
+                            scanner.known = Known::default();
                         }
                         Some(None) => {}
                         None => return,
                     }
+                    if let Some(published) = scanner.rescan()
+                        && !deliver(published)
+                    {
+                        return;
+                    }
                 }
             })?;
-        Ok(Discovery { wake })
+        Ok((Discovery { wake }, first))
     }
 
     /// Looks for other targets from now on (the rules changed).
@@ -449,12 +471,10 @@ mod tests {
         let token = kubelet(dir.path());
         let root = std::fs::canonicalize(dir.path()).unwrap();
         let (tx, rx) = mpsc::channel();
-        let discovery = Discovery::spawn(targets(&root.join("pods")), move |found| {
+        let (discovery, first) = Discovery::spawn(targets(&root.join("pods")), move |found| {
             tx.send(found).is_ok()
         })
         .unwrap();
-        // The timeouts only guard against a hang.
-        let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
         let old = file_id_of(&std::fs::metadata(&token).unwrap());
         assert_eq!(first.ids(), BTreeSet::from([old]));
         // The kubelet's rotation: a new timestamped directory, then the `..data` swap.
@@ -467,6 +487,7 @@ mod tests {
         std::fs::remove_dir_all(token.parent().unwrap()).unwrap();
         let new = file_id_of(&std::fs::metadata(stamp.join("token")).unwrap());
         let rotated = loop {
+            // The timeout only guards against a hang.
             let found = rx.recv_timeout(Duration::from_secs(30)).unwrap();
             if found.path_of(&new).is_some() {
                 break found;
