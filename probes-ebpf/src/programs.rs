@@ -664,8 +664,14 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
             len as u32,
             start as *const c_void,
         );
-        let args_len = if read == 0 { len } else { 0 };
-        (*event).args_len = args_len as u32;
+        (*event).args_len = if read == 0 { len as u32 } else { 0 };
+        // Read back from map memory and masked, as the walk's cursor is: LLVM clamps `len` with
+        // two comparisons, and verifiers before 6.2 follow the branch that cannot be taken with
+        // contradictory bounds (umin 2049, umax 2047), which made the size passed to
+        // bpf_ringbuf_output unbounded ("R3 min value is negative" on 6.1). After the mask every
+        // path has 0..=ARGS_MASK.
+        let args_len =
+            u64::from(core::ptr::read_volatile(&raw const (*event).args_len)) & ARGS_MASK;
         output(event, pos + args_len);
     }
     0

@@ -34,6 +34,7 @@ mod filter;
 mod offsets;
 mod process;
 mod tracefs;
+mod verifier;
 
 use std::{
     collections::BTreeSet,
@@ -244,6 +245,19 @@ impl Probes {
             }
         };
         tracing::info!("file opens reported by the {attached} strategy");
+        for (name, program) in ebpf.programs() {
+            if let Ok(info) = program.info() {
+                // The verifier's cost of each program: comparable across kernels (BENCHMARKS.md).
+                match info.verified_instruction_count() {
+                    Some(count) => {
+                        tracing::debug!("verifier: {name}: {count} instructions processed")
+                    }
+                    None => tracing::debug!(
+                        "verifier: {name}: loaded (this kernel does not report the instructions processed)"
+                    ),
+                }
+            }
+        }
 
         let ring = RingBuf::try_from(
             ebpf.take_map(names::EVENTS)
@@ -625,7 +639,8 @@ fn raise_memlock_limit() {
 
 fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
     let exec: &mut TracePoint = program(ebpf, programs::SCHED_EXEC)?;
-    exec.load().context("loading sched_process_exec")?;
+    exec.load()
+        .map_err(|err| verifier::load_error(err, "loading sched_process_exec"))?;
     exec.attach("sched", "sched_process_exec")
         .context("attaching sched/sched_process_exec")?;
     for (name, tp) in [
@@ -633,7 +648,8 @@ fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
         (programs::SCHED_EXIT, "sched_process_exit"),
     ] {
         let raw: &mut RawTracePoint = program(ebpf, name)?;
-        raw.load().with_context(|| format!("loading {name}"))?;
+        raw.load()
+            .map_err(|err| verifier::load_error(err, &format!("loading {name}")))?;
         raw.attach(tp)
             .with_context(|| format!("attaching raw tracepoint {tp}"))?;
     }
@@ -659,7 +675,7 @@ fn attach_open(ebpf: &mut Ebpf, strategy: Strategy, btf: &aya::Btf, io_uring: bo
             }
             let lsm: &mut Lsm = program(ebpf, programs::LSM_FILE_OPEN)?;
             lsm.load("file_open", btf)
-                .context("loading lsm/file_open")?;
+                .map_err(|err| verifier::load_error(err, "loading lsm/file_open"))?;
             if let Err(err) = lsm.attach() {
                 let _ = lsm.unload();
                 return Err(err).context("attaching lsm/file_open");
@@ -669,7 +685,7 @@ fn attach_open(ebpf: &mut Ebpf, strategy: Strategy, btf: &aya::Btf, io_uring: bo
             let fentry: &mut FEntry = program(ebpf, programs::FENTRY_FILE_OPEN)?;
             fentry
                 .load("security_file_open", btf)
-                .context("loading fentry/security_file_open")?;
+                .map_err(|err| verifier::load_error(err, "loading fentry/security_file_open"))?;
             if let Err(err) = fentry.attach() {
                 let _ = fentry.unload();
                 return Err(err).context("attaching fentry/security_file_open");
@@ -677,8 +693,9 @@ fn attach_open(ebpf: &mut Ebpf, strategy: Strategy, btf: &aya::Btf, io_uring: bo
         }
         Strategy::Tracepoint => {
             let tp: &mut TracePoint = program(ebpf, programs::SYS_EXIT_OPEN)?;
-            tp.load()
-                .context("loading the sys_exit_* tracepoint program")?;
+            tp.load().map_err(|err| {
+                verifier::load_error(err, "loading the sys_exit_* tracepoint program")
+            })?;
             let mut attached = Vec::new();
             for syscall in OPEN_SYSCALLS {
                 let name = format!("sys_exit_{syscall}");
@@ -699,7 +716,7 @@ fn attach_open(ebpf: &mut Ebpf, strategy: Strategy, btf: &aya::Btf, io_uring: bo
                 let tp: &mut TracePoint = program(ebpf, programs::IO_URING_COMPLETE)?;
                 let res = tp
                     .load()
-                    .map_err(anyhow::Error::from)
+                    .map_err(|err| verifier::load_error(err, "loading io_uring_complete"))
                     .and_then(|()| Ok(tp.attach("io_uring", "io_uring_complete")?));
                 if let Err(err) = res {
                     tracing::warn!("io_uring opens will not be seen: {err:#}");
