@@ -828,6 +828,11 @@ pub struct Pending {
     entry: RepeatEntry,
     /// Non-zero when `key` and `entry` are to be remembered.
     armed: u64,
+    /// `bpf_get_current_pid_tgid()` of the program run using the slot. The LSM and fentry
+    /// programs can be preempted (with `CONFIG_PREEMPT`) by another task's run of the same
+    /// program on the same CPU, which would take over the slot: a run checks that it still owns
+    /// the slot before it trusts what it read there.
+    owner: u64,
 }
 
 /// Per CPU: slot 0 for the tracepoint programs, slot 1 for the LSM and fentry programs, which
@@ -862,9 +867,13 @@ fn is_repeat(task: u64, file: u64, f_mode: u32, source: OpenSource) -> bool {
     let Some(pending) = pending_slot(source) else {
         return false;
     };
-    // SAFETY: this CPU's slot for this kind of program, which nothing else uses while this
-    // program runs.
-    unsafe { (*pending).armed = 0 };
+    // SAFETY: no preconditions.
+    let me = unsafe { bpf_get_current_pid_tgid() };
+    // SAFETY: this CPU's slot for this kind of program (see Pending::owner for the hooks).
+    unsafe {
+        (*pending).armed = 0;
+        (*pending).owner = me;
+    }
     let Some(config) = REPEATS_CONFIG.get_ptr(0) else {
         return false;
     };
@@ -899,7 +908,13 @@ fn is_repeat(task: u64, file: u64, f_mode: u32, source: OpenSource) -> bool {
             )
         };
         // A time after `now` (another CPU sent it since) wraps to a large age: not a repeat.
-        if entry_tag == tag && entry_epoch == epoch && now.wrapping_sub(sent) < window {
+        // Last, the slot must still be ours, or the key looked up may have been another run's.
+        // SAFETY: as above.
+        if entry_tag == tag
+            && entry_epoch == epoch
+            && now.wrapping_sub(sent) < window
+            && unsafe { core::ptr::read_volatile(&raw const (*pending).owner) } == me
+        {
             if let Some(dropped) = REPEATS_DROPPED.get_ptr_mut(0) {
                 // SAFETY: per-CPU slot; see count_lost.
                 unsafe { *dropped += 1 };
@@ -925,9 +940,13 @@ fn remember_sent(source: OpenSource) {
     let Some(pending) = pending_slot(source) else {
         return;
     };
+    // SAFETY: no preconditions.
+    let me = unsafe { bpf_get_current_pid_tgid() };
     // SAFETY: this CPU's slot, as in is_repeat; emit_open does not touch it.
     unsafe {
-        if core::ptr::read_volatile(&raw const (*pending).armed) != 0 {
+        if core::ptr::read_volatile(&raw const (*pending).armed) != 0
+            && core::ptr::read_volatile(&raw const (*pending).owner) == me
+        {
             // Replaces the element whole; never written through a looked-up pointer, which may
             // belong to another key by now. A failed insert only means the next open is sent.
             let _ = REPEATS.insert(&(*pending).key, &(*pending).entry, 0);
