@@ -9,6 +9,7 @@ use crate::pipeline::{Overrides, PipelineConfig};
 use crate::replay::{Input, Source, spawn_reader};
 use crate::rules_dir::load_file;
 use crate::sandbox::{Limits, Sandbox};
+use crate::signing::Signers;
 use crate::state::DEFAULT_CAPACITY;
 use crate::time::{duration_nanos, parse_duration};
 use clap::{Args, Parser, Subcommand};
@@ -65,6 +66,10 @@ struct RuleArgs {
     /// Most new-value entries kept per rule; the least recently seen are evicted past it.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY)]
     state_capacity: usize,
+    /// minisign public key (repeatable): when given, a module loads only with a valid signature
+    /// by one of these keys in MODULE.wasm.minisig beside it.
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    trusted_keys: Vec<PathBuf>,
 }
 
 impl RuleArgs {
@@ -86,6 +91,7 @@ impl RuleArgs {
             state,
             limits: self.limits(),
             pipeline: self.pipeline_config(),
+            trusted_keys: self.trusted_keys.clone(),
         }
     }
 
@@ -285,7 +291,14 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
 
 fn test(args: TestArgs) -> anyhow::Result<u8> {
     let sandbox = args.settings.sandbox()?;
-    let module = match load_file(&sandbox, &args.module) {
+    let signers = match Signers::load(&args.settings.trusted_keys) {
+        Ok(signers) => signers,
+        Err(err) => {
+            println!("ERROR {err:#}");
+            return Ok(EXIT_UNUSABLE);
+        }
+    };
+    let module = match load_file(&sandbox, &args.module, signers.as_ref()) {
         Ok(module) => module,
         Err(err) => {
             println!("ERROR {err}");
@@ -345,7 +358,7 @@ fn test(args: TestArgs) -> anyhow::Result<u8> {
 
 fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
     let sandbox = Sandbox::new(Limits::default())?;
-    match load_file(&sandbox, &args.module) {
+    match load_file(&sandbox, &args.module, None) {
         Ok(module) => {
             let json = manifest_json(&module.manifest);
             println!("{}", serde_json::to_string_pretty(&json)?);

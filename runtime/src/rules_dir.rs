@@ -7,9 +7,11 @@
 //! entry that disappeared uninstalls its rule. The pipeline applies the resulting updates
 //! between two events.
 
+use crate::admission::Admission;
 use crate::module_cache::Origin;
 use crate::pipeline::{Installed, Pipeline};
 use crate::sandbox::{LoadError, LoadedModule, Sandbox};
+use crate::signing::Signers;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -44,14 +46,25 @@ fn read_bounded(path: &Path, max_bytes: usize) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Reads and loads one module file.
-pub fn load_file(sandbox: &Sandbox, path: &Path) -> Result<LoadedModule, LoadError> {
+/// Reads and loads one module file; with `signers`, only if it carries a valid signature by
+/// one of them (checked over the same bytes that are compiled).
+pub fn load_file(
+    sandbox: &Sandbox,
+    path: &Path,
+    signers: Option<&Signers>,
+) -> Result<LoadedModule, LoadError> {
     let source = path.display().to_string();
-    let bytes =
-        read_bounded(path, sandbox.limits().max_module_bytes).map_err(|message| LoadError {
-            source: source.clone(),
-            message,
-        })?;
+    let refuse = |message| LoadError {
+        source: source.clone(),
+        message,
+    };
+    let bytes = read_bounded(path, sandbox.limits().max_module_bytes).map_err(refuse)?;
+    if let Some(signers) = signers {
+        let signature = Signers::read_signature(path);
+        signers
+            .verify(path, &bytes, signature.as_deref())
+            .map_err(refuse)?;
+    }
     sandbox.load(&source, &bytes)
 }
 
@@ -78,6 +91,7 @@ pub struct Scan {
 }
 
 struct Entry {
+    /// The admission verdict's key: content, modes and signature.
     hash: blake3::Hash,
     id: String,
 }
@@ -88,6 +102,8 @@ pub struct RuleDirectory {
     installed: BTreeMap<PathBuf, Entry>,
     /// Content already refused, so that an unchanged broken file is not reported again.
     refused: HashMap<PathBuf, blake3::Hash>,
+    /// Strict modes and signatures.
+    admission: Admission,
 }
 
 impl RuleDirectory {
@@ -97,7 +113,14 @@ impl RuleDirectory {
             dir: dir.to_path_buf(),
             installed: BTreeMap::new(),
             refused: HashMap::new(),
+            admission: Admission::default(),
         }
+    }
+
+    /// Loads only what `admission` admits (strict modes are always checked).
+    pub fn with_admission(mut self, admission: Admission) -> RuleDirectory {
+        self.admission = admission;
+        self
     }
 
     /// The directory.
@@ -106,8 +129,9 @@ impl RuleDirectory {
     }
 
     /// Compares the directory with what is installed. Fails only if the directory itself
-    /// cannot be listed.
+    /// cannot be listed, or others could write it (then nothing is loaded from it).
     pub fn scan(&mut self, sandbox: &Sandbox) -> io::Result<Scan> {
+        self.admission.check_dir(&self.dir)?;
         let files = module_files(&self.dir)?;
         let mut scan = Scan::default();
         // Removals first, so that a module renamed in place does not collide with itself.
@@ -135,10 +159,16 @@ impl RuleDirectory {
                     continue;
                 }
             };
-            let hash = blake3::hash(&bytes);
+            let verdict = self.admission.judge(&path, &bytes, &blake3::hash(&bytes));
+            let hash = verdict.key;
             if self.installed.get(&path).is_some_and(|e| e.hash == hash)
                 || self.refused.get(&path) == Some(&hash)
             {
+                continue;
+            }
+            if let Err(message) = verdict.result {
+                self.refused.insert(path, hash);
+                scan.errors.push(LoadError { source, message });
                 continue;
             }
             let module = match sandbox.load(&source, &bytes) {
