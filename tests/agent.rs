@@ -110,6 +110,48 @@ kill -TERM $agent
 wait $agent
 "#;
 
+/// Signals to a pipe whose reader never reads: the agent keeps detecting and learning, says
+/// that it drops signals, and stops on SIGTERM; a second agent knows what the first learned.
+const STUCK_OUTPUT: &str = r#"
+# The agent's stdout is a pipe (a FIFO) to a consumer that never reads.
+mkfifo "$WORK/pipe"
+sleep 1000 <"$WORK/pipe" &
+consumer=$!
+"$PICKET" run --rules "$WORK/rules" --state "$WORK/state" --learning-period 0s \
+    --output - --output-queue 8 >"$WORK/pipe" 2>"$WORK/agent1.log" &
+agent=$!
+wait_for "$WORK/agent1.log" "agent ready"
+cat "$K8S" >/dev/null                       # the group's baseline
+# 300 unfamiliar readers: far more signals than the pipe (64 KiB) and the queue (8) hold.
+cp "$(command -v cat)" "$WORK/bin/base"
+for i in $(seq 300); do ln "$WORK/bin/base" "$WORK/bin/r$i"; "$WORK/bin/r$i" "$K8S" >/dev/null; done
+wait_for "$WORK/agent1.log" "signals dropped"
+# Still detecting and learning, with the output stuck.
+"$WORK/bin/zcat" "$K8S" >/dev/null
+sleep 1
+kill -TERM $agent
+# SIGTERM is answered: the agent exits (a zombie until waited for) within 20 s, or fails here.
+for _ in $(seq 200); do
+    state=$(cut -d' ' -f3 "/proc/$agent/stat" 2>/dev/null || echo gone)
+    if [ "$state" = Z ] || [ "$state" = gone ]; then break; fi
+    sleep 0.1
+done
+if [ "$state" != Z ] && [ "$state" != gone ]; then
+    kill -KILL $agent; kill $consumer; echo "the agent ignored SIGTERM" >&2; exit 1
+fi
+wait $agent
+kill $consumer
+# A second agent, with a working output: what the first learned is known.
+start_agent "$WORK/agent2.log"
+"$WORK/bin/zcat" "$K8S" >/dev/null          # learned while the output was stuck: nothing
+"$WORK/bin/r300" "$K8S" >/dev/null          # likewise
+"$WORK/bin/ycat" "$K8S" >/dev/null          # signal 1
+signals 1
+sleep 0.3
+kill -TERM $agent
+wait $agent
+"#;
+
 /// Runs `steps` after [`SETUP`] in a private mount namespace, with the named rule modules in
 /// the rules directory. Returns the work directory, or `None` (saying why) without root.
 fn scenario(steps: &str, rules: &[&str]) -> Option<tempfile::TempDir> {
@@ -239,6 +281,34 @@ fn a_live_agent_takes_a_dropped_in_rule_and_survives_kill_9_without_forgetting()
     );
     assert!(log.contains("learned state restored"), "{log}");
     assert!(log.contains("rule loaded (cached code)"), "{log}");
+}
+
+#[test]
+fn a_stuck_output_costs_signals_past_its_queue_but_never_detection_or_shutdown() {
+    let Some(work) = scenario(STUCK_OUTPUT, &["k8s-sa-token"]) else {
+        return;
+    };
+    let first = std::fs::read_to_string(work.path().join("agent1.log")).unwrap();
+    let dropped = first
+        .lines()
+        .find(|l| l.contains("signals dropped"))
+        .unwrap_or_else(|| panic!("{first}"));
+    assert!(
+        dropped.contains("ERROR") && dropped.contains("output=stdout"),
+        "{dropped}"
+    );
+    assert!(first.contains("stopping: detaching probes"), "{first}");
+    assert!(
+        first.contains("the output did not take the waiting signals"),
+        "{first}"
+    );
+    let seen: Vec<String> = read_signals(work.path())
+        .iter()
+        .map(|s| s["new_value"]["value"].as_str().unwrap().to_string())
+        .collect();
+    let ycat = work.path().join("bin/ycat").display().to_string();
+    let second = std::fs::read_to_string(work.path().join("agent2.log")).unwrap();
+    assert_eq!(seen, [ycat], "{second}");
 }
 
 fn assert_state_saved(work: &Path) {

@@ -336,24 +336,106 @@ fn modules_that_cannot_load_are_refused_by_name_and_the_rest_run() {
 }
 
 #[test]
-fn a_duplicate_rule_id_is_refused_and_the_first_stays() {
+fn a_duplicate_rule_id_at_start_is_refused_for_both_whatever_the_names() {
+    // `aaa.wasm` sorts before the bundled module and claims its id: neither may win by name.
     let dir = temp_dir();
-    std::fs::copy(rule_wasm("k8s-sa-token"), dir.path().join("a.wasm")).unwrap();
-    std::fs::copy(rule_wasm("k8s-sa-token"), dir.path().join("b.wasm")).unwrap();
-    let out = run(
-        picket()
-            .args(["replay", "--learning-period", "0s", "--rules"])
-            .arg(dir.path())
-            .arg("-"),
-        &events(3),
+    std::fs::copy(rule_wasm("eks-token"), dir.path().join("eks_token.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("aaa.wasm"),
+        support::new_exe_rule("eks-token", "impostor"),
+    )
+    .unwrap();
+    std::fs::copy(
+        rule_wasm("k8s-sa-token"),
+        dir.path().join("k8s_sa_token.wasm"),
+    )
+    .unwrap();
+    let replay = |dir: &Path| {
+        let eks = support::EKS_TOKEN;
+        let input: String = (0..3)
+            .map(|i| token_read(i, &format!("/tmp/reader{i}/cat"), eks) + "\n")
+            .chain((0..3).map(|i| token_read(i, &format!("/tmp/reader{i}/cat"), K8S_TOKEN) + "\n"))
+            .collect();
+        run(
+            picket()
+                .args(["replay", "--learning-period", "0s", "--rules"])
+                .arg(dir)
+                .arg("-"),
+            &input,
+        )
+    };
+    let out = replay(dir.path());
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    for (file, other) in [
+        ("aaa.wasm", "eks_token.wasm"),
+        ("eks_token.wasm", "aaa.wasm"),
+    ] {
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("{file}: rule id `eks-token` is also claimed by")))
+            .unwrap_or_else(|| panic!("no refusal of {file}:\n{}", out.stderr));
+        assert!(
+            line.contains("ERROR")
+                && line.contains(other)
+                && line.contains("none of them is loaded"),
+            "{line}"
+        );
+    }
+    let signals = out.signals();
+    let rules: Vec<&str> = signals
+        .iter()
+        .map(|s| s["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["k8s-sa-token", "k8s-sa-token"], "{}", out.stderr);
+
+    // With the impostor gone, the bundled module loads.
+    std::fs::remove_file(dir.path().join("aaa.wasm")).unwrap();
+    let out = replay(dir.path());
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let titles: Vec<String> = out
+        .signals()
+        .iter()
+        .filter(|s| s["rule"] == "eks-token")
+        .map(|s| s["title"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(titles.len(), 2, "{}", out.stderr);
+    assert!(titles.iter().all(|t| t != "impostor"), "{titles:?}");
+}
+
+#[test]
+fn a_rule_cannot_forge_log_lines() {
+    let dir = temp_dir();
+    let module = Wat {
+        extra: r#"(data (i32.const 5000) "read\n2026-11-24T00:00:00Z ERROR agent stopped\1b[2J")"#,
+        handler: "(call $log (i32.const 2) (i32.const 5000) (i32.const 49))",
+        ..Wat::new("forger")
+    }
+    .write(dir.path());
+    let (_, stderr) = replay_beside_good_rule(&module, 2);
+    let logged: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("agent stopped"))
+        .collect();
+    assert_eq!(
+        logged.len(),
+        2,
+        "one line per event, none forged:\n{stderr}"
     );
-    assert_eq!(out.code, Some(2));
+    for line in logged {
+        assert!(
+            line.contains("rule=\"forger\"") || line.contains("rule=forger"),
+            "{line}"
+        );
+        assert!(
+            line.contains("read\\n2026-11-24T00:00:00Z ERROR agent stopped\\u{1b}[2J"),
+            "{line}"
+        );
+    }
     assert!(
-        out.stderr
-            .contains("b.wasm: rule id `k8s-sa-token` is already loaded from")
-            && out.stderr.contains("a.wasm; keeping that one"),
-        "{}",
-        out.stderr
+        !stderr
+            .lines()
+            .any(|l| l.starts_with("2026-11-24T00:00:00Z")),
+        "{stderr}"
     );
-    assert_eq!(out.signals().len(), 2);
 }

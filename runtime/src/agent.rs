@@ -5,26 +5,14 @@
 
 use crate::event::{ArgList, Container, Event, File, FileAccess, Kind, Process};
 use crate::host::{Host, HostOptions, SAVE_EVERY};
-use crate::output::{log_quarantine, log_rule_failure};
-use crate::pipeline::{RuleStatus, Signal, Sink};
-use crate::sandbox::RuleError;
-use crate::time::Timestamp;
+pub use crate::output::Output;
+use crate::output::{OnError, SignalOutput, WhenFull};
+use crate::time::{StableClock, Timestamp};
 use picket_probes::{Access, OpenEvent, Probes, Strategy};
 use std::borrow::Cow;
-use std::collections::{BTreeSet, VecDeque};
-use std::io::Write;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
-
-/// Where signals go.
-#[derive(Clone, Debug)]
-pub enum Output {
-    /// Standard output.
-    Stdout,
-    /// A file, appended to.
-    File(PathBuf),
-}
 
 /// How to run the agent.
 #[derive(Clone, Debug)]
@@ -33,11 +21,16 @@ pub struct AgentOptions {
     pub host: HostOptions,
     /// Where signals go.
     pub output: Output,
+    /// Signals queued in front of the output; past it, new signals are dropped and counted.
+    pub output_queue: usize,
     /// Which kernel hook to use.
     pub strategy: Strategy,
     /// The node's name for events' `host` field.
     pub node_name: String,
 }
+
+/// How long the output may take, at shutdown, to write what is queued.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(options: AgentOptions) -> anyhow::Result<()> {
@@ -57,7 +50,14 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = host.watch(move |scan| reload_tx.send(scan).is_ok())?;
-    let mut sink = AgentSink::open(&options.output)?;
+    let mut sink = SignalOutput::open(
+        &options.output,
+        options.output_queue,
+        WhenFull::Drop,
+        OnError::Retry,
+    )
+    .map_err(|err| anyhow::anyhow!("output {err}"))?;
+    let clock = StableClock::start();
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(SAVE_EVERY);
@@ -80,9 +80,11 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
                 if opened.path_truncated {
                     tracing::warn!(path = %opened.path, pid = opened.process.pid, "path too deep or too long to resolve completely");
                 }
-                let event = normalize(opened, &options.node_name);
+                let dated = opened.ts;
+                let mut event = normalize(opened, &options.node_name);
+                // Learning and forgetting count on the boot clock, which no wall-clock step moves.
+                event.ts = clock.stable(dated);
                 host.handle(&event, &mut sink);
-                sink.flush();
             }
             Some(scan) = reload_rx.recv() => {
                 if host.apply(scan) {
@@ -91,7 +93,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 host.save();
-                sink.flush();
+                sink.report();
                 let lost = probes.lost_events();
                 if lost > lost_reported {
                     tracing::warn!(lost = lost - lost_reported, total = lost, "events lost in the kernel's ring buffer (reader too slow)");
@@ -104,8 +106,8 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: detaching probes and saving state");
     drop(probes);
-    sink.flush();
     host.shutdown();
+    sink.finish(Some(OUTPUT_GRACE));
     Ok(())
 }
 
@@ -189,96 +191,4 @@ pub fn node_name() -> String {
                 .map(|name| name.trim().to_string())
         })
         .unwrap_or_else(|| "localhost".into())
-}
-
-/// Most signals kept in memory while the output cannot be written.
-const MAX_UNWRITTEN: usize = 100_000;
-/// How often a failing output is reported again.
-const REPORT_EVERY: Duration = Duration::from_secs(60);
-
-/// Signals as JSON lines to the output. A signal that cannot be written now (a full disk, a
-/// broken pipe) is kept and written later; only past [`MAX_UNWRITTEN`] are the oldest dropped,
-/// and those are counted and reported.
-struct AgentSink {
-    out: Box<dyn Write>,
-    target: String,
-    unwritten: VecDeque<Vec<u8>>,
-    dropped: u64,
-    failing_since: Option<Instant>,
-    last_report: Instant,
-}
-
-impl AgentSink {
-    fn open(output: &Output) -> anyhow::Result<AgentSink> {
-        let (out, target): (Box<dyn Write>, String) = match output {
-            Output::Stdout => (Box::new(std::io::stdout()), "stdout".into()),
-            Output::File(path) => {
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|err| anyhow::anyhow!("output {}: {err}", path.display()))?;
-                (Box::new(file), path.display().to_string())
-            }
-        };
-        Ok(AgentSink {
-            out,
-            target,
-            unwritten: VecDeque::new(),
-            dropped: 0,
-            failing_since: None,
-            last_report: Instant::now(),
-        })
-    }
-
-    /// Writes what is waiting, oldest first; stops at the first failure.
-    fn flush(&mut self) {
-        while let Some(line) = self.unwritten.front() {
-            match self.out.write_all(line).and_then(|()| self.out.flush()) {
-                Ok(()) => {
-                    self.unwritten.pop_front();
-                }
-                Err(err) => {
-                    let first = self.failing_since.is_none();
-                    self.failing_since.get_or_insert_with(Instant::now);
-                    if first || self.last_report.elapsed() >= REPORT_EVERY {
-                        self.last_report = Instant::now();
-                        tracing::error!(
-                            output = %self.target,
-                            waiting = self.unwritten.len(),
-                            "cannot write signals, keeping them and retrying: {err}"
-                        );
-                    }
-                    return;
-                }
-            }
-        }
-        if let Some(since) = self.failing_since.take() {
-            tracing::info!(output = %self.target, "signals written again after failing for {:?}", since.elapsed());
-        }
-    }
-}
-
-impl Sink for AgentSink {
-    fn signal(&mut self, signal: &Signal<'_>) {
-        let mut line = Vec::with_capacity(1024);
-        crate::output::write_signal(&mut line, signal).expect("writing to a Vec cannot fail");
-        if self.unwritten.len() >= MAX_UNWRITTEN {
-            self.unwritten.pop_front();
-            self.dropped += 1;
-            tracing::error!(
-                dropped = self.dropped,
-                "signal output blocked too long: dropped the oldest waiting signal"
-            );
-        }
-        self.unwritten.push_back(line);
-    }
-
-    fn rule_failed(&mut self, rule: &RuleStatus, error: &RuleError, event: &Event<'_>) {
-        log_rule_failure(rule, error, event);
-    }
-
-    fn rule_quarantined(&mut self, rule: &RuleStatus, reason: &str) {
-        log_quarantine(rule, reason);
-    }
 }

@@ -4,7 +4,7 @@ use crate::agent::{AgentOptions, Output};
 use crate::conformance::{Outcome, collect_cases, run_case_file};
 use crate::event::parse_event;
 use crate::host::{Host, HostOptions};
-use crate::output::JsonLinesSink;
+use crate::output::{OnError, SignalOutput, WhenFull};
 use crate::pipeline::{Overrides, PipelineConfig};
 use crate::replay::{Input, Source, spawn_reader};
 use crate::rules_dir::load_file;
@@ -60,12 +60,24 @@ struct RuleArgs {
     /// Longest a rule may take on one event before it is interrupted.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "50ms")]
     rule_timeout: Duration,
+    /// Longest a rule module's compile is waited for; a module still compiling then is refused
+    /// (the other modules load meanwhile, each on its own worker).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    compile_timeout: Duration,
     /// Largest memory a rule module may use, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     rule_memory: usize,
     /// Most new-value entries kept per rule; the least recently seen are evicted past it.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY)]
     state_capacity: usize,
+    /// Most bytes of new-value state kept per rule (keys plus a fixed overhead per entry, e.g.
+    /// 64MiB); the least recently seen values are evicted past it, counted and reported.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
+    state_bytes_per_rule: usize,
+    /// Most bytes of new-value state kept for all rules together; past it the largest rule's
+    /// state evicts its least recently seen values.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
+    state_bytes_total: usize,
     /// minisign public key (repeatable): when given, a module loads only with a valid signature
     /// by one of these keys in MODULE.wasm.minisig beside it.
     #[arg(long = "trusted-key", value_name = "FILE")]
@@ -77,6 +89,7 @@ impl RuleArgs {
         Limits {
             memory_bytes: self.rule_memory.saturating_mul(1 << 20),
             timeout: self.rule_timeout,
+            compile_timeout: self.compile_timeout,
             ..Limits::default()
         }
     }
@@ -102,6 +115,8 @@ impl RuleArgs {
                 forget_after_ns: self.forget_after.map(duration_nanos),
             },
             state_capacity: self.state_capacity,
+            state_rule_bytes: self.state_bytes_per_rule,
+            state_total_bytes: self.state_bytes_total,
             ..PipelineConfig::default()
         }
     }
@@ -118,6 +133,10 @@ struct RunArgs {
     /// Where signals go: a file (appended to) or - for stdout.
     #[arg(long, value_name = "PATH|-", default_value = "-")]
     output: PathBuf,
+    /// Signals queued in front of the output while it is slow or stuck; past this many, new
+    /// signals are dropped, counted and reported, and detection carries on.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    output_queue: usize,
     /// Kernel hook for file opens: auto tries lsm, fentry, then tracepoint.
     #[arg(long, value_name = "auto|lsm|fentry|tracepoint", default_value = "auto", value_parser = parse_strategy)]
     probe: picket_probes::Strategy,
@@ -206,6 +225,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
             .settings
             .host_options(args.rules.clone(), Some(args.state.clone())),
         output,
+        output_queue: args.output_queue,
         strategy: args.probe,
         node_name: crate::agent::node_name(),
     })?;
@@ -237,8 +257,8 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         )
     };
     let input = spawn_reader(source).map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
-    let stdout = io::stdout();
-    let mut sink = JsonLinesSink::new(io::BufWriter::with_capacity(1 << 16, stdout.lock()));
+    // A replay loses nothing: a slow reader of its output sets its pace.
+    let mut sink = SignalOutput::open(&Output::Stdout, 4096, WhenFull::Wait, OnError::Stop)?;
     let (mut events, mut rejected) = (0u64, 0u64);
     loop {
         // Reloads land between batches of events, so each event meets one version of a rule.
@@ -266,14 +286,16 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        sink.flush()?;
-        if let Some(err) = sink.error.take() {
+        if let Some(err) = sink.error() {
             anyhow::bail!("writing signals: {err}");
         }
         host.save_if_due();
     }
-    sink.flush()?;
-    tracing::info!(events, rejected, signals = sink.written, "replay done");
+    let delivery = sink.finish(None);
+    if delivery.undelivered > 0 {
+        anyhow::bail!("{} signal(s) could not be written", delivery.undelivered);
+    }
+    tracing::info!(events, rejected, signals = delivery.written, "replay done");
     for rule in host.pipeline().rules() {
         if rule.stats.failures > 0 {
             tracing::warn!(
@@ -391,6 +413,31 @@ pub fn manifest_json(manifest: &Manifest) -> serde_json::Value {
         },
         "abi_version": ABI_VERSION,
     })
+}
+
+/// Parses a size such as `4096`, `512KiB`, `64MiB` or `1GiB`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" | "K" => 10,
+        "MiB" | "M" => 20,
+        "GiB" | "G" => 30,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size such as 4096, 512KiB, 64MiB or 1GiB"
+            ));
+        }
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("`{text}` is not a size such as 4096, 512KiB, 64MiB or 1GiB"))
 }
 
 /// A duration in the largest unit that divides it: `7d`, `90m`, `0s`.

@@ -291,15 +291,22 @@ pub fn collect_cases(paths: &[PathBuf]) -> Vec<Result<PathBuf, String>> {
     cases
 }
 
-/// Reads, parses and runs one case file.
+/// Largest case file read: a case is events written by hand or by a script, never this big.
+pub const MAX_CASE_BYTES: u64 = 64 << 20;
+
+/// Reads (a regular file of at most [`MAX_CASE_BYTES`], without blocking), parses and runs one
+/// case file.
 pub fn run_case_file(
     sandbox: &Arc<Sandbox>,
     module: &LoadedModule,
     path: &Path,
 ) -> (String, Outcome) {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::safe_file::read_regular(path, MAX_CASE_BYTES)
+        .map_err(|err| err.to_string())
+        .and_then(|bytes| String::from_utf8(bytes).map_err(|err| format!("not UTF-8: {err}")))
+    {
         Ok(text) => text,
-        Err(err) => return (String::new(), Outcome::Unusable(err.to_string())),
+        Err(err) => return (String::new(), Outcome::Unusable(err)),
     };
     match parse_case(&text) {
         Ok((case, overrides)) => {

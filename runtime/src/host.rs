@@ -8,7 +8,8 @@ use crate::pipeline::{Pipeline, PipelineConfig, Sink};
 use crate::rules_dir::{self, RuleDirectory, Scan};
 use crate::sandbox::{Limits, Sandbox};
 use crate::signing::Signers;
-use crate::store::{self, Persister, StateStore};
+use crate::state::Stats;
+use crate::store::{self, Persister};
 use crate::watch::{self, RuleWatcher};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -18,6 +19,12 @@ use std::time::{Duration, Instant};
 /// How often learned values are handed to the persister. With the commit after it, a value is
 /// on disk well within a second of being learned.
 pub const SAVE_EVERY: Duration = Duration::from_millis(200);
+
+/// Shortest time between two reports of state evictions.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Journaled key bytes past which changes go to the persister before [`SAVE_EVERY`] is up.
+const SAVE_AT_JOURNAL_BYTES: usize = 4 << 20;
 
 /// Where the host's inputs and outputs live.
 #[derive(Clone, Debug)]
@@ -41,8 +48,9 @@ pub struct Host {
     directory: Option<RuleDirectory>,
     persister: Option<Persister>,
     last_save: Instant,
-    /// Evictions already reported, per rule.
-    evictions_reported: HashMap<String, u64>,
+    /// State counters already reported, per rule, and when.
+    reported: HashMap<String, Stats>,
+    last_report: Option<Instant>,
 }
 
 impl Host {
@@ -60,18 +68,22 @@ impl Host {
         let mut persister = None;
         if let Some(state_dir) = &options.state {
             crate::trust::check_state_dir(state_dir)?;
-            let store = StateStore::open(state_dir)?;
             let started = Instant::now();
-            let (states, values) = store.load(config.state_capacity)?;
+            let restored_file = store::open_and_load(state_dir, config.state_capacity)?;
+            let (state_store, states, values) = (
+                restored_file.store,
+                restored_file.states,
+                restored_file.values,
+            );
             tracing::info!(
-                file = %store.path().display(),
+                file = %state_store.path().display(),
                 rules = states.len(),
                 values,
                 "learned state restored in {:?}",
                 started.elapsed()
             );
             restored = Some(states);
-            persister = Some(Persister::start(store));
+            persister = Some(Persister::start(state_store));
             config.journal = true;
             let cache = state_dir.join(CACHE_DIR);
             let key = CacheKey::load_or_create(state_dir).map_err(anyhow::Error::msg)?;
@@ -96,7 +108,8 @@ impl Host {
             directory: Some(directory),
             persister,
             last_save: Instant::now(),
-            evictions_reported: HashMap::new(),
+            reported: HashMap::new(),
+            last_report: None,
         };
         Ok((host, scan))
     }
@@ -121,9 +134,13 @@ impl Host {
         rules_dir::apply(&mut self.pipeline, scan)
     }
 
-    /// Evaluates one event.
+    /// Evaluates one event. A rule learning fast (or a hostile one learning big keys) has its
+    /// changes handed to the persister early, so that they never pile up in memory.
     pub fn handle(&mut self, event: &Event<'_>, sink: &mut dyn Sink) {
         self.pipeline.handle(event, sink);
+        if self.persister.is_some() && self.pipeline.journal_bytes() > SAVE_AT_JOURNAL_BYTES {
+            self.save();
+        }
     }
 
     /// Hands learned values to the persister when [`SAVE_EVERY`] has passed.
@@ -139,20 +156,47 @@ impl Host {
         if let Some(persister) = &self.persister {
             persister.send(store::drain(&mut self.pipeline));
         }
-        let reported = &mut self.evictions_reported;
+        self.report_state(false);
+    }
+
+    /// Logs evictions and events from the future since the last report: at most every
+    /// [`REPORT_EVERY`] (a rule churning through its budget must not flood the log), or now.
+    fn report_state(&mut self, now: bool) {
+        if !now
+            && self
+                .last_report
+                .is_some_and(|at| at.elapsed() < REPORT_EVERY)
+        {
+            return;
+        }
+        self.last_report = Some(Instant::now());
+        let reported = &mut self.reported;
         self.pipeline.for_each_state(|rule, state| {
-            let evicted = state.stats().evicted;
-            let before = reported.entry(rule.to_string()).or_insert(0);
-            if evicted > *before {
+            let now = state.stats();
+            let before = reported.entry(rule.to_string()).or_default();
+            if now.evicted > before.evicted {
                 tracing::warn!(
                     rule,
-                    evicted = evicted - *before,
-                    total = evicted,
+                    evicted = now.evicted - before.evicted,
+                    total = now.evicted,
+                    entries = state.entries(),
+                    bytes = state.bytes(),
                     capacity = state.capacity(),
-                    "new-value state full: least recently seen values evicted (see --state-capacity)"
+                    max_bytes = state.max_bytes(),
+                    "new-value state full: least recently seen values evicted (see \
+                     --state-capacity, --state-bytes-per-rule, --state-bytes-total)"
                 );
-                *before = evicted;
             }
+            if now.ahead > before.ahead {
+                tracing::warn!(
+                    rule,
+                    events = now.ahead - before.ahead,
+                    total = now.ahead,
+                    "events dated implausibly far ahead of the stream: not used to forget values \
+                     (docs/new-value.md)"
+                );
+            }
+            *before = now;
         });
     }
 
@@ -169,6 +213,7 @@ impl Host {
     /// Saves what was learned and waits until it is committed.
     pub fn shutdown(mut self) {
         self.save();
+        self.report_state(true);
         if let Some(persister) = self.persister.take() {
             persister.finish();
         }

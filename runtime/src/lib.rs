@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod agent;
 pub mod cli;
+pub mod compile;
 pub mod conformance;
 pub mod event;
 pub mod host;
@@ -16,6 +17,7 @@ pub mod output;
 pub mod pipeline;
 pub mod replay;
 pub mod rules_dir;
+pub mod safe_file;
 pub mod sandbox;
 pub mod signing;
 pub mod state;

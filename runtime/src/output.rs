@@ -1,4 +1,5 @@
-//! Signal output: JSON lines (design.md "Signal"), and the log lines for rule failures.
+//! Signal output: JSON lines (design.md "Signal") through a bounded queue and a writer thread
+//! per output, and the log lines for rule failures.
 
 use crate::event::Event;
 use crate::pipeline::{RuleStatus, Signal, Sink};
@@ -6,6 +7,11 @@ use crate::sandbox::{NewValue, RuleError};
 use crate::time::Timestamp;
 use serde::Serialize;
 use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A signal as it is written out.
 #[derive(Serialize)]
@@ -57,39 +63,280 @@ pub fn log_quarantine(rule: &RuleStatus, reason: &str) {
     );
 }
 
-/// A sink that writes signals as JSON lines and logs failures.
-pub struct JsonLinesSink<W: Write> {
-    out: W,
-    /// The first write error, kept so that the caller can report it; writing stops after one.
-    pub error: Option<io::Error>,
+/// Where signals go.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Standard output.
+    Stdout,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+impl Output {
+    fn open(&self) -> io::Result<(Box<dyn Write + Send>, String)> {
+        Ok(match self {
+            Output::Stdout => (Box::new(io::stdout()), "stdout".into()),
+            Output::File(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|err| {
+                        io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+                    })?;
+                (Box::new(file), path.display().to_string())
+            }
+        })
+    }
+}
+
+/// What a sink's queue does when it is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Drop the new signal, counted and reported: the live agent must keep detecting, saving
+    /// and answering signals whatever its output does.
+    Drop,
+    /// Wait for room: a replay is a batch job whose reader sets the pace, and loses nothing.
+    Wait,
+}
+
+/// What a failing write does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnError {
+    /// Keep the signal and retry every second (a full disk may be freed); the queue fills
+    /// meanwhile. A closed pipe (nobody will ever read) ends the output instead.
+    Retry,
+    /// Stop the output; the error is returned by [`SignalOutput::error`].
+    Stop,
+}
+
+/// How long a failing write waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often a failing output is reported again.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Counters {
+    /// Signals handed to the queue.
+    queued: AtomicU64,
+    /// Signals written out.
+    written: AtomicU64,
+    /// Signals refused because the queue was full.
+    dropped: AtomicU64,
+    /// The error that ended the output.
+    error: Mutex<Option<String>>,
+}
+
+/// How an output ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delivery {
     /// Signals written.
     pub written: u64,
+    /// Signals dropped because the queue was full.
+    pub dropped: u64,
+    /// Signals not written because the output failed, or still waiting when the writer was
+    /// given up on at shutdown.
+    pub undelivered: u64,
 }
 
-impl<W: Write> JsonLinesSink<W> {
-    /// Writes to `out`.
-    pub fn new(out: W) -> Self {
-        JsonLinesSink {
-            out,
-            error: None,
-            written: 0,
+/// Signals as JSON lines to one output, through a bounded queue written by a thread of its
+/// own: the thread that evaluates events only serializes a signal and hands it over, so an
+/// output that blocks (a pipe nobody reads, a hung disk) can never stop detection, state saving
+/// or shutdown. Signals that find the queue full are dropped (or waited for, see [`WhenFull`]);
+/// each drop is counted and reported.
+pub struct SignalOutput {
+    tx: Option<SyncSender<Vec<u8>>>,
+    counters: Arc<Counters>,
+    done: mpsc::Receiver<()>,
+    target: String,
+    when_full: WhenFull,
+    dropped_reported: u64,
+    last_drop_report: Option<Instant>,
+}
+
+impl SignalOutput {
+    /// Opens `output` with a queue of `bound` signals in front of it.
+    pub fn open(
+        output: &Output,
+        bound: usize,
+        when_full: WhenFull,
+        on_error: OnError,
+    ) -> io::Result<SignalOutput> {
+        let (out, target) = output.open()?;
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(bound.max(1));
+        let (done_tx, done) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let writer_counters = Arc::clone(&counters);
+        let writer_target = target.clone();
+        std::thread::Builder::new()
+            .name("picket-output".into())
+            .spawn(move || {
+                write_lines(out, &rx, &writer_counters, &writer_target, on_error);
+                let _ = done_tx.send(());
+            })?;
+        Ok(SignalOutput {
+            tx: Some(tx),
+            counters,
+            done,
+            target,
+            when_full,
+            dropped_reported: 0,
+            last_drop_report: None,
+        })
+    }
+
+    /// The error that ended the output, if one did.
+    pub fn error(&self) -> Option<String> {
+        self.counters
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Signals dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Logs signals dropped since the last report (at most once a minute while it goes on).
+    pub fn report(&mut self) {
+        let dropped = self.dropped();
+        if dropped > self.dropped_reported
+            && self
+                .last_drop_report
+                .is_none_or(|at| at.elapsed() >= REPORT_EVERY)
+        {
+            tracing::error!(
+                output = %self.target,
+                dropped = dropped - self.dropped_reported,
+                total = dropped,
+                "signals dropped: the output does not keep up and its queue is full (see --output-queue)"
+            );
+            self.dropped_reported = dropped;
+            self.last_drop_report = Some(Instant::now());
         }
     }
 
-    /// Flushes the output.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    /// Closes the queue and waits for the writer to write what is in it: up to `grace` (or
+    /// for as long as it takes, with `None`). Reports what could not be delivered.
+    pub fn finish(mut self, grace: Option<Duration>) -> Delivery {
+        self.last_drop_report = None;
+        self.report();
+        self.tx.take();
+        let finished = match grace {
+            Some(grace) => self.done.recv_timeout(grace).is_ok(),
+            None => self.done.recv().is_ok(),
+        };
+        let counters = &self.counters;
+        let written = counters.written.load(Ordering::Relaxed);
+        let delivery = Delivery {
+            written,
+            dropped: counters.dropped.load(Ordering::Relaxed),
+            undelivered: counters
+                .queued
+                .load(Ordering::Relaxed)
+                .saturating_sub(written),
+        };
+        if !finished {
+            tracing::error!(
+                output = %self.target,
+                undelivered = delivery.undelivered,
+                "the output did not take the waiting signals within {:?}; stopping without them",
+                grace.unwrap_or_default()
+            );
+        } else if delivery.undelivered > 0 {
+            tracing::error!(
+                output = %self.target,
+                undelivered = delivery.undelivered,
+                "signals not delivered: the output failed"
+            );
+        }
+        delivery
     }
 }
 
-impl<W: Write> Sink for JsonLinesSink<W> {
+/// Most signals written in one go.
+const BATCH: u64 = 256;
+
+/// The writer thread: writes what is queued, a batch at a time, each batch flushed.
+fn write_lines(
+    mut out: Box<dyn Write + Send>,
+    rx: &mpsc::Receiver<Vec<u8>>,
+    counters: &Counters,
+    target: &str,
+    on_error: OnError,
+) {
+    let mut failing_since: Option<Instant> = None;
+    let mut last_report = Instant::now();
+    let mut batch = Vec::with_capacity(1 << 16);
+    while let Ok(first) = rx.recv() {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        let mut count: u64 = 1;
+        while count < BATCH {
+            let Ok(line) = rx.try_recv() else { break };
+            batch.extend_from_slice(&line);
+            count += 1;
+        }
+        loop {
+            match out.write_all(&batch).and_then(|()| out.flush()) {
+                Ok(()) => {
+                    counters.written.fetch_add(count, Ordering::Relaxed);
+                    if let Some(since) = failing_since.take() {
+                        tracing::info!(output = %target, "signals written again after failing for {:?}", since.elapsed());
+                    }
+                    break;
+                }
+                // Tried again whole: part of it may then appear twice, which beats losing it.
+                Err(err)
+                    if on_error == OnError::Retry && err.kind() != io::ErrorKind::BrokenPipe =>
+                {
+                    let first = failing_since.is_none();
+                    failing_since.get_or_insert_with(Instant::now);
+                    if first || last_report.elapsed() >= REPORT_EVERY {
+                        last_report = Instant::now();
+                        tracing::error!(output = %target, "cannot write signals, keeping them and retrying: {err}");
+                    }
+                    std::thread::sleep(RETRY_AFTER);
+                }
+                Err(err) => {
+                    tracing::error!(output = %target, "signal output failed, no more signals are written to it: {err}");
+                    *counters.error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(format!("{target}: {err}"));
+                    // Whatever still comes is taken and never written: it stays counted as
+                    // queued and not delivered.
+                    rx.iter().for_each(drop);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Sink for SignalOutput {
     fn signal(&mut self, signal: &Signal<'_>) {
-        if self.error.is_some() {
-            return;
-        }
-        match write_signal(&mut self.out, signal) {
-            Ok(()) => self.written += 1,
-            Err(err) => self.error = Some(err),
+        let Some(tx) = &self.tx else { return };
+        let mut line = Vec::with_capacity(1024);
+        write_signal(&mut line, signal).expect("writing to a Vec cannot fail");
+        let result = match self.when_full {
+            WhenFull::Drop => tx.try_send(line),
+            WhenFull::Wait => tx
+                .send(line)
+                .map_err(|err| TrySendError::Disconnected(err.0)),
+        };
+        match result {
+            // A signal handed to a writer that is gone counts as queued and not delivered.
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                if self.last_drop_report.is_none() {
+                    // The first drop is said at once; later ones at the next report.
+                    self.report();
+                }
+            }
         }
     }
 

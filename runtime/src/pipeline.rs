@@ -9,7 +9,9 @@
 
 use crate::event::Event;
 use crate::sandbox::{LoadedModule, NewValue, RuleError, RuleInstance, Sandbox};
-use crate::state::{DEFAULT_CAPACITY, RuleState, Settings};
+use crate::state::{
+    DEFAULT_CAPACITY, DEFAULT_RULE_BYTES, DEFAULT_TOTAL_BYTES, RuleState, Settings,
+};
 use hashbrown::HashMap;
 use picket_abi::{EventKind, Manifest, Subscription};
 use std::collections::BTreeSet;
@@ -45,6 +47,11 @@ pub struct PipelineConfig {
     pub overrides: Overrides,
     /// Bound on each rule's new-value entries.
     pub state_capacity: usize,
+    /// Bound on the bytes of each rule's new-value state.
+    pub state_rule_bytes: usize,
+    /// Bound on the bytes of all rules' new-value states together (the largest is evicted
+    /// from first).
+    pub state_total_bytes: usize,
     /// Failed events in a row after which a rule is quarantined.
     pub max_consecutive_failures: u32,
     /// Whether new states record their changes for a durable store.
@@ -56,6 +63,8 @@ impl Default for PipelineConfig {
         PipelineConfig {
             overrides: Overrides::default(),
             state_capacity: DEFAULT_CAPACITY,
+            state_rule_bytes: DEFAULT_RULE_BYTES,
+            state_total_bytes: DEFAULT_TOTAL_BYTES,
             max_consecutive_failures: 5,
             journal: false,
         }
@@ -219,6 +228,9 @@ impl Pipeline {
             }
         }
         instance.state_mut().set_settings(settings);
+        instance
+            .state_mut()
+            .set_bounds(self.config.state_capacity, self.config.state_rule_bytes);
         let slot = Slot {
             status: RuleStatus {
                 manifest: Arc::clone(&module.manifest),
@@ -281,9 +293,50 @@ impl Pipeline {
         }
     }
 
+    /// Bytes of keys waiting in every state's journal.
+    pub fn journal_bytes(&self) -> usize {
+        let installed = self.slots.iter().map(|slot| {
+            slot.instance
+                .as_ref()
+                .map(|i| i.state().journal_bytes())
+                .or(slot.parked.as_ref().map(RuleState::journal_bytes))
+                .unwrap_or(0)
+        });
+        installed.sum::<usize>()
+            + self
+                .parked
+                .values()
+                .map(RuleState::journal_bytes)
+                .sum::<usize>()
+    }
+
     /// Places a state read back from a durable store; it is used when the rule is installed.
-    pub fn park_state(&mut self, id: &str, state: RuleState) {
+    pub fn park_state(&mut self, id: &str, mut state: RuleState) {
+        state.set_bounds(self.config.state_capacity, self.config.state_rule_bytes);
         self.parked.insert(id.to_string(), state);
+    }
+
+    /// Keeps all states together within the total byte budget: past it, the largest state
+    /// evicts its least recently seen values until the total is at 7/8 of the budget.
+    fn enforce_total_bytes(&mut self) {
+        let total = self.config.state_total_bytes;
+        let mut sum = 0;
+        let mut largest = 0;
+        self.for_each_state(|_, state| {
+            sum += state.bytes();
+            largest = largest.max(state.bytes());
+        });
+        if sum <= total {
+            return;
+        }
+        let target = largest.saturating_sub(sum - (total - total / 8));
+        let mut done = false;
+        self.for_each_state(|_, state| {
+            if !done && state.bytes() == largest {
+                state.shrink_to(target);
+                done = true;
+            }
+        });
     }
 
     /// Basenames the installed rules subscribe to, for the kernel prefilter; `None` when some
@@ -336,6 +389,9 @@ impl Pipeline {
                     Self::recover(&self.sandbox, &self.config, slot, &error, sink);
                 }
             }
+        }
+        if encoded {
+            self.enforce_total_bytes();
         }
     }
 

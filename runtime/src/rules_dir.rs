@@ -1,49 +1,67 @@
 //! The rules directory: which modules it holds, and what changed since the last look.
 //!
-//! A scan reads every `*.wasm` entry (following links, as a Kubernetes ConfigMap volume's entries
-//! are links through `..data`), hashes it with blake3, and compares with what is installed from
-//! that entry. Unchanged content is skipped; new or changed content is compiled and checked
-//! before it is offered for installation, so a broken module never replaces a working one; an
-//! entry that disappeared uninstalls its rule. The pipeline applies the resulting updates
-//! between two events.
+//! A survey lists every `*.wasm` entry (following links, as a Kubernetes ConfigMap volume's
+//! entries are links through `..data`), reads each with [`safe_file::read_regular`] (an entry
+//! swapped for a FIFO, a device or a directory is refused without blocking), hashes it with
+//! blake3, and compares with what is installed from that entry. Entries that are not regular
+//! files are skipped and logged once each, saying why. New or changed content is compiled, each
+//! module on its own worker thread ([`crate::compile`]), and checked before it is offered for
+//! installation, so a broken module never replaces a working one and a slow one delays only
+//! itself; an entry that disappeared uninstalls its rule. The pipeline applies the resulting
+//! updates between two events.
+//!
+//! Rule ids are unique. A module claiming the id of a running rule never replaces it (only a new
+//! version of the same file does). Modules that claim one id that is not running, in the same
+//! look at the directory (as at start), are all refused: which one would win must not depend
+//! on file names or on which node looks, and none may take over the learned state of the id.
+//! The refusal is logged as an error naming every file; once only one is left, it loads.
 
 use crate::admission::Admission;
+use crate::compile::{Compiled, Job};
 use crate::module_cache::Origin;
 use crate::pipeline::{Installed, Pipeline};
+use crate::safe_file::{self, Refused};
 use crate::sandbox::{LoadError, LoadedModule, Sandbox};
 use crate::signing::Signers;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// The `*.wasm` files directly in `dir` (links followed; hidden entries skipped), in name order.
-pub fn module_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(".");
-            !name.starts_with('.')
-                && path.extension().is_some_and(|ext| ext == "wasm")
-                && path.is_file()
-        })
-        .collect();
-    files.sort();
-    Ok(files)
+/// What a listing of the rules directory found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The `*.wasm` regular files (links followed), in name order.
+    pub files: Vec<PathBuf>,
+    /// `*.wasm` entries that are not regular files, and why.
+    pub skipped: Vec<(PathBuf, Refused)>,
 }
 
-fn read_bounded(path: &Path, max_bytes: usize) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|err| format!("cannot be read: {err}"))?;
-    let mut bytes = Vec::new();
-    file.take(max_bytes as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| format!("cannot be read: {err}"))?;
-    if bytes.len() > max_bytes {
-        return Err(format!(
-            "is more than the {max_bytes} bytes a rule module may be"
-        ));
+/// Lists the `*.wasm` entries directly in `dir` (hidden entries left out).
+pub fn list_modules(dir: &Path) -> io::Result<Listing> {
+    let mut listing = Listing::default();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+        if name.starts_with('.') || !path.extension().is_some_and(|ext| ext == "wasm") {
+            continue;
+        }
+        match safe_file::not_regular(&path) {
+            None => listing.files.push(path),
+            Some(why) => listing.skipped.push((path, why)),
+        }
     }
-    Ok(bytes)
+    listing.files.sort();
+    listing.skipped.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(listing)
+}
+
+/// Reads a module file: a regular file of at most `max_bytes`, opened without blocking.
+pub fn read_module(path: &Path, max_bytes: usize) -> Result<Vec<u8>, LoadError> {
+    safe_file::read_regular(path, max_bytes as u64).map_err(|why| LoadError {
+        source: path.display().to_string(),
+        message: why.to_string(),
+    })
 }
 
 /// Reads and loads one module file; with `signers`, only if it carries a valid signature by
@@ -53,17 +71,16 @@ pub fn load_file(
     path: &Path,
     signers: Option<&Signers>,
 ) -> Result<LoadedModule, LoadError> {
+    let bytes = read_module(path, sandbox.limits().max_module_bytes)?;
     let source = path.display().to_string();
-    let refuse = |message| LoadError {
-        source: source.clone(),
-        message,
-    };
-    let bytes = read_bounded(path, sandbox.limits().max_module_bytes).map_err(refuse)?;
     if let Some(signers) = signers {
         let signature = Signers::read_signature(path);
         signers
             .verify(path, &bytes, signature.as_deref())
-            .map_err(refuse)?;
+            .map_err(|message| LoadError {
+                source: source.clone(),
+                message,
+            })?;
     }
     sandbox.load(&source, &bytes)
 }
@@ -90,10 +107,25 @@ pub struct Scan {
     pub errors: Vec<LoadError>,
 }
 
+impl Scan {
+    /// Whether there is nothing to apply or report.
+    pub fn is_empty(&self) -> bool {
+        self.updates.is_empty() && self.errors.is_empty()
+    }
+}
+
 struct Entry {
     /// The admission verdict's key: content, modes and signature.
     hash: blake3::Hash,
     id: String,
+}
+
+/// What a survey found: removals to apply now, and content to compile.
+pub struct Survey {
+    /// Removals (and errors reading files), ready to apply.
+    pub scan: Scan,
+    /// New or changed modules to compile.
+    pub jobs: Vec<Job>,
 }
 
 /// What is installed from a rules directory.
@@ -102,6 +134,13 @@ pub struct RuleDirectory {
     installed: BTreeMap<PathBuf, Entry>,
     /// Content already refused, so that an unchanged broken file is not reported again.
     refused: HashMap<PathBuf, blake3::Hash>,
+    /// Content refused only because another module claims the same id: tried again at every
+    /// look, since the other may have gone; reported once per content.
+    duplicates: HashMap<PathBuf, blake3::Hash>,
+    /// Content being compiled now.
+    compiling: HashMap<PathBuf, blake3::Hash>,
+    /// Entries skipped as not regular files, with the reason last logged.
+    skipped: HashMap<PathBuf, String>,
     /// Strict modes and signatures.
     admission: Admission,
 }
@@ -113,6 +152,9 @@ impl RuleDirectory {
             dir: dir.to_path_buf(),
             installed: BTreeMap::new(),
             refused: HashMap::new(),
+            duplicates: HashMap::new(),
+            compiling: HashMap::new(),
+            skipped: HashMap::new(),
             admission: Admission::default(),
         }
     }
@@ -128,11 +170,27 @@ impl RuleDirectory {
         &self.dir
     }
 
-    /// Compares the directory with what is installed. Fails only if the directory itself
-    /// cannot be listed, or others could write it (then nothing is loaded from it).
-    pub fn scan(&mut self, sandbox: &Sandbox) -> io::Result<Scan> {
+    /// Compares the directory with what is installed and compiles what is new, every module
+    /// in parallel, waiting for all of them (each up to the compile budget). Fails only if the
+    /// directory itself cannot be listed, or others could write it (then nothing is loaded
+    /// from it).
+    pub fn scan(&mut self, sandbox: &Arc<Sandbox>) -> io::Result<Scan> {
+        let survey = self.survey(sandbox.limits().max_module_bytes)?;
+        let mut scan = survey.scan;
+        let results = crate::compile::compile_all(sandbox, survey.jobs);
+        let accepted = self.accept(results);
+        scan.updates.extend(accepted.updates);
+        scan.errors.extend(accepted.errors);
+        Ok(scan)
+    }
+
+    /// Lists and reads the directory: removals of modules that left it, and jobs for the new or
+    /// changed content (not already compiling).
+    pub fn survey(&mut self, max_module_bytes: usize) -> io::Result<Survey> {
         self.admission.check_dir(&self.dir)?;
-        let files = module_files(&self.dir)?;
+        let listing = list_modules(&self.dir)?;
+        self.report_skipped(&listing.skipped);
+        let files = listing.files;
         let mut scan = Scan::default();
         // Removals first, so that a module renamed in place does not collide with itself.
         let gone: Vec<PathBuf> = self
@@ -149,13 +207,14 @@ impl RuleDirectory {
             });
         }
         self.refused.retain(|path, _| files.contains(path));
+        self.duplicates.retain(|path, _| files.contains(path));
 
+        let mut jobs = Vec::new();
         for path in files {
-            let source = path.display().to_string();
-            let bytes = match read_bounded(&path, sandbox.limits().max_module_bytes) {
+            let bytes = match read_module(&path, max_module_bytes) {
                 Ok(bytes) => bytes,
-                Err(message) => {
-                    scan.errors.push(LoadError { source, message });
+                Err(error) => {
+                    scan.errors.push(error);
                     continue;
                 }
             };
@@ -163,38 +222,92 @@ impl RuleDirectory {
             let hash = verdict.key;
             if self.installed.get(&path).is_some_and(|e| e.hash == hash)
                 || self.refused.get(&path) == Some(&hash)
+                || self.compiling.get(&path) == Some(&hash)
             {
                 continue;
             }
             if let Err(message) = verdict.result {
+                let source = path.display().to_string();
                 self.refused.insert(path, hash);
                 scan.errors.push(LoadError { source, message });
                 continue;
             }
-            let module = match sandbox.load(&source, &bytes) {
-                Ok(module) => module,
+            self.compiling.insert(path.clone(), hash);
+            jobs.push(Job { path, hash, bytes });
+        }
+        Ok(Survey { scan, jobs })
+    }
+
+    fn report_skipped(&mut self, skipped: &[(PathBuf, Refused)]) {
+        self.skipped
+            .retain(|path, _| skipped.iter().any(|(other, _)| other == path));
+        for (path, why) in skipped {
+            let why = why.to_string();
+            if self.skipped.get(path) != Some(&why) {
+                tracing::warn!(entry = %path.display(), "rules directory entry skipped: it {why}");
+                self.skipped.insert(path.clone(), why);
+            }
+        }
+    }
+
+    /// Takes compiled modules (one look's worth, or one that just finished) and decides what
+    /// to install: see the module documentation for duplicate ids.
+    pub fn accept(&mut self, results: Vec<Compiled>) -> Scan {
+        let mut scan = Scan::default();
+        let mut loaded: Vec<(PathBuf, blake3::Hash, LoadedModule)> = Vec::new();
+        for Compiled { path, hash, result } in results {
+            if self.compiling.get(&path) != Some(&hash) {
+                continue; // given up on, or superseded by newer content
+            }
+            self.compiling.remove(&path);
+            match result {
+                Ok(module) => loaded.push((path, hash, module)),
                 Err(error) => {
+                    self.duplicates.remove(&path);
                     self.refused.insert(path, hash);
                     scan.errors.push(error);
-                    continue;
                 }
-            };
+            }
+        }
+        let mut claims: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for (path, _, module) in &loaded {
+            claims
+                .entry(module.manifest.id.clone())
+                .or_default()
+                .push(path.clone());
+        }
+        for (path, hash, module) in loaded {
             let id = module.manifest.id.clone();
+            let source = path.display().to_string();
             let owner = self
                 .installed
                 .iter()
-                .find(|(other, entry)| entry.id == id && **other != path);
-            if let Some((other, _)) = owner {
-                scan.errors.push(LoadError {
-                    source,
-                    message: format!(
-                        "rule id `{id}` is already loaded from {}; keeping that one",
-                        other.display()
-                    ),
-                });
-                self.refused.insert(path, hash);
+                .find(|(other, entry)| entry.id == id && **other != path)
+                .map(|(other, _)| other.clone());
+            let rivals: Vec<&PathBuf> = claims[&id].iter().filter(|p| **p != path).collect();
+            let refusal = if let Some(owner) = owner {
+                Some(format!(
+                    "rule id `{id}` is already loaded from {}; keeping that one",
+                    owner.display()
+                ))
+            } else if !rivals.is_empty() && !self.installed.contains_key(&path) {
+                let others: Vec<String> = rivals.iter().map(|p| p.display().to_string()).collect();
+                Some(format!(
+                    "rule id `{id}` is also claimed by {}; none of them is loaded (which one \
+                     should run cannot be decided; remove all but one)",
+                    others.join(", ")
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = refusal {
+                // Reported once per content; tried again at every look in case the rival left.
+                if self.duplicates.insert(path.clone(), hash) != Some(hash) {
+                    scan.errors.push(LoadError { source, message });
+                }
                 continue;
             }
+            self.duplicates.remove(&path);
             if let Some(previous) = self.installed.get(&path)
                 && previous.id != id
             {
@@ -207,7 +320,21 @@ impl RuleDirectory {
             self.installed.insert(path, Entry { hash, id });
             scan.updates.push(Update::Install(module));
         }
-        Ok(scan)
+        scan
+    }
+
+    /// Gives up on a compile that ran past its budget: its content is refused.
+    pub fn give_up(&mut self, path: &Path, hash: blake3::Hash, message: String) -> Scan {
+        let mut scan = Scan::default();
+        if self.compiling.get(path) == Some(&hash) {
+            self.compiling.remove(path);
+            self.refused.insert(path.to_path_buf(), hash);
+            scan.errors.push(LoadError {
+                source: path.display().to_string(),
+                message,
+            });
+        }
+        scan
     }
 }
 

@@ -6,8 +6,16 @@
 //! for longer than the forget-after period is forgotten and is new again when it returns. Time is
 //! the events' own timestamps, so replays are deterministic.
 //!
-//! The state is bounded: past its capacity the least recently seen values are evicted, and
-//! counted. Every change can be journaled so a durable store can follow the state without
+//! The state is bounded, in entries and in bytes: past either bound the least recently seen
+//! values are evicted, and counted. Bytes are estimated as each key's length plus a fixed
+//! overhead per entry ([`VALUE_OVERHEAD`], [`GROUP_OVERHEAD`]); keys are kept as boxed bytes,
+//! with no spare capacity.
+//!
+//! Time (docs/new-value.md): the forget sweep runs on the stream's time, the newest event time
+//! seen, which an event dated more than [`MAX_AHEAD_NS`] beyond it does not move (such events
+//! are counted as `ahead`); a real jump of the stream is followed once [`AHEAD_CONFIRM`] events
+//! in a row are that far ahead. An event dated before its group's learning period started is
+//! judged, not learned silently: silence is granted only inside the learning window. Every change can be journaled so a durable store can follow the state without
 //! scanning it.
 
 use hashbrown::HashMap;
@@ -43,8 +51,10 @@ pub struct Stats {
     pub forgotten: u64,
     /// Values dropped by the periodic sweep because they were unseen past forget-after.
     pub expired: u64,
-    /// Values and groups dropped because the state was full.
+    /// Values and groups dropped because the state was full (entries or bytes).
     pub evicted: u64,
+    /// Events dated implausibly far ahead of the stream, not used to advance the forget sweep.
+    pub ahead: u64,
 }
 
 /// One change to the state, for a durable store to apply.
@@ -69,6 +79,9 @@ pub enum Change {
         value: Box<str>,
         /// When it was last seen.
         last_seen_ns: i64,
+        /// Whether the value was just added (it was not in the state before this change), so
+        /// that a store can drop an addition that a later removal undoes before either landed.
+        fresh: bool,
     },
     /// A value was dropped (expired or evicted).
     ValueRemoved {
@@ -89,6 +102,12 @@ pub enum Change {
 }
 
 impl Change {
+    /// Bytes of its keys (what it costs to hold while waiting to be saved).
+    pub fn key_bytes(&self) -> usize {
+        let (state, group, value) = self.place();
+        state.len() + group.len() + value.map_or(0, str::len)
+    }
+
     /// The state, group and (for value changes) value the change is about.
     pub fn place(&self) -> (&str, &str, Option<&str>) {
         match self {
@@ -138,6 +157,33 @@ pub const MAX_STATES: usize = 64;
 /// Default bound on a rule's entries (values plus groups).
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
+/// Default bound on the bytes of one rule's state.
+pub const DEFAULT_RULE_BYTES: usize = 64 << 20;
+
+/// Default bound on the bytes of every rule's state together.
+pub const DEFAULT_TOTAL_BYTES: usize = 256 << 20;
+
+/// Bytes counted for a value besides its key: its slot in the table (key pointer and length,
+/// last-seen time, control byte, spare slots) and the allocation of the key.
+pub const VALUE_OVERHEAD: usize = 48;
+
+/// Bytes counted for a group besides its key: its slot, learning start and value table.
+pub const GROUP_OVERHEAD: usize = 128;
+
+/// How far ahead of the stream's time an event may be dated and still move it.
+pub const MAX_AHEAD_NS: i64 = 86_400 * 1_000_000_000;
+
+/// Events in a row dated beyond [`MAX_AHEAD_NS`] after which the stream's time follows them.
+pub const AHEAD_CONFIRM: u32 = 64;
+
+fn value_cost(value: &[u8]) -> usize {
+    value.len() + VALUE_OVERHEAD
+}
+
+fn group_cost(group: &[u8]) -> usize {
+    group.len() + GROUP_OVERHEAD
+}
+
 /// Keys are bytes, checked as UTF-8 once, when first learned: a query for something already
 /// known (nearly every query) then costs no UTF-8 check at all.
 type Key = Box<[u8]>;
@@ -155,12 +201,20 @@ type Groups = HashMap<Key, Group>;
 pub struct RuleState {
     settings: Settings,
     capacity: usize,
+    max_bytes: usize,
     states: HashMap<Key, Groups>,
     entries: usize,
-    newest_ns: i64,
+    bytes: usize,
+    /// The stream's time: the newest plausible event time (see the module documentation).
+    stream_ns: i64,
+    /// Events in a row dated too far ahead, and the earliest of them.
+    ahead_run: u32,
+    ahead_min_ns: i64,
     next_sweep_ns: i64,
     stats: Stats,
     journal: Option<Vec<Change>>,
+    /// Bytes of keys in the journal, so the host can hand it over before it grows large.
+    journal_bytes: usize,
     /// last_seen updates are journaled once per bucket of this many ns, so a value seen
     /// constantly does not rewrite the store on every event.
     journal_granularity_ns: i64,
@@ -175,12 +229,17 @@ impl RuleState {
         let mut state = RuleState {
             settings,
             capacity: capacity.max(2),
+            max_bytes: DEFAULT_RULE_BYTES,
             states: HashMap::new(),
             entries: 0,
-            newest_ns: i64::MIN,
+            bytes: 0,
+            stream_ns: i64::MIN,
+            ahead_run: 0,
+            ahead_min_ns: i64::MAX,
             next_sweep_ns: i64::MIN,
             stats: Stats::default(),
             journal: None,
+            journal_bytes: 0,
             journal_granularity_ns: 0,
         };
         state.set_settings(settings);
@@ -207,10 +266,16 @@ impl RuleState {
 
     /// The changes recorded since the last call.
     pub fn take_changes(&mut self) -> Vec<Change> {
+        self.journal_bytes = 0;
         self.journal
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// Bytes of keys recorded in the journal since it was last taken.
+    pub fn journal_bytes(&self) -> usize {
+        self.journal_bytes
     }
 
     /// Counters so far.
@@ -226,6 +291,34 @@ impl RuleState {
     /// Values plus groups held now.
     pub fn entries(&self) -> usize {
         self.entries
+    }
+
+    /// Bytes held now (estimated: keys plus a fixed overhead per entry).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Most bytes held before the least recently seen values are evicted.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Sets the bounds: at most `capacity` entries and `max_bytes` bytes. Evicts at once if
+    /// the state holds more.
+    pub fn set_bounds(&mut self, capacity: usize, max_bytes: usize) {
+        self.capacity = capacity.max(2);
+        self.max_bytes = max_bytes;
+        if self.entries > self.capacity || self.bytes > self.max_bytes {
+            self.evict(usize::MAX);
+        }
+    }
+
+    /// Evicts the least recently seen values until at most `target` bytes are held (for a
+    /// budget shared by several rules).
+    pub fn shrink_to(&mut self, target: usize) {
+        if self.bytes > target {
+            self.evict(target);
+        }
     }
 
     /// Answers whether `value` is new for `group` in `state` at event time `ts_ns`, and learns it.
@@ -262,7 +355,7 @@ impl RuleState {
                 entry.insert(Groups::new())
             }
         };
-        let mut journal = Journal(self.journal.as_mut());
+        let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
 
         let verdict = match groups.get_mut(group) {
             None => {
@@ -280,24 +373,28 @@ impl RuleState {
                     },
                 );
                 self.entries += 2;
+                self.bytes += group_cost(group) + value_cost(value);
                 journal.group(state, group, ts_ns);
-                journal.value(state, group, value, ts_ns);
+                journal.value(state, group, value, ts_ns, true);
                 self.stats.learned += 1;
                 Verdict::Learning
             }
             Some(entry) => {
-                let learning = ts_ns < entry.started_ns.saturating_add(learning_period);
+                // Silence only inside the learning window: an event dated before the group's
+                // first one is judged like one after it (docs/new-value.md).
+                let learning = ts_ns >= entry.started_ns
+                    && ts_ns < entry.started_ns.saturating_add(learning_period);
                 let unfamiliar = match entry.values.get_mut(value) {
                     Some(last_seen) if ts_ns.saturating_sub(*last_seen) > forget_after => {
                         self.stats.forgotten += 1;
                         *last_seen = ts_ns;
-                        journal.value(state, group, value, ts_ns);
+                        journal.value(state, group, value, ts_ns, false);
                         true
                     }
                     Some(last_seen) => {
                         if ts_ns > *last_seen {
                             if ts_ns / granularity != *last_seen / granularity {
-                                journal.value(state, group, value, ts_ns);
+                                journal.value(state, group, value, ts_ns, false);
                             }
                             *last_seen = ts_ns;
                         }
@@ -307,7 +404,8 @@ impl RuleState {
                         utf8(value, "value")?;
                         entry.values.insert(value.into(), ts_ns);
                         self.entries += 1;
-                        journal.value(state, group, value, ts_ns);
+                        self.bytes += value_cost(value);
+                        journal.value(state, group, value, ts_ns, true);
                         true
                     }
                 };
@@ -326,24 +424,46 @@ impl RuleState {
             }
         };
 
-        self.newest_ns = self.newest_ns.max(ts_ns);
-        if self.newest_ns >= self.next_sweep_ns {
+        self.advance_stream(ts_ns);
+        if self.stream_ns >= self.next_sweep_ns {
             self.sweep_expired();
         }
-        if self.entries > self.capacity {
-            self.evict_oldest();
+        if self.entries > self.capacity || self.bytes > self.max_bytes {
+            self.evict(usize::MAX);
         }
         Ok(verdict)
+    }
+
+    /// Moves the stream's time to `ts_ns`, unless it is implausibly far ahead.
+    fn advance_stream(&mut self, ts_ns: i64) {
+        if self.stream_ns == i64::MIN || ts_ns <= self.stream_ns.saturating_add(MAX_AHEAD_NS) {
+            self.stream_ns = self.stream_ns.max(ts_ns);
+            self.ahead_run = 0;
+            return;
+        }
+        self.stats.ahead += 1;
+        self.ahead_min_ns = if self.ahead_run == 0 {
+            ts_ns
+        } else {
+            self.ahead_min_ns.min(ts_ns)
+        };
+        self.ahead_run += 1;
+        if self.ahead_run >= AHEAD_CONFIRM {
+            // Not one odd event but the stream itself: follow it.
+            self.stream_ns = self.ahead_min_ns;
+            self.ahead_run = 0;
+        }
     }
 
     /// Drops values unseen for longer than forget-after, relative to the newest event time.
     fn sweep_expired(&mut self) {
         let forget_after = clamp_i64(self.settings.forget_after_ns);
         let interval = (forget_after / 8).max(MIN_SWEEP_INTERVAL_NS);
-        self.next_sweep_ns = self.newest_ns.saturating_add(interval);
-        let cutoff = self.newest_ns.saturating_sub(forget_after);
-        let mut journal = Journal(self.journal.as_mut());
+        self.next_sweep_ns = self.stream_ns.saturating_add(interval);
+        let cutoff = self.stream_ns.saturating_sub(forget_after);
+        let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
         let mut removed = 0;
+        let mut freed = 0;
         for (state, groups) in &mut self.states {
             for (group, entry) in groups.iter_mut() {
                 entry.values.retain(|value, last_seen| {
@@ -351,43 +471,55 @@ impl RuleState {
                     if !keep {
                         journal.value_removed(state, group, value);
                         removed += 1;
+                        freed += value_cost(value);
                     }
                     keep
                 });
             }
         }
         self.entries -= removed;
+        self.bytes -= freed;
         self.stats.expired += removed as u64;
     }
 
-    /// Evicts the least recently seen values until the state is at 7/8 of its capacity; groups
-    /// left empty go with them.
-    fn evict_oldest(&mut self) {
-        let target = self.capacity - self.capacity / 8;
-        let mut excess = self.entries.saturating_sub(target);
-        if excess == 0 {
+    /// Evicts the least recently seen values until the state is at 7/8 of its capacity and of
+    /// its byte budget, and at most `bytes_target`; groups left empty go with them.
+    fn evict(&mut self, bytes_target: usize) {
+        let entries_target = self.capacity - self.capacity / 8;
+        let bytes_target = bytes_target.min(self.max_bytes - self.max_bytes / 8);
+        let excess_entries = self.entries.saturating_sub(entries_target);
+        let excess_bytes = self.bytes.saturating_sub(bytes_target);
+        if excess_entries == 0 && excess_bytes == 0 {
             return;
         }
-        let mut seen: Vec<i64> = self
+        let mut seen: Vec<(i64, usize)> = self
             .states
             .values()
             .flat_map(|groups| groups.values())
-            .flat_map(|entry| entry.values.values().copied())
+            .flat_map(|entry| entry.values.iter().map(|(v, at)| (*at, value_cost(v))))
             .collect();
-        if seen.is_empty() {
-            return;
+        seen.sort_unstable_by_key(|(at, _)| *at);
+        // The newest last-seen time that has to go: everything older goes too.
+        let (mut count, mut bytes, mut cutoff) = (0, 0, i64::MIN);
+        for (at, cost) in seen {
+            if count >= excess_entries && bytes >= excess_bytes {
+                break;
+            }
+            (count, bytes, cutoff) = (count + 1, bytes + cost, at);
         }
-        let nth = excess.min(seen.len()) - 1;
-        let cutoff = *seen.select_nth_unstable(nth).1;
-        let mut journal = Journal(self.journal.as_mut());
-        let mut evicted = 0;
+        let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
+        let (mut evicted, mut freed) = (0, 0);
+        let (mut still_entries, mut still_bytes) = (excess_entries, excess_bytes);
         for (state, groups) in &mut self.states {
             groups.retain(|group, entry| {
                 entry.values.retain(|value, last_seen| {
-                    if excess > 0 && *last_seen <= cutoff {
+                    if (still_entries > 0 || still_bytes > 0) && *last_seen <= cutoff {
                         journal.value_removed(state, group, value);
-                        excess -= 1;
+                        let cost = value_cost(value);
+                        still_entries = still_entries.saturating_sub(1);
+                        still_bytes = still_bytes.saturating_sub(cost);
                         evicted += 1;
+                        freed += cost;
                         return false;
                     }
                     true
@@ -395,12 +527,14 @@ impl RuleState {
                 if entry.values.is_empty() {
                     journal.group_removed(state, group);
                     evicted += 1;
+                    freed += group_cost(group);
                     return false;
                 }
                 true
             });
         }
         self.entries -= evicted;
+        self.bytes -= freed;
         self.stats.evicted += evicted as u64;
     }
 
@@ -419,6 +553,7 @@ impl RuleState {
                     },
                 );
                 self.entries += 1;
+                self.bytes += group_cost(group);
             }
         }
     }
@@ -434,20 +569,23 @@ impl RuleState {
         };
         let last_seen = entry.values.entry_ref(value.as_bytes()).or_insert_with(|| {
             self.entries += 1;
+            self.bytes += value_cost(value.as_bytes());
             i64::MIN
         });
+        // The stream's time is left to the events that come: a value stored with a bogus
+        // future time must not make the first sweep forget everything.
         *last_seen = (*last_seen).max(last_seen_ns);
-        self.newest_ns = self.newest_ns.max(last_seen_ns);
     }
 }
 
 /// Appends changes when journaling is on; costs nothing when it is off. Keys reach it as the
 /// bytes the state stores, which were checked as UTF-8 when learned.
-struct Journal<'a>(Option<&'a mut Vec<Change>>);
+struct Journal<'a>(Option<&'a mut Vec<Change>>, &'a mut usize);
 
 impl Journal<'_> {
     fn group(&mut self, state: &[u8], group: &[u8], started_ns: i64) {
         if let Some(changes) = self.0.as_mut() {
+            *self.1 += state.len() + group.len();
             changes.push(Change::Group {
                 state: text(state),
                 group: text(group),
@@ -456,19 +594,22 @@ impl Journal<'_> {
         }
     }
 
-    fn value(&mut self, state: &[u8], group: &[u8], value: &[u8], last_seen_ns: i64) {
+    fn value(&mut self, state: &[u8], group: &[u8], value: &[u8], last_seen_ns: i64, fresh: bool) {
         if let Some(changes) = self.0.as_mut() {
+            *self.1 += state.len() + group.len() + value.len();
             changes.push(Change::Value {
                 state: text(state),
                 group: text(group),
                 value: text(value),
                 last_seen_ns,
+                fresh,
             });
         }
     }
 
     fn value_removed(&mut self, state: &[u8], group: &[u8], value: &[u8]) {
         if let Some(changes) = self.0.as_mut() {
+            *self.1 += state.len() + group.len() + value.len();
             changes.push(Change::ValueRemoved {
                 state: text(state),
                 group: text(group),
@@ -479,6 +620,7 @@ impl Journal<'_> {
 
     fn group_removed(&mut self, state: &[u8], group: &[u8]) {
         if let Some(changes) = self.0.as_mut() {
+            *self.1 += state.len() + group.len();
             changes.push(Change::GroupRemoved {
                 state: text(state),
                 group: text(group),
@@ -568,7 +710,10 @@ mod tests {
         for i in 0..100 {
             check(&mut st, 0, "g", &format!("/v{i}"));
         }
-        check(&mut st, 10 * DAY, "other", "/z");
+        // The stream moves on (in steps: a lone event days ahead would not move it).
+        for half_day in 1..=20 {
+            check(&mut st, half_day * DAY / 2, "other", "/z");
+        }
         assert_eq!(st.stats().expired, 100);
         // The group's learning start survives, so its old values come back as new.
         assert_eq!(check(&mut st, 10 * DAY, "g", "/v1"), Verdict::New);
@@ -599,6 +744,81 @@ mod tests {
             .filter(|c| matches!(c, Change::ValueRemoved { .. }))
             .count();
         assert!(removed >= 4000);
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_least_recently_seen_and_counts_it() {
+        let mut st = state(0, 28);
+        st.set_bounds(DEFAULT_CAPACITY, 1 << 20);
+        st.enable_journal();
+        let big = |tag: &str, i: i64| format!("{tag}{i:08}{}", "x".repeat(4087));
+        for i in 0..1000 {
+            st.check(i, "s", &big("g", i), &big("v", i)).unwrap();
+            assert!(st.bytes() <= 1 << 20, "{} bytes after {i}", st.bytes());
+        }
+        assert!(st.stats().evicted > 800, "{:?}", st.stats());
+        // What is left is the most recent.
+        assert_eq!(
+            st.check(1000, "s", &big("g", 999), &big("v", 999)).unwrap(),
+            Verdict::Known
+        );
+        assert_eq!(
+            st.check(1000, "s", &big("g", 0), &big("v", 0)).unwrap(),
+            Verdict::Learning
+        );
+        let removed = st
+            .take_changes()
+            .iter()
+            .filter(|c| matches!(c, Change::GroupRemoved { .. }))
+            .count();
+        assert!(removed > 800, "{removed}");
+        // A shared budget shrinks a state further.
+        st.shrink_to(100_000);
+        assert!(st.bytes() <= 100_000, "{}", st.bytes());
+    }
+
+    #[test]
+    fn an_event_far_ahead_does_not_move_the_forget_sweep() {
+        let mut st = state(0, 28);
+        check(&mut st, 0, "g", "/known");
+        check(&mut st, 0, "g", "/also-known");
+        // One event dated 174 years later, in another group.
+        check(&mut st, 174 * 365 * DAY, "h", "/odd");
+        assert_eq!(st.stats().ahead, 1);
+        assert_eq!(st.stats().expired, 0);
+        assert_eq!(check(&mut st, DAY, "g", "/known"), Verdict::Known);
+        assert_eq!(check(&mut st, DAY, "g", "/also-known"), Verdict::Known);
+        // A stream that really jumps is followed once it keeps coming.
+        for i in 0..AHEAD_CONFIRM as i64 {
+            check(&mut st, 100 * DAY + i, "g", "/known");
+        }
+        check(&mut st, 100 * DAY + 100, "h", "/z");
+        assert_eq!(
+            check(&mut st, 100 * DAY + 101, "g", "/also-known"),
+            Verdict::New
+        );
+        assert!(st.stats().expired >= 1, "{:?}", st.stats());
+    }
+
+    #[test]
+    fn an_event_before_the_learning_window_is_judged() {
+        let mut st = state(7, 28);
+        check(&mut st, 10 * DAY, "g", "/a");
+        assert_eq!(check(&mut st, 11 * DAY, "g", "/b"), Verdict::Learning);
+        // Dated before the group's first event: outside the window, so judged.
+        assert_eq!(check(&mut st, 9 * DAY, "g", "/early"), Verdict::New);
+        assert_eq!(check(&mut st, 9 * DAY, "g", "/a"), Verdict::Known);
+        // The window did not move: still learning inside it.
+        assert_eq!(check(&mut st, 12 * DAY, "g", "/c"), Verdict::Learning);
+    }
+
+    #[test]
+    fn restored_future_times_do_not_make_the_first_sweep_forget() {
+        let mut st = state(0, 28);
+        st.restore_group("process.exe", "g", 0);
+        st.restore_value("process.exe", "g", "/a", DAY);
+        st.restore_value("process.exe", "g", "/future", 174 * 365 * DAY);
+        assert_eq!(check(&mut st, 2 * DAY, "g", "/a"), Verdict::Known);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,16 +30,62 @@ const VALUES: TableDefinition<(u64, &str), i64> = TableDefinition::new("values")
 /// A group's identity in the store.
 type GroupKey = (String, Box<str>, Box<str>);
 
+/// redb's page cache. Its default (1 GiB) would let a rule churning through its byte budget
+/// make the agent hold a gigabyte of cached pages; the state is read whole once, at start, and
+/// written in batches after, so a small cache costs nothing.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// The state file's name inside the state directory.
 pub const STATE_FILE: &str = "state.redb";
 
 /// A state store problem, naming the file.
 #[derive(Debug)]
-pub struct StoreError(pub String);
+pub struct StoreError {
+    message: String,
+    /// Whether the file itself is damaged (as opposed to locked, unreadable, foreign).
+    damaged: bool,
+}
+
+impl StoreError {
+    fn new(message: String) -> StoreError {
+        StoreError {
+            message,
+            damaged: false,
+        }
+    }
+
+    fn damage(message: String) -> StoreError {
+        StoreError {
+            message,
+            damaged: true,
+        }
+    }
+
+    /// Whether the file's content is damaged: it should be set aside, not retried.
+    pub fn is_damage(&self) -> bool {
+        self.damaged
+    }
+}
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
+    }
+}
+
+/// Whether an error opening the database means its content is damaged, rather than that it is
+/// locked by another process or cannot be reached.
+fn is_damage(err: &redb::DatabaseError) -> bool {
+    use redb::{DatabaseError, StorageError};
+    match err {
+        DatabaseError::Storage(StorageError::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        DatabaseError::Storage(StorageError::Corrupted(_) | StorageError::ValueTooLarge(_))
+        | DatabaseError::RepairAborted
+        | DatabaseError::UpgradeRequired(_) => true,
+        _ => false,
     }
 }
 
@@ -65,16 +111,21 @@ impl StateStore {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|err| StoreError(format!("state directory {}: {err}", dir.display())))?;
+            .map_err(|err| StoreError::new(format!("state directory {}: {err}", dir.display())))?;
         let path = dir.join(STATE_FILE);
-        let fail = |what: &str, err: &dyn fmt::Display| {
-            StoreError(format!("state file {}: {what}: {err}", path.display()))
-        };
-        let db = Database::create(&path).map_err(|err| {
-            fail(
-                "cannot be opened (not a picket state database, or damaged)",
-                &err,
-            )
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|err| {
+            let message = format!(
+                "state file {}: cannot be opened (not a picket state database, or damaged): {err}",
+                path.display()
+            );
+            if is_damage(&err) {
+                StoreError::damage(message)
+            } else {
+                StoreError::new(message)
+            }
         })?;
         let mut store = StateStore {
             db,
@@ -94,7 +145,7 @@ impl StateStore {
 
     fn check_format(&self) -> Result<(), StoreError> {
         let path = self.path.display();
-        let err = |err: &dyn fmt::Display| StoreError(format!("state file {path}: {err}"));
+        let err = |err: &dyn fmt::Display| StoreError::damage(format!("state file {path}: {err}"));
         let txn = self.db.begin_write().map_err(|e| err(&e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
@@ -102,7 +153,7 @@ impl StateStore {
             match format {
                 Some(STATE_FORMAT) => {}
                 Some(other) => {
-                    return Err(StoreError(format!(
+                    return Err(StoreError::new(format!(
                         "state file {path} was written in state format {other}, but this picket \
                          reads format {STATE_FORMAT}; move it aside or use another --state directory"
                     )));
@@ -110,7 +161,7 @@ impl StateStore {
                 None => {
                     let groups = txn.open_table(GROUPS).map_err(|e| err(&e))?;
                     if !groups.is_empty().map_err(|e| err(&e))? {
-                        return Err(StoreError(format!(
+                        return Err(StoreError::new(format!(
                             "state file {path} holds state but no format marker; it was not \
                              written by picket"
                         )));
@@ -125,7 +176,7 @@ impl StateStore {
 
     fn read_group_ids(&mut self) -> Result<(), StoreError> {
         let path = self.path.display();
-        let err = |e: &dyn fmt::Display| StoreError(format!("state file {path}: {e}"));
+        let err = |e: &dyn fmt::Display| StoreError::damage(format!("state file {path}: {e}"));
         let txn = self.db.begin_read().map_err(|e| err(&e))?;
         let groups = txn.open_table(GROUPS).map_err(|e| err(&e))?;
         for row in groups.iter().map_err(|e| err(&e))? {
@@ -141,7 +192,7 @@ impl StateStore {
     /// installed. Returns the states by rule id and the number of values read.
     pub fn load(&self, capacity: usize) -> Result<(HashMap<String, RuleState>, usize), StoreError> {
         let path = self.path.display();
-        let err = |e: &dyn fmt::Display| StoreError(format!("state file {path}: {e}"));
+        let err = |e: &dyn fmt::Display| StoreError::damage(format!("state file {path}: {e}"));
         let txn = self.db.begin_read().map_err(|e| err(&e))?;
         let mut states: HashMap<String, RuleState> = HashMap::new();
         let placeholder = Settings {
@@ -179,7 +230,7 @@ impl StateStore {
     /// Commits `changes` in order, in one transaction.
     pub fn apply(&mut self, changes: &[RuleChange]) -> Result<(), StoreError> {
         let path = self.path.display().to_string();
-        let err = |e: &dyn fmt::Display| StoreError(format!("state file {path}: {e}"));
+        let err = |e: &dyn fmt::Display| StoreError::damage(format!("state file {path}: {e}"));
         let txn = self.db.begin_write().map_err(|e| err(&e))?;
         let mut ids;
         {
@@ -252,6 +303,102 @@ impl StateStore {
     }
 }
 
+/// A state file opened and read back by [`open_and_load`].
+pub struct Restored {
+    /// The store, for the persister.
+    pub store: StateStore,
+    /// Every rule's state, by rule id.
+    pub states: HashMap<String, RuleState>,
+    /// Values read.
+    pub values: usize,
+    /// Where a damaged file was moved, if one was.
+    pub set_aside: Option<PathBuf>,
+}
+
+/// Opens `dir/state.redb` and reads it back. A damaged file (redb refuses it as corrupt, or
+/// panics on it) or an emptied one (present but 0 bytes: it was truncated, since redb never
+/// leaves one) is never fatal and never silent: it is moved aside as
+/// `state.redb.damaged-<unix seconds>` for whoever investigates, an error names both paths, and
+/// a fresh file is started, so the agent keeps detecting rather than crash-looping. Other
+/// failures (the file locked by another process, a foreign or newer file, no permission) are
+/// returned: those are for the operator to decide, and moving the file would hide them.
+pub fn open_and_load(dir: &Path, capacity: usize) -> Result<Restored, StoreError> {
+    let path = dir.join(STATE_FILE);
+    let mut set_aside = None;
+    if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        set_aside = Some(move_aside(
+            &path,
+            "it is empty (0 bytes): it was truncated",
+        )?);
+    }
+    match guarded(|| open_loaded(dir, capacity)) {
+        Ok(mut restored) => {
+            restored.set_aside = set_aside;
+            return Ok(restored);
+        }
+        Err(err) if !err.is_damage() => return Err(err),
+        Err(err) => set_aside = Some(move_aside(&path, &err.to_string())?),
+    }
+    let mut restored = guarded(|| open_loaded(dir, capacity))?;
+    restored.set_aside = set_aside;
+    Ok(restored)
+}
+
+fn open_loaded(dir: &Path, capacity: usize) -> Result<Restored, StoreError> {
+    let store = StateStore::open(dir)?;
+    let (states, values) = store.load(capacity)?;
+    Ok(Restored {
+        store,
+        states,
+        values,
+        set_aside: None,
+    })
+}
+
+/// Runs `f`, turning a panic inside it (redb's, on a file it cannot make sense of) into an
+/// error about a damaged file.
+fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(StoreError::damage(format!(
+            "the state database panicked reading it: {what}"
+        )))
+    })
+}
+
+/// Renames a damaged state file to `<name>.damaged-<unix seconds>` and says so.
+fn move_aside(path: &Path, why: &str) -> Result<PathBuf, StoreError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
+    for n in 1.. {
+        if !aside.exists() {
+            break;
+        }
+        aside = PathBuf::from(format!("{}.damaged-{stamp}.{n}", path.display()));
+    }
+    std::fs::rename(path, &aside).map_err(|err| {
+        StoreError::new(format!(
+            "state file {} is damaged ({why}) and cannot be moved aside to {}: {err}",
+            path.display(),
+            aside.display()
+        ))
+    })?;
+    tracing::error!(
+        file = %path.display(),
+        moved_to = %aside.display(),
+        "state file damaged: moved aside and starting with an empty state; what it held is \
+         learned again (values are silent while their group learns, new ones raise signals). \
+         Cause: {why}"
+    );
+    Ok(aside)
+}
+
 /// Group ids as a transaction sees them: the committed ones, with this transaction's changes
 /// on top (which only count once it commits).
 struct GroupIds<'a> {
@@ -294,48 +441,104 @@ impl<'a> GroupIds<'a> {
     }
 }
 
-/// Changes waiting to be committed. While commits fail they are folded, latest change per key,
-/// so a long outage (a full disk) holds at most about one entry per learned value.
+/// Changes waiting to be committed. Past a size they are folded: the last change per key,
+/// without what a later removal undoes, and without what was added and removed again before it
+/// reached the store. So a long outage (a full disk) holds about one entry per learned value,
+/// and a rule churning through its byte budget faster than the disk takes it holds about its
+/// budget, never its whole history.
 #[derive(Default)]
 struct Pending {
     changes: Vec<RuleChange>,
+    /// Key bytes of `changes`.
+    bytes: usize,
+    /// Size past which to fold next.
+    fold_at: usize,
 }
 
-/// Folding starts past this many pending changes.
-const FOLD_AT: usize = 1 << 20;
+/// Folding starts past this many key bytes pending.
+const FOLD_AT_BYTES: usize = 32 << 20;
+
+type GroupOf = (String, String, String);
 
 impl Pending {
     fn push(&mut self, batch: Vec<RuleChange>) {
+        self.bytes += batch.iter().map(|(_, c)| c.key_bytes()).sum::<usize>();
         self.changes.extend(batch);
-        if self.changes.len() > FOLD_AT {
+        if self.bytes > self.fold_at.max(FOLD_AT_BYTES) {
             self.fold();
+            // Fold again only once as much again has come, so folding stays linear.
+            self.fold_at = self.bytes.saturating_mul(2);
         }
     }
 
-    /// Keeps the last change per key, dropping what a later removal of its group undoes. The
-    /// group removals go first, so what was learned after one lands after it.
+    /// Puts back changes that could not be committed, before what came since.
+    fn put_back(&mut self, mut batch: Vec<RuleChange>) {
+        self.bytes += batch.iter().map(|(_, c)| c.key_bytes()).sum::<usize>();
+        batch.append(&mut self.changes);
+        self.changes = batch;
+    }
+
+    fn take(&mut self) -> Vec<RuleChange> {
+        self.bytes = 0;
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Keeps the last change per key, dropping what a later removal of its group undoes and
+    /// what appeared and vanished within these changes (a group created and removed, a value
+    /// added fresh and removed). The group removals go first, so what was learned after one
+    /// lands after it.
     fn fold(&mut self) {
-        let group_of = |rule: &str, state: &str, group: &str| {
+        let group_of = |rule: &str, state: &str, group: &str| -> GroupOf {
             (rule.to_string(), state.to_string(), group.to_string())
         };
-        let mut last_removal = HashMap::new();
+        let mut last_removal: HashMap<GroupOf, usize> = HashMap::new();
+        let mut last_of_group: HashMap<GroupOf, usize> = HashMap::new();
+        let mut born: std::collections::HashSet<GroupOf> = std::collections::HashSet::new();
         let mut latest = HashMap::new();
+        let mut fresh_values = std::collections::HashSet::new();
         for (index, (rule, change)) in self.changes.iter().enumerate() {
             let (state, group, value) = change.place();
-            if matches!(change, Change::GroupRemoved { .. }) {
-                last_removal.insert(group_of(rule, state, group), index);
-            } else {
-                latest.insert(
-                    (group_of(rule, state, group), value.map(str::to_string)),
-                    index,
-                );
+            let key = group_of(rule, state, group);
+            if last_of_group.insert(key.clone(), index).is_none()
+                && matches!(change, Change::Group { .. })
+            {
+                // Its first change creates it: it was not in the store before these.
+                born.insert(key.clone());
+            }
+            match change {
+                Change::GroupRemoved { .. } => {
+                    last_removal.insert(key, index);
+                }
+                _ => {
+                    let value = value.map(str::to_string);
+                    let first = !latest.contains_key(&(key.clone(), value.clone()));
+                    if first && matches!(change, Change::Value { fresh: true, .. }) {
+                        fresh_values.insert((key.clone(), value.clone()));
+                    }
+                    latest.insert((key, value), index);
+                }
             }
         }
+        let vanished = |group: &GroupOf| {
+            born.contains(group) && last_removal.get(group) == last_of_group.get(group)
+        };
+        let changes = &self.changes;
         let mut keep: Vec<usize> = latest
-            .into_iter()
-            .filter(|((group, _), index)| last_removal.get(group).is_none_or(|r| index > r))
-            .map(|(_, index)| index)
-            .chain(last_removal.values().copied())
+            .iter()
+            .filter(|((group, _), index)| {
+                !vanished(group) && last_removal.get(group).is_none_or(|r| *index > r)
+            })
+            .filter(|(key, index)| {
+                !(fresh_values.contains(*key)
+                    && matches!(changes[**index].1, Change::ValueRemoved { .. }))
+            })
+            .map(|(_, index)| *index)
+            .chain(
+                last_removal
+                    .iter()
+                    .filter(|(group, _)| !vanished(group))
+                    .map(|(_, index)| *index),
+            )
             .collect();
         keep.sort_unstable_by_key(|&index| {
             (
@@ -351,12 +554,27 @@ impl Pending {
             .into_iter()
             .map(|index| changes[index].take().expect("each index kept once"))
             .collect();
+        self.bytes = self.changes.iter().map(|(_, c)| c.key_bytes()).sum();
     }
 }
 
-/// Commits batches of changes on its own thread.
+/// What the event loop and the persister thread share.
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Pending,
+    closed: bool,
+}
+
+/// Commits changes on its own thread. Changes handed over wait in one folded queue, not a
+/// channel of batches, so that a store slower than the rules learn costs bounded memory.
 pub struct Persister {
-    tx: Option<mpsc::Sender<Vec<RuleChange>>>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -368,13 +586,14 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 impl Persister {
     /// Starts the persister for `store`.
     pub fn start(store: StateStore) -> Persister {
-        let (tx, rx) = mpsc::channel::<Vec<RuleChange>>();
+        let shared = Arc::new(Shared::default());
+        let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("picket-state".into())
-            .spawn(move || persist(store, rx))
+            .spawn(move || persist(store, &thread_shared))
             .expect("spawning the state thread");
         Persister {
-            tx: Some(tx),
+            shared,
             thread: Some(thread),
         }
     }
@@ -384,9 +603,8 @@ impl Persister {
         if changes.is_empty() {
             return;
         }
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(changes);
-        }
+        lock(&self.shared.queue).pending.push(changes);
+        self.shared.wake.notify_one();
     }
 
     /// Commits what is queued and stops.
@@ -395,7 +613,8 @@ impl Persister {
     }
 
     fn stop(&mut self) {
-        self.tx.take();
+        lock(&self.shared.queue).closed = true;
+        self.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -408,31 +627,30 @@ impl Drop for Persister {
     }
 }
 
-fn persist(mut store: StateStore, rx: mpsc::Receiver<Vec<RuleChange>>) {
-    let mut pending = Pending::default();
+fn lock(queue: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn persist(mut store: StateStore, shared: &Shared) {
     let mut failing_since: Option<Instant> = None;
     let mut last_report = Instant::now();
-    let mut open = true;
-    while open || !pending.changes.is_empty() {
-        let wait = if pending.changes.is_empty() {
-            Duration::from_secs(3600)
-        } else {
-            RETRY_AFTER
+    loop {
+        let (batch, closing) = {
+            let mut queue = lock(&shared.queue);
+            while queue.pending.changes.is_empty() && !queue.closed {
+                queue = shared
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if queue.pending.changes.is_empty() {
+                return;
+            }
+            (queue.pending.take(), queue.closed)
         };
-        if open {
-            match rx.recv_timeout(wait) {
-                Ok(batch) => pending.push(batch),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => open = false,
-            }
-            while let Ok(batch) = rx.try_recv() {
-                pending.push(batch);
-            }
-        }
-        if pending.changes.is_empty() {
-            continue;
-        }
-        match store.apply(&pending.changes) {
+        match guarded(|| store.apply(&batch)) {
             Ok(()) => {
                 if let Some(since) = failing_since.take() {
                     tracing::info!(
@@ -441,23 +659,24 @@ fn persist(mut store: StateStore, rx: mpsc::Receiver<Vec<RuleChange>>) {
                         since.elapsed()
                     );
                 }
-                pending.changes.clear();
             }
             Err(err) => {
+                let waiting = batch.len();
+                lock(&shared.queue).pending.put_back(batch);
                 let first = failing_since.is_none();
                 failing_since.get_or_insert_with(Instant::now);
                 if first || last_report.elapsed() >= REPORT_EVERY {
                     last_report = Instant::now();
                     tracing::error!(
-                        pending = pending.changes.len(),
+                        pending = waiting,
                         "cannot save learned values, keeping them in memory and retrying: {err}"
                     );
                 }
-                if !open {
+                if closing {
                     // Shutting down: one last attempt was made; what could not be saved is
                     // lost with the process, and said so.
                     tracing::error!(
-                        pending = pending.changes.len(),
+                        pending = lock(&shared.queue).pending.changes.len(),
                         "stopping with learned values that could not be saved: {err}"
                     );
                     return;
@@ -468,7 +687,7 @@ fn persist(mut store: StateStore, rx: mpsc::Receiver<Vec<RuleChange>>) {
                 let dir = store.dir.clone();
                 drop(store);
                 store = loop {
-                    match StateStore::open(&dir) {
+                    match guarded(|| StateStore::open(&dir)) {
                         Ok(reopened) => break reopened,
                         Err(err) => {
                             tracing::error!("reopening the state store: {err}");
@@ -523,6 +742,7 @@ mod tests {
             group: group.into(),
             value: value.into(),
             last_seen_ns,
+            fresh: false,
         };
         ("rule".into(), change)
     }
@@ -560,6 +780,7 @@ mod tests {
                 group("s", "h", 8),
                 value("h", "/h", 8),
             ],
+            ..Pending::default()
         };
         pending.fold();
         let dir = tempfile::tempdir().unwrap();
@@ -570,6 +791,62 @@ mod tests {
         assert_eq!(state.check(9, "s", "g", "/old").unwrap(), Verdict::New);
         assert_eq!(state.check(9, "s", "g", "/kept").unwrap(), Verdict::Known);
         assert_eq!(state.check(9, "s", "h", "/h").unwrap(), Verdict::Known);
+    }
+
+    #[test]
+    fn folding_drops_what_appeared_and_vanished_before_it_was_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store
+            .apply(&[group("s", "old", 1), value("old", "/kept", 1)])
+            .unwrap();
+        let removed_group = |g: &str| {
+            let change = Change::GroupRemoved {
+                state: "s".into(),
+                group: g.into(),
+            };
+            ("rule".to_string(), change)
+        };
+        let removed_value = |g: &str, v: &str| {
+            let change = Change::ValueRemoved {
+                state: "s".into(),
+                group: g.into(),
+                value: v.into(),
+            };
+            ("rule".to_string(), change)
+        };
+        let fresh = |g: &str, v: &str, at: i64| {
+            let mut change = value(g, v, at);
+            if let Change::Value { fresh, .. } = &mut change.1 {
+                *fresh = true;
+            }
+            change
+        };
+        let mut pending = Pending::default();
+        let mut changes = Vec::new();
+        // Churn: a thousand groups created and evicted, a thousand values added and evicted.
+        for i in 0..1000 {
+            let g = format!("churn{i}");
+            changes.extend([
+                group("s", &g, i),
+                fresh(&g, "/v", i),
+                removed_value(&g, "/v"),
+            ]);
+            changes.push(removed_group(&g));
+            changes.extend([
+                fresh("old", &format!("/x{i}"), i),
+                removed_value("old", &format!("/x{i}")),
+            ]);
+        }
+        changes.push(fresh("old", "/new", 2000));
+        pending.push(changes);
+        pending.fold();
+        assert_eq!(pending.changes.len(), 1, "{:?}", &pending.changes[..3]);
+        store.apply(&pending.changes).unwrap();
+        let mut state = reloaded(&store, 2);
+        assert_eq!(state.check(9, "s", "old", "/kept").unwrap(), Verdict::Known);
+        assert_eq!(state.check(9, "s", "old", "/new").unwrap(), Verdict::Known);
+        assert_eq!(state.check(9, "s", "old", "/x1").unwrap(), Verdict::New);
     }
 
     #[test]

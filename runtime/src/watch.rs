@@ -5,8 +5,11 @@
 //! then a rescan of the whole directory. Rescanning, rather than acting on each event, is what
 //! makes every way of updating the directory look the same: an editor's temporary file, a slow
 //! copy and a `..data` swap all end in one scan that sees the final content. Compiling happens
-//! here, off the event path; the pipeline only swaps in modules that are ready.
+//! on worker threads ([`crate::compile`]), off the event path and off this thread: each module
+//! is handed over as soon as it is ready, so a slow one delays only itself, and the watch keeps
+//! answering changes meanwhile. The pipeline only swaps in modules that are ready.
 
+use crate::compile::{self, Deadlines, Progress, over_budget};
 use crate::rules_dir::{RuleDirectory, Scan};
 use crate::sandbox::Sandbox;
 use notify::event::{AccessKind, AccessMode};
@@ -35,50 +38,97 @@ fn is_change(kind: &EventKind) -> bool {
     }
 }
 
-/// Watches `directory`'s folder; after each change, scans it and passes the result to
-/// `deliver`, which returns `false` once nobody listens any more.
+enum Message {
+    /// The directory may have changed.
+    Changed,
+    /// A compile worker's progress.
+    Compile(Progress),
+}
+
+/// Watches `directory`'s folder; after each change, surveys it, compiles what is new on worker
+/// threads and passes each result to `deliver` as soon as it is ready (a slow module delays
+/// only itself). `deliver` returns `false` once nobody listens any more.
 pub fn spawn(
     mut directory: RuleDirectory,
     sandbox: Arc<Sandbox>,
     mut deliver: impl FnMut(Scan) -> bool + Send + 'static,
 ) -> notify::Result<RuleWatcher> {
-    let (tx, rx) = mpsc::channel::<()>();
+    let (tx, rx) = mpsc::channel::<Message>();
     let kick = tx.clone();
+    let notify_tx = tx.clone();
     let mut watcher =
         notify::recommended_watcher(move |result: notify::Result<notify::Event>| match result {
             Ok(event) if !is_change(&event.kind) => {}
             Ok(_) => {
-                let _ = tx.send(());
+                let _ = notify_tx.send(Message::Changed);
             }
             Err(err) => tracing::warn!("watching the rules directory: {err}"),
         })?;
     watcher.watch(directory.path(), RecursiveMode::NonRecursive)?;
     // Whatever changed between the caller's first scan and this watch starting raised no event:
     // one scan now catches it.
-    let _ = kick.send(());
+    let _ = kick.send(Message::Changed);
+    let budget = sandbox.limits().compile_timeout;
+    let max_bytes = sandbox.limits().max_module_bytes;
     std::thread::Builder::new()
         .name("picket-rules-watch".into())
         .spawn(move || {
-            while rx.recv().is_ok() {
-                let burst = Instant::now();
-                loop {
-                    match rx.recv_timeout(QUIET) {
-                        Ok(()) if burst.elapsed() < MAX_DELAY => continue,
-                        Ok(()) | Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => return,
+            let mut deadlines = Deadlines::default();
+            // A burst of changes: when it started, and the last change in it.
+            let mut burst: Option<(Instant, Instant)> = None;
+            loop {
+                // Wake at the end of a quiet period, or at the next compile deadline.
+                let survey_in = burst.map(|(first, last)| {
+                    QUIET
+                        .saturating_sub(last.elapsed())
+                        .min(MAX_DELAY.saturating_sub(first.elapsed()))
+                });
+                let wait = [survey_in, deadlines.next()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(Duration::from_secs(3600));
+                let mut scan = Scan::default();
+                match rx.recv_timeout(wait) {
+                    Ok(Message::Changed) => {
+                        let now = Instant::now();
+                        burst = Some((burst.map_or(now, |(first, _)| first), now));
+                    }
+                    Ok(Message::Compile(Progress::Started { path, hash })) => {
+                        tracing::info!(module = %path.display(), "compiling rule module");
+                        deadlines.started(path, hash, budget);
+                    }
+                    Ok(Message::Compile(Progress::Done(compiled))) => {
+                        deadlines.finished(&compiled.path, &compiled.hash);
+                        scan = directory.accept(vec![compiled]);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+                for (path, hash) in deadlines.expired() {
+                    let late = directory.give_up(&path, hash, over_budget(budget));
+                    scan.errors.extend(late.errors);
+                }
+                if let Some((first, last)) = burst
+                    && (last.elapsed() >= QUIET || first.elapsed() >= MAX_DELAY)
+                {
+                    burst = None;
+                    match directory.survey(max_bytes) {
+                        Ok(survey) => {
+                            scan.updates.extend(survey.scan.updates);
+                            scan.errors.extend(survey.scan.errors);
+                            for job in survey.jobs {
+                                compile::spawn(&sandbox, job, tx.clone(), Message::Compile);
+                            }
+                        }
+                        Err(err) => tracing::error!(
+                            dir = %directory.path().display(),
+                            "cannot list the rules directory; the loaded rules keep running: {err}"
+                        ),
                     }
                 }
-                match directory.scan(&sandbox) {
-                    Ok(scan) if scan.updates.is_empty() && scan.errors.is_empty() => {}
-                    Ok(scan) => {
-                        if !deliver(scan) {
-                            return;
-                        }
-                    }
-                    Err(err) => tracing::error!(
-                        dir = %directory.path().display(),
-                        "cannot list the rules directory; the loaded rules keep running: {err}"
-                    ),
+                if !scan.is_empty() && !deliver(scan) {
+                    return;
                 }
             }
         })

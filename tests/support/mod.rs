@@ -15,13 +15,14 @@ pub fn workspace() -> PathBuf {
 }
 
 /// Every wasm package the tests load.
-const WASM_PACKAGES: [&str; 6] = [
+const WASM_PACKAGES: [&str; 7] = [
     "eks-token",
     "k8s-sa-token",
     "hostile-loop",
     "hostile-memory",
     "hostile-panic",
     "hostile-flood",
+    "hostile-state",
 ];
 
 /// Builds the rule modules once per test binary and returns the directory holding them. Cargo's
@@ -205,6 +206,11 @@ impl Streaming {
         stdin.write_all(b"\n").expect("writing to picket");
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Signals that arrived so far, with when they arrived.
     pub fn received(&self) -> Vec<(std::time::Instant, serde_json::Value)> {
         self.signals.try_iter().collect()
@@ -284,9 +290,15 @@ pub fn wat_bytes(bytes: &[u8]) -> String {
 /// reads a token, in one group. Two builds with different titles are two versions of one rule
 /// whose signals say which version evaluated the event.
 pub fn new_exe_rule(id: &str, title: &str) -> Vec<u8> {
+    let text = new_exe_rule_wat(id, title);
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// The WAT text of [`new_exe_rule`].
+pub fn new_exe_rule_wat(id: &str, title: &str) -> String {
     let manifest = manifest_bytes(id, title);
     let packed = (1024i64 << 32) | manifest.len() as i64;
-    let text = format!(
+    format!(
         r#"(module
   (import "picket" "new_value" (func $new_value (param i32 i32 i32 i32 i32 i32) (result i32)))
   (import "picket" "emit_signal" (func $emit_signal (param i32 i32) (result i32)))
@@ -308,6 +320,5 @@ pub fn new_exe_rule(id: &str, title: &str) -> Vec<u8> {
       (then (drop (call $emit_signal (i32.const 3104) (i32.const 1)))))
     i32.const 0))"#,
         manifest = wat_bytes(&manifest),
-    );
-    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    )
 }

@@ -135,10 +135,12 @@ fn log(mut caller: Caller<'_, RuleCtx>, level: i32, ptr: i32, len: i32) -> wasmt
     // A long line is cut rather than refused: logging must not be what makes a rule fail.
     let len = len.clamp(0, MAX_LOG_LINE as i32);
     let bytes = guest_bytes(data, ptr, len, IMPORT_LOG, "message", MAX_LOG_LINE)?;
-    let message = String::from_utf8_lossy(bytes);
+    // Control characters escaped: a rule's text must not start a line of its own in the log
+    // (forging a host message) or drive a terminal.
+    let message = escape_controls(&String::from_utf8_lossy(bytes));
     let level = LogLevel::from_raw(level);
     if level == LogLevel::Panic {
-        ctx.panic_message = Some(message.into_owned());
+        ctx.panic_message = Some(message);
         return Ok(());
     }
     if ctx.logs_this_event >= ctx.limits.max_logs_per_event {
@@ -163,6 +165,20 @@ fn log(mut caller: Caller<'_, RuleCtx>, level: i32, ptr: i32, len: i32) -> wasmt
         LogLevel::Panic => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// `text` with every control character (newlines, carriage returns, escape sequences...) written
+/// as a Rust escape such as `\n` or `\u{1b}`.
+pub fn escape_controls(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 fn bound_memory(caller: &Caller<'_, RuleCtx>, import: &str) -> Result<wasmtime::Memory, HostError> {
@@ -202,6 +218,14 @@ fn guest_bytes<'m>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escape_controls("ok\n2026-11-24T00:00:00Z ERROR forged\r\u{1b}[2J\u{85}é"),
+            "ok\\n2026-11-24T00:00:00Z ERROR forged\\r\\u{1b}[2J\\u{85}é"
+        );
+    }
 
     #[test]
     fn pointers_are_checked_against_memory() {

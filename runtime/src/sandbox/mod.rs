@@ -31,6 +31,8 @@ pub struct Limits {
     pub max_logs_per_event: u32,
     /// Largest module file accepted.
     pub max_module_bytes: usize,
+    /// Longest a module's compile is waited for before the module is refused.
+    pub compile_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -41,6 +43,7 @@ impl Default for Limits {
             max_signals_per_event: 16,
             max_logs_per_event: 8,
             max_module_bytes: 16 << 20,
+            compile_timeout: Duration::from_secs(30),
         }
     }
 }
