@@ -173,7 +173,7 @@ fn a_full_disk_is_reported_and_no_signal_is_lost() {
     std::fs::write(&path, lines.join("\n")).unwrap();
     // 256 KiB cannot hold 20,000 learned values: commits start failing part way.
     let script = format!(
-        "mount -t tmpfs -o size=256k picket-test {state}\n\
+        "mount -t tmpfs -o size=256k,mode=0700 picket-test {state}\n\
          exec {picket} replay --learning-period 0s --rules {rules} --state {state} {events} >{out}",
         state = state.path().display(),
         picket = env!("CARGO_BIN_EXE_picket"),

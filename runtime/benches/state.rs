@@ -77,6 +77,7 @@ fn reload_latencies(rounds: usize, cached: bool) -> Vec<f64> {
             journal: true,
             ..PipelineConfig::default()
         },
+        trusted_keys: Vec::new(),
     };
     let (mut host, scan) = Host::start(&options).unwrap();
     host.apply(scan);

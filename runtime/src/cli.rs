@@ -9,6 +9,7 @@ use crate::pipeline::{Overrides, PipelineConfig};
 use crate::replay::{Input, Source, spawn_reader};
 use crate::rules_dir::load_file;
 use crate::sandbox::{Limits, Sandbox};
+use crate::signing::Signers;
 use crate::state::DEFAULT_CAPACITY;
 use crate::time::{duration_nanos, parse_duration};
 use clap::{Args, Parser, Subcommand};
@@ -77,6 +78,10 @@ struct RuleArgs {
     /// state evicts its least recently seen values.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
     state_bytes_total: usize,
+    /// minisign public key (repeatable): when given, a module loads only with a valid signature
+    /// by one of these keys in MODULE.wasm.minisig beside it.
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    trusted_keys: Vec<PathBuf>,
 }
 
 impl RuleArgs {
@@ -99,6 +104,7 @@ impl RuleArgs {
             state,
             limits: self.limits(),
             pipeline: self.pipeline_config(),
+            trusted_keys: self.trusted_keys.clone(),
         }
     }
 
@@ -307,7 +313,14 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
 
 fn test(args: TestArgs) -> anyhow::Result<u8> {
     let sandbox = args.settings.sandbox()?;
-    let module = match load_file(&sandbox, &args.module) {
+    let signers = match Signers::load(&args.settings.trusted_keys) {
+        Ok(signers) => signers,
+        Err(err) => {
+            println!("ERROR {err:#}");
+            return Ok(EXIT_UNUSABLE);
+        }
+    };
+    let module = match load_file(&sandbox, &args.module, signers.as_ref()) {
         Ok(module) => module,
         Err(err) => {
             println!("ERROR {err}");
@@ -367,7 +380,7 @@ fn test(args: TestArgs) -> anyhow::Result<u8> {
 
 fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
     let sandbox = Sandbox::new(Limits::default())?;
-    match load_file(&sandbox, &args.module) {
+    match load_file(&sandbox, &args.module, None) {
         Ok(module) => {
             let json = manifest_json(&module.manifest);
             println!("{}", serde_json::to_string_pretty(&json)?);

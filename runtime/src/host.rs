@@ -1,10 +1,13 @@
 //! The running host: the pipeline with its rules, fed from the rules directory, with its
 //! learned state saved to the state directory. `picket replay` and `picket run` both drive one.
 
+use crate::admission::Admission;
 use crate::event::Event;
+use crate::module_cache::{CACHE_DIR, CacheKey};
 use crate::pipeline::{Pipeline, PipelineConfig, Sink};
 use crate::rules_dir::{self, RuleDirectory, Scan};
 use crate::sandbox::{Limits, Sandbox};
+use crate::signing::Signers;
 use crate::state::Stats;
 use crate::store::{self, Persister};
 use crate::watch::{self, RuleWatcher};
@@ -34,6 +37,8 @@ pub struct HostOptions {
     pub limits: Limits,
     /// Pipeline settings.
     pub pipeline: PipelineConfig,
+    /// minisign public keys; when any is given, only modules signed by one of them load.
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 /// The pipeline and what feeds and saves it.
@@ -51,13 +56,18 @@ pub struct Host {
 impl Host {
     /// Opens the state directory (restoring what was learned), then loads the rules directory.
     /// The first scan's errors are returned with the host: bad modules are reported, the good
-    /// ones run.
+    /// ones run. A state or rules directory that others could write is refused (strict modes).
     pub fn start(options: &HostOptions) -> anyhow::Result<(Host, Scan)> {
+        let signers = Signers::load(&options.trusted_keys)?;
+        if let Some(signers) = &signers {
+            tracing::info!(keys = ?signers, "only rule modules signed by a trusted key are loaded");
+        }
         let mut sandbox = Sandbox::new(options.limits.clone())?;
         let mut config = options.pipeline.clone();
         let mut restored = None;
         let mut persister = None;
         if let Some(state_dir) = &options.state {
+            crate::trust::check_state_dir(state_dir)?;
             let started = Instant::now();
             let restored_file = store::open_and_load(state_dir, config.state_capacity)?;
             let (state_store, states, values) = (
@@ -75,8 +85,9 @@ impl Host {
             restored = Some(states);
             persister = Some(Persister::start(state_store));
             config.journal = true;
-            let cache = state_dir.join("modules");
-            if let Err(err) = sandbox.use_module_cache(&cache) {
+            let cache = state_dir.join(CACHE_DIR);
+            let key = CacheKey::load_or_create(state_dir).map_err(anyhow::Error::msg)?;
+            if let Err(err) = sandbox.use_module_cache(&cache, key) {
                 tracing::warn!(dir = %cache.display(), "no compiled-module cache: {err}");
             }
         }
@@ -85,7 +96,9 @@ impl Host {
         if let Some(states) = restored {
             store::restore(&mut pipeline, states);
         }
-        let mut directory = RuleDirectory::new(&options.rules);
+        let admission = Admission::new(signers.map(Arc::new));
+        admission.check_dir(&options.rules)?;
+        let mut directory = RuleDirectory::new(&options.rules).with_admission(admission);
         let scan = directory
             .scan(&sandbox)
             .map_err(|err| anyhow::anyhow!("rules directory {}: {err}", options.rules.display()))?;

@@ -5,6 +5,7 @@
 //! their [`state`] → signals → [`output`].
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod agent;
 pub mod cli;
 pub mod compile;
@@ -20,7 +21,9 @@ pub mod replay;
 pub mod rules_dir;
 pub mod safe_file;
 pub mod sandbox;
+pub mod signing;
 pub mod state;
 pub mod store;
 pub mod time;
+pub mod trust;
 pub mod watch;

@@ -16,11 +16,13 @@
 //! on file names or on which node looks, and none may take over the learned state of the id.
 //! The refusal is logged as an error naming every file; once only one is left, it loads.
 
+use crate::admission::Admission;
 use crate::compile::{Compiled, Job};
 use crate::module_cache::Origin;
 use crate::pipeline::{Installed, Pipeline};
 use crate::safe_file::{self, Refused};
 use crate::sandbox::{LoadError, LoadedModule, Sandbox};
+use crate::signing::Signers;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -62,10 +64,25 @@ pub fn read_module(path: &Path, max_bytes: usize) -> Result<Vec<u8>, LoadError> 
     })
 }
 
-/// Reads and loads one module file.
-pub fn load_file(sandbox: &Sandbox, path: &Path) -> Result<LoadedModule, LoadError> {
+/// Reads and loads one module file; with `signers`, only if it carries a valid signature by
+/// one of them (checked over the same bytes that are compiled).
+pub fn load_file(
+    sandbox: &Sandbox,
+    path: &Path,
+    signers: Option<&Signers>,
+) -> Result<LoadedModule, LoadError> {
     let bytes = read_module(path, sandbox.limits().max_module_bytes)?;
-    sandbox.load(&path.display().to_string(), &bytes)
+    let source = path.display().to_string();
+    if let Some(signers) = signers {
+        let signature = Signers::read_signature(path);
+        signers
+            .verify(path, &bytes, signature.as_deref())
+            .map_err(|message| LoadError {
+                source: source.clone(),
+                message,
+            })?;
+    }
+    sandbox.load(&source, &bytes)
 }
 
 /// A change for the pipeline.
@@ -98,6 +115,7 @@ impl Scan {
 }
 
 struct Entry {
+    /// The admission verdict's key: content, modes and signature.
     hash: blake3::Hash,
     id: String,
 }
@@ -123,6 +141,8 @@ pub struct RuleDirectory {
     compiling: HashMap<PathBuf, blake3::Hash>,
     /// Entries skipped as not regular files, with the reason last logged.
     skipped: HashMap<PathBuf, String>,
+    /// Strict modes and signatures.
+    admission: Admission,
 }
 
 impl RuleDirectory {
@@ -135,7 +155,14 @@ impl RuleDirectory {
             duplicates: HashMap::new(),
             compiling: HashMap::new(),
             skipped: HashMap::new(),
+            admission: Admission::default(),
         }
+    }
+
+    /// Loads only what `admission` admits (strict modes are always checked).
+    pub fn with_admission(mut self, admission: Admission) -> RuleDirectory {
+        self.admission = admission;
+        self
     }
 
     /// The directory.
@@ -145,7 +172,8 @@ impl RuleDirectory {
 
     /// Compares the directory with what is installed and compiles what is new, every module
     /// in parallel, waiting for all of them (each up to the compile budget). Fails only if the
-    /// directory itself cannot be listed.
+    /// directory itself cannot be listed, or others could write it (then nothing is loaded
+    /// from it).
     pub fn scan(&mut self, sandbox: &Arc<Sandbox>) -> io::Result<Scan> {
         let survey = self.survey(sandbox.limits().max_module_bytes)?;
         let mut scan = survey.scan;
@@ -159,6 +187,7 @@ impl RuleDirectory {
     /// Lists and reads the directory: removals of modules that left it, and jobs for the new or
     /// changed content (not already compiling).
     pub fn survey(&mut self, max_module_bytes: usize) -> io::Result<Survey> {
+        self.admission.check_dir(&self.dir)?;
         let listing = list_modules(&self.dir)?;
         self.report_skipped(&listing.skipped);
         let files = listing.files;
@@ -189,11 +218,18 @@ impl RuleDirectory {
                     continue;
                 }
             };
-            let hash = blake3::hash(&bytes);
+            let verdict = self.admission.judge(&path, &bytes, &blake3::hash(&bytes));
+            let hash = verdict.key;
             if self.installed.get(&path).is_some_and(|e| e.hash == hash)
                 || self.refused.get(&path) == Some(&hash)
                 || self.compiling.get(&path) == Some(&hash)
             {
+                continue;
+            }
+            if let Err(message) = verdict.result {
+                let source = path.display().to_string();
+                self.refused.insert(path, hash);
+                scan.errors.push(LoadError { source, message });
                 continue;
             }
             self.compiling.insert(path.clone(), hash);

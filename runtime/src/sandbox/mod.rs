@@ -12,7 +12,7 @@ mod load;
 pub use instance::{NewValue, RaisedSignal, RuleError, RuleInstance};
 pub use load::{LoadError, LoadedModule};
 
-use crate::module_cache::ModuleCache;
+use crate::module_cache::{CacheKey, ModuleCache};
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Duration;
@@ -80,9 +80,14 @@ impl Sandbox {
         })
     }
 
-    /// Keeps compiled modules in `dir`, so that loading a module seen before skips compiling.
-    pub fn use_module_cache(&mut self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.cache = Some(ModuleCache::open(dir, &self.engine)?);
+    /// Keeps compiled modules in `dir`, authenticated with `key`, so that loading a module seen
+    /// before skips compiling.
+    pub fn use_module_cache(
+        &mut self,
+        dir: &std::path::Path,
+        key: CacheKey,
+    ) -> std::io::Result<()> {
+        self.cache = Some(ModuleCache::open(dir, &self.engine, key)?);
         Ok(())
     }
 
