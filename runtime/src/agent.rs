@@ -3,16 +3,18 @@
 //! One thread evaluates events; reloads of the rules directory and saves of learned state land
 //! between events.
 
-use crate::event::{ArgList, Container, Event, File, FileAccess, Kind, Process};
+use crate::event::{ArgList, Container, Event, File, FileAccess, Kind, Pod, Process};
 use crate::host::{Host, HostOptions, SAVE_EVERY};
+use crate::metrics::RuleMetrics;
 use crate::output::{log_quarantine, log_rule_failure};
 use crate::pipeline::{RuleStatus, Signal, Sink};
 use crate::sandbox::RuleError;
 use crate::time::Timestamp;
-use picket_probes::{Access, OpenEvent, Probes, Strategy};
+use picket_probes::{Access, HostPaths, OpenEvent, Probes, Strategy};
 use std::borrow::Cow;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
@@ -37,6 +39,10 @@ pub struct AgentOptions {
     pub strategy: Strategy,
     /// The node's name for events' `host` field.
     pub node_name: String,
+    /// Where the host's runtime state and processes are seen from.
+    pub host_paths: HostPaths,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`, if anywhere.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -48,10 +54,18 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
 }
 
 async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
+    let metrics = crate::metrics::global();
+    if let Some(addr) = options.listen {
+        crate::http::serve(addr)?;
+    }
+    // Each start-up step that completes counts as a turn of the loop for /healthz.
+    metrics.heartbeat();
     let (mut host, scan) = Host::start(&options.host)?;
     host.apply(scan);
-    let mut probes = Probes::load(options.strategy)?;
+    metrics.heartbeat();
+    let mut probes = Probes::load_on(options.strategy, &options.host_paths)?;
     tracing::info!(strategy = %probes.strategy(), "probes attached");
+    metrics.set_strategy(&probes.strategy().to_string());
     let mut prefilter = Prefilter::default();
     prefilter.sync(&host, &mut probes);
 
@@ -72,8 +86,10 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
         rules_dir = %options.host.rules.display(),
         "agent ready"
     );
+    metrics.set_ready(true);
 
     loop {
+        metrics.heartbeat();
         tokio::select! {
             opened = probes.next_event() => {
                 let opened = opened?;
@@ -81,6 +97,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
                     tracing::warn!(path = %opened.path, pid = opened.process.pid, "path too deep or too long to resolve completely");
                 }
                 let event = normalize(opened, &options.node_name);
+                metrics.event(event.kind.as_str());
                 host.handle(&event, &mut sink);
                 sink.flush();
             }
@@ -93,6 +110,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
                 host.save();
                 sink.flush();
                 let lost = probes.lost_events();
+                metrics.set_kernel_events_lost(lost);
                 if lost > lost_reported {
                     tracing::warn!(lost = lost - lost_reported, total = lost, "events lost in the kernel's ring buffer (reader too slow)");
                     lost_reported = lost;
@@ -102,6 +120,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
             _ = terminate.recv() => break,
         }
     }
+    metrics.set_ready(false);
     tracing::info!("stopping: detaching probes and saving state");
     drop(probes);
     sink.flush();
@@ -152,11 +171,19 @@ pub fn normalize(opened: OpenEvent, node_name: &str) -> Event<'static> {
         Access::ReadWrite => Some(FileAccess::ReadWrite),
         Access::Neither => None,
     };
-    let container =
-        (process.container_id.is_some() || process.container_image.is_some()).then(|| Container {
-            id: process.container_id.map(Cow::Owned),
-            image: process.container_image.map(Cow::Owned),
-        });
+    let container = (process.container_id.is_some()
+        || process.container_image.is_some()
+        || process.container_name.is_some())
+    .then(|| Container {
+        id: process.container_id.map(Cow::Owned),
+        image: process.container_image.map(Cow::Owned),
+        name: process.container_name.map(Cow::Owned),
+    });
+    let pod = process.pod.map(|pod| Pod {
+        name: pod.name.map(Cow::Owned),
+        namespace: pod.namespace.map(Cow::Owned),
+        uid: pod.uid.map(Cow::Owned),
+    });
     Event {
         ts: Timestamp::from_system_time(opened.ts),
         kind: Kind::Open,
@@ -170,11 +197,13 @@ pub fn normalize(opened: OpenEvent, node_name: &str) -> Event<'static> {
             ppid: Some(process.ppid),
             uid: Some(process.uid),
             gid: Some(process.gid),
+            user: process.user.map(Cow::Owned),
             comm: Some(Cow::Owned(process.comm)),
             exe: Cow::Owned(process.exe),
             args: (!process.args.is_empty()).then(|| process.args.iter().collect::<ArgList>()),
         },
         container,
+        pod,
     }
 }
 
@@ -206,6 +235,8 @@ struct AgentSink {
     dropped: u64,
     failing_since: Option<Instant>,
     last_report: Instant,
+    /// Each rule's metrics, looked up once.
+    rule_metrics: HashMap<String, RuleMetrics>,
 }
 
 impl AgentSink {
@@ -228,7 +259,16 @@ impl AgentSink {
             dropped: 0,
             failing_since: None,
             last_report: Instant::now(),
+            rule_metrics: HashMap::new(),
         })
+    }
+
+    fn metrics_of(&mut self, rule: &str) -> &RuleMetrics {
+        if !self.rule_metrics.contains_key(rule) {
+            let metrics = crate::metrics::global().rule(rule);
+            self.rule_metrics.insert(rule.to_string(), metrics);
+        }
+        &self.rule_metrics[rule]
     }
 
     /// Writes what is waiting, oldest first; stops at the first failure.
@@ -261,6 +301,7 @@ impl AgentSink {
 
 impl Sink for AgentSink {
     fn signal(&mut self, signal: &Signal<'_>) {
+        self.metrics_of(&signal.rule.id).signal();
         let mut line = Vec::with_capacity(1024);
         crate::output::write_signal(&mut line, signal).expect("writing to a Vec cannot fail");
         if self.unwritten.len() >= MAX_UNWRITTEN {
@@ -275,10 +316,17 @@ impl Sink for AgentSink {
     }
 
     fn rule_failed(&mut self, rule: &RuleStatus, error: &RuleError, event: &Event<'_>) {
+        self.metrics_of(&rule.manifest.id)
+            .failed(matches!(error, RuleError::Timeout(_)));
         log_rule_failure(rule, error, event);
     }
 
     fn rule_quarantined(&mut self, rule: &RuleStatus, reason: &str) {
+        self.metrics_of(&rule.manifest.id).quarantined();
         log_quarantine(rule, reason);
+    }
+
+    fn rule_evaluated(&mut self, rule: &RuleStatus, took: Duration) {
+        self.metrics_of(&rule.manifest.id).evaluated(took);
     }
 }

@@ -127,8 +127,10 @@ impl Host {
             persister.send(store::drain(&mut self.pipeline));
         }
         let reported = &mut self.evictions_reported;
+        let metrics = crate::metrics::global();
         self.pipeline.for_each_state(|rule, state| {
             let evicted = state.stats().evicted;
+            metrics.rule_state(rule, state.entries(), evicted);
             let before = reported.entry(rule.to_string()).or_insert(0);
             if evicted > *before {
                 tracing::warn!(

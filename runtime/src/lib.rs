@@ -10,6 +10,8 @@ pub mod cli;
 pub mod conformance;
 pub mod event;
 pub mod host;
+pub mod http;
+pub mod metrics;
 pub mod module_cache;
 pub mod output;
 pub mod pipeline;

@@ -432,7 +432,9 @@ fn persist(mut store: StateStore, rx: mpsc::Receiver<Vec<RuleChange>>) {
         if pending.changes.is_empty() {
             continue;
         }
-        match store.apply(&pending.changes) {
+        let saved = store.apply(&pending.changes);
+        crate::metrics::global().state_saved(saved.is_ok());
+        match saved {
             Ok(()) => {
                 if let Some(since) = failing_since.take() {
                     tracing::info!(
