@@ -29,18 +29,20 @@
 
 mod btf;
 mod cgroups;
+mod containers;
 mod events;
 mod filter;
 mod identity;
 mod offsets;
 mod process;
 mod tracefs;
+mod users;
 mod verifier;
 
 use std::{
     collections::BTreeSet,
     fmt,
-    path::Path,
+    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
@@ -56,12 +58,15 @@ use picket_probes_common::{
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub use crate::cgroups::CgroupLoss;
+pub use crate::containers::Pod;
 pub use crate::identity::{FileId, file_id_from_kernel, file_id_of, kernel_dev};
 pub use crate::process::container_id_from_cgroup;
 use crate::{
     cgroups::CgroupPaths,
+    containers::ContainerMetadata,
     events::Record,
-    process::{Cached, ContainerImages, ProcessCache},
+    process::{Cached, ProcessCache},
+    users::UserNames,
 };
 
 /// The eBPF object built by build.rs.
@@ -131,6 +136,8 @@ pub struct ProcessInfo {
     pub uid: u32,
     /// Real group id.
     pub gid: u32,
+    /// The name of `uid` in the process's own root (its `/etc/passwd`), when it has one.
+    pub user: Option<String>,
     /// The opening thread's name (`comm`, at most 15 bytes).
     pub comm: String,
     /// Executable path, resolved in the kernel from `mm->exe_file` at the time of the open, as
@@ -143,6 +150,30 @@ pub struct ProcessInfo {
     pub container_id: Option<String>,
     /// Image name from the container runtime's metadata, when it can be read.
     pub container_image: Option<String>,
+    /// The container's name (in its pod), from the same metadata.
+    pub container_name: Option<String>,
+    /// The Kubernetes pod of the container, from the same metadata.
+    pub pod: Option<Pod>,
+}
+
+/// Where the host's files are, for an agent that runs in a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPaths {
+    /// Where the host's container runtime state is mounted (`/run/containerd`,
+    /// `/run/containers`, `/var/lib/containers`, `/var/lib/docker` under it); `/` on the host.
+    pub root: PathBuf,
+    /// A procfs of the host's pid namespace: `/proc` on the host, and in a container that shares
+    /// the host's pid namespace (Kubernetes' `hostPID`).
+    pub proc: PathBuf,
+}
+
+impl Default for HostPaths {
+    fn default() -> HostPaths {
+        HostPaths {
+            root: PathBuf::from("/"),
+            proc: PathBuf::from("/proc"),
+        }
+    }
 }
 
 /// A file with an approved basename was opened.
@@ -182,7 +213,9 @@ pub struct Probes {
     /// The files approved by identity, as the kernel's IDENTITIES and INODE_FILTER hold them.
     identities: identity::Approved,
     cache: ProcessCache,
-    images: ContainerImages,
+    containers: ContainerMetadata,
+    users: UserNames,
+    proc: PathBuf,
     /// Open records read, and their bytes (diagnostics, logged when dropped).
     open_records: u64,
     open_record_bytes: u64,
@@ -204,6 +237,11 @@ impl Probes {
     /// `strategy`. [`Strategy::Auto`] tries LSM, then fentry, then tracepoints, logging (through
     /// `tracing`) why each one was refused. Nothing is reported until [`Probes::set_basenames`].
     pub fn load(strategy: Strategy) -> Result<Probes> {
+        Probes::load_on(strategy, &HostPaths::default())
+    }
+
+    /// [`Probes::load`] for an agent that sees the host's files at `host`.
+    pub fn load_on(strategy: Strategy, host: &HostPaths) -> Result<Probes> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             bail!("loading eBPF programs needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)");
@@ -275,7 +313,7 @@ impl Probes {
                 .context("no EVENTS map in the eBPF object")?,
         )?;
         // After attaching, so that a process started in between is in the scan or has an event.
-        let cache = ProcessCache::scan(Path::new("/proc"));
+        let cache = ProcessCache::scan(&host.proc);
         tracing::debug!("process cache starts with {} processes", cache.len());
         let mut probes = Probes {
             ebpf,
@@ -285,7 +323,9 @@ impl Probes {
             filter: Filter::EMPTY,
             identities: identity::Approved::default(),
             cache,
-            images: ContainerImages::new("/"),
+            containers: ContainerMetadata::new(&host.root),
+            users: UserNames::new(&host.proc),
+            proc: host.proc.clone(),
             open_records: 0,
             open_record_bytes: 0,
             repeats: RepeatConfig::default(),
@@ -515,6 +555,9 @@ impl Probes {
                 }
                 Ok(Record::Exec(exec)) => {
                     let container_id = container_id_from_cgroup(&exec.cgroup);
+                    // First sight of a process: its root is most likely still there to read.
+                    self.users
+                        .observe(exec.raw.task.tgid, container_id.as_deref());
                     self.cache.exec(
                         exec.raw.task.tgid,
                         Cached {
@@ -568,13 +611,23 @@ impl Probes {
         let args = match cached {
             Some(cached) => cached.args.clone(),
             // Neither an exec event nor the start-up scan saw it: try /proc while it lives.
-            None => std::fs::read(format!("/proc/{}/cmdline", task.tgid))
+            None => std::fs::read(self.proc.join(task.tgid.to_string()).join("cmdline"))
                 .map(|raw| process::split_args(&raw))
                 .unwrap_or_default(),
         };
         let container_id = container_id_from_cgroup(&cgroup)
             .or_else(|| cached.and_then(|c| c.container_id.clone()));
-        let container_image = container_id.as_deref().and_then(|id| self.images.image(id));
+        let meta = container_id
+            .as_deref()
+            .and_then(|id| self.containers.get(id));
+        let meta = meta.as_deref();
+        let user = self.users.name(
+            task.uid,
+            task.tgid,
+            task.ppid,
+            container_id.as_deref(),
+            &self.cache,
+        );
         OpenEvent {
             ts: boot_ns_to_wall(raw.header.ts_boot_ns),
             path,
@@ -589,11 +642,14 @@ impl Probes {
                 ppid: task.ppid,
                 uid: task.uid,
                 gid: task.gid,
+                user,
                 comm: events::c_string(&task.comm),
                 exe,
                 args,
                 container_id,
-                container_image,
+                container_image: meta.and_then(|m| m.image.clone()),
+                container_name: meta.and_then(|m| m.name.clone()),
+                pod: meta.and_then(|m| m.pod.clone()),
             },
         }
     }

@@ -1,12 +1,7 @@
 //! User-space process cache: fed by exec/fork/exit events and a `/proc` scan at start, so that an
 //! open event from a process that has already exited still gets its arguments and container.
 
-use std::{
-    collections::HashMap,
-    fs,
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, fs, path::Path};
 
 /// What is known of a process besides what each open event carries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,6 +73,17 @@ impl ProcessCache {
         self.procs.get(&tgid)
     }
 
+    /// Processes known to run in `container` (`None`: the host's).
+    pub(crate) fn pids_in<'a>(
+        &'a self,
+        container: Option<&'a str>,
+    ) -> impl Iterator<Item = u32> + 'a {
+        self.procs
+            .iter()
+            .filter(move |(_, c)| c.container_id.as_deref() == container)
+            .map(|(&pid, _)| pid)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.procs.len()
     }
@@ -119,107 +125,6 @@ fn container_id_from_proc_cgroup(text: &str) -> Option<String> {
         let path = line.splitn(3, ':').nth(2)?;
         container_id_from_cgroup(path.rsplit('/').next()?)
     })
-}
-
-/// Container images by container id, read from the runtimes' on-disk metadata.
-#[derive(Debug)]
-pub(crate) struct ContainerImages {
-    /// Prefix for every metadata path; `/` outside tests.
-    root: PathBuf,
-    found: HashMap<String, Option<String>>,
-    /// Ids without metadata yet, and when they were last looked for: a container's files can
-    /// appear shortly after its first process runs.
-    missing: HashMap<String, Instant>,
-}
-
-const RETRY_MISSING: Duration = Duration::from_secs(10);
-
-impl ContainerImages {
-    pub(crate) fn new(root: impl Into<PathBuf>) -> ContainerImages {
-        ContainerImages {
-            root: root.into(),
-            found: HashMap::new(),
-            missing: HashMap::new(),
-        }
-    }
-
-    pub(crate) fn image(&mut self, id: &str) -> Option<String> {
-        if let Some(image) = self.found.get(id) {
-            return image.clone();
-        }
-        if self
-            .missing
-            .get(id)
-            .is_some_and(|at| at.elapsed() < RETRY_MISSING)
-        {
-            return None;
-        }
-        match self.lookup(id) {
-            Some(image) => {
-                self.missing.remove(id);
-                self.found.insert(id.to_owned(), image.clone());
-                image
-            }
-            None => {
-                self.missing.insert(id.to_owned(), Instant::now());
-                None
-            }
-        }
-    }
-
-    /// `Some(image)` once some runtime's metadata for `id` was found (the image itself may still
-    /// be absent from it), `None` when no metadata exists yet.
-    fn lookup(&self, id: &str) -> Option<Option<String>> {
-        let at = |p: &str| self.root.join(p.trim_start_matches('/'));
-        // containerd: one bundle per container, under the namespace's directory (k8s.io, moby, ...).
-        if let Ok(namespaces) = fs::read_dir(at("/run/containerd/io.containerd.runtime.v2.task")) {
-            for ns in namespaces.flatten() {
-                if let Some(config) = read_json(&ns.path().join(id).join("config.json")) {
-                    return Some(annotation(&config, "io.kubernetes.cri.image-name"));
-                }
-            }
-        }
-        // CRI-O.
-        for base in [
-            "/run/containers/storage/overlay-containers",
-            "/var/lib/containers/storage/overlay-containers",
-        ] {
-            let path = at(base).join(id).join("userdata").join("config.json");
-            if let Some(config) = read_json(&path) {
-                return Some(
-                    annotation(&config, "io.kubernetes.cri-o.ImageName")
-                        .or_else(|| annotation(&config, "io.kubernetes.cri-o.Image")),
-                );
-            }
-        }
-        // Docker.
-        let path = at("/var/lib/docker/containers")
-            .join(id)
-            .join("config.v2.json");
-        if let Some(config) = read_json(&path) {
-            return Some(
-                config
-                    .pointer("/Config/Image")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned),
-            );
-        }
-        None
-    }
-}
-
-fn read_json(path: &Path) -> Option<serde_json::Value> {
-    let text = fs::read(path).ok()?;
-    serde_json::from_slice(&text).ok()
-}
-
-fn annotation(config: &serde_json::Value, key: &str) -> Option<String> {
-    config
-        .get("annotations")?
-        .get(key)?
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -270,49 +175,6 @@ mod tests {
         assert_eq!(split_args(b"cat"), vec!["cat"]);
         assert_eq!(split_args(b""), Vec::<String>::new());
         assert_eq!(split_args(b"a\0\0b\0"), vec!["a", "", "b"]);
-    }
-
-    #[test]
-    fn images_from_runtime_metadata() {
-        let dir = std::env::temp_dir().join(format!("picket-images-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let containerd = dir.join(format!(
-            "run/containerd/io.containerd.runtime.v2.task/k8s.io/{ID}"
-        ));
-        fs::create_dir_all(&containerd).unwrap();
-        fs::write(
-            containerd.join("config.json"),
-            r#"{"annotations":{"io.kubernetes.cri.image-name":"registry.k8s.io/pause:3.10"}}"#,
-        )
-        .unwrap();
-        let crio_id = ID.replace('0', "1");
-        let crio = dir.join(format!(
-            "run/containers/storage/overlay-containers/{crio_id}/userdata"
-        ));
-        fs::create_dir_all(&crio).unwrap();
-        fs::write(
-            crio.join("config.json"),
-            r#"{"annotations":{"io.kubernetes.cri-o.ImageName":"quay.io/x/y:1"}}"#,
-        )
-        .unwrap();
-        let docker_id = ID.replace('0', "2");
-        let docker = dir.join(format!("var/lib/docker/containers/{docker_id}"));
-        fs::create_dir_all(&docker).unwrap();
-        fs::write(
-            docker.join("config.v2.json"),
-            r#"{"Config":{"Image":"alpine:3"}}"#,
-        )
-        .unwrap();
-
-        let mut images = ContainerImages::new(&dir);
-        assert_eq!(
-            images.image(ID).as_deref(),
-            Some("registry.k8s.io/pause:3.10")
-        );
-        assert_eq!(images.image(&crio_id).as_deref(), Some("quay.io/x/y:1"));
-        assert_eq!(images.image(&docker_id).as_deref(), Some("alpine:3"));
-        assert_eq!(images.image(&ID.replace('0', "3")), None);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -4,15 +4,19 @@
 //! between events.
 
 use crate::discovery::{Discovery, Found, Targets};
-use crate::event::{ArgList, Container, Event, File, FileAccess, Kind, Process};
+use crate::event::{ArgList, Container, Event, File, FileAccess, Kind, Pod, Process};
 use crate::host::{Host, HostOptions, SAVE_EVERY};
 use crate::kernel_report::KernelReport;
+use crate::metrics::RuleMetrics;
 pub use crate::output::Output;
 use crate::output::{OnError, SignalOutput, WhenFull};
+use crate::pipeline::{RuleStatus, Signal, Sink};
+use crate::sandbox::RuleError;
 use crate::time::{StableClock, Timestamp};
-use picket_probes::{Access, OpenEvent, Probes, Strategy};
+use picket_probes::{Access, HostPaths, OpenEvent, Probes, Strategy};
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -29,6 +33,10 @@ pub struct AgentOptions {
     pub strategy: Strategy,
     /// The node's name for events' `host` field.
     pub node_name: String,
+    /// Where the host's runtime state and processes are seen from.
+    pub host_paths: HostPaths,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`, if anywhere.
+    pub listen: Option<SocketAddr>,
 }
 
 /// How long the output may take, at shutdown, to write what is queued.
@@ -43,10 +51,18 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
 }
 
 async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
+    let metrics = crate::metrics::global();
+    if let Some(addr) = options.listen {
+        crate::http::serve(addr)?;
+    }
+    // Each start-up step that completes counts as a turn of the loop for /healthz.
+    metrics.heartbeat();
     let (mut host, scan) = Host::start(&options.host)?;
     host.apply(scan);
-    let mut probes = Probes::load(options.strategy)?;
+    metrics.heartbeat();
+    let mut probes = Probes::load_on(options.strategy, &options.host_paths)?;
     tracing::info!(strategy = %probes.strategy(), "probes attached");
+    metrics.set_strategy(&probes.strategy().to_string());
     let (found_tx, mut found_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut prefilter = Prefilter::start(&host, &mut probes, move |found| {
         found_tx.send(found).is_ok()
@@ -55,13 +71,16 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = host.watch(move |scan| reload_tx.send(scan).is_ok())?;
-    let mut sink = SignalOutput::open(
-        &options.output,
-        options.output_queue,
-        WhenFull::Drop,
-        OnError::Retry,
-    )
-    .map_err(|err| anyhow::anyhow!("output {err}"))?;
+    let mut sink = MeteredOutput {
+        output: SignalOutput::open(
+            &options.output,
+            options.output_queue,
+            WhenFull::Drop,
+            OnError::Retry,
+        )
+        .map_err(|err| anyhow::anyhow!("output {err}"))?,
+        rule_metrics: HashMap::new(),
+    };
     let clock = StableClock::start();
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -77,8 +96,10 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
         rules_dir = %options.host.rules.display(),
         "agent ready"
     );
+    metrics.set_ready(true);
 
     loop {
+        metrics.heartbeat();
         tokio::select! {
             opened = probes.next_event() => {
                 let opened = opened?;
@@ -89,6 +110,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
                 let mut event = normalize(opened, &options.node_name, &prefilter.found);
                 // Learning and forgetting count on the boot clock, which no wall-clock step moves.
                 event.ts = clock.stable(dated);
+                metrics.event(event.kind.as_str());
                 host.handle(&event, &mut sink);
             }
             Some(scan) = reload_rx.recv() => {
@@ -99,18 +121,20 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
             Some(found) = found_rx.recv() => prefilter.set_found(found, &mut probes),
             _ = tick.tick() => {
                 host.save();
-                sink.report();
+                sink.output.report();
                 kernel_report.tick(&mut probes);
+                metrics.set_kernel_events_lost(probes.lost_events());
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
     }
+    metrics.set_ready(false);
     tracing::info!("stopping: detaching probes and saving state");
     kernel_report.at_stop(&mut probes);
     drop(probes);
     host.shutdown();
-    sink.finish(Some(OUTPUT_GRACE));
+    sink.output.finish(Some(OUTPUT_GRACE));
     Ok(())
 }
 
@@ -211,11 +235,19 @@ pub fn normalize(opened: OpenEvent, node_name: &str, found: &Found) -> Event<'st
         Access::ReadWrite => Some(FileAccess::ReadWrite),
         Access::Neither => None,
     };
-    let container =
-        (process.container_id.is_some() || process.container_image.is_some()).then(|| Container {
-            id: process.container_id.map(Cow::Owned),
-            image: process.container_image.map(Cow::Owned),
-        });
+    let container = (process.container_id.is_some()
+        || process.container_image.is_some()
+        || process.container_name.is_some())
+    .then(|| Container {
+        id: process.container_id.map(Cow::Owned),
+        image: process.container_image.map(Cow::Owned),
+        name: process.container_name.map(Cow::Owned),
+    });
+    let pod = process.pod.map(|pod| Pod {
+        name: pod.name.map(Cow::Owned),
+        namespace: pod.namespace.map(Cow::Owned),
+        uid: pod.uid.map(Cow::Owned),
+    });
     Event {
         ts: Timestamp::from_system_time(opened.ts),
         kind: Kind::Open,
@@ -232,11 +264,13 @@ pub fn normalize(opened: OpenEvent, node_name: &str, found: &Found) -> Event<'st
             ppid: Some(process.ppid),
             uid: Some(process.uid),
             gid: Some(process.gid),
+            user: process.user.map(Cow::Owned),
             comm: Some(Cow::Owned(process.comm)),
             exe: Cow::Owned(process.exe),
             args: (!process.args.is_empty()).then(|| process.args.iter().collect::<ArgList>()),
         },
         container,
+        pod,
     }
 }
 
@@ -251,4 +285,44 @@ pub fn node_name() -> String {
                 .map(|name| name.trim().to_string())
         })
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// The agent's sink: signals go to the output, and every rule outcome also moves the rule's
+/// metrics (`/metrics`). Replay and `picket test` use the output alone.
+struct MeteredOutput {
+    output: SignalOutput,
+    /// Each rule's metrics, looked up once.
+    rule_metrics: HashMap<String, RuleMetrics>,
+}
+
+impl MeteredOutput {
+    fn metrics_of(&mut self, rule: &str) -> &RuleMetrics {
+        if !self.rule_metrics.contains_key(rule) {
+            let metrics = crate::metrics::global().rule(rule);
+            self.rule_metrics.insert(rule.to_string(), metrics);
+        }
+        &self.rule_metrics[rule]
+    }
+}
+
+impl Sink for MeteredOutput {
+    fn signal(&mut self, signal: &Signal<'_>) {
+        self.metrics_of(&signal.rule.id).signal();
+        self.output.signal(signal);
+    }
+
+    fn rule_failed(&mut self, rule: &RuleStatus, error: &RuleError, event: &Event<'_>) {
+        self.metrics_of(&rule.manifest.id)
+            .failed(matches!(error, RuleError::Timeout(_)));
+        self.output.rule_failed(rule, error, event);
+    }
+
+    fn rule_quarantined(&mut self, rule: &RuleStatus, reason: &str) {
+        self.metrics_of(&rule.manifest.id).quarantined();
+        self.output.rule_quarantined(rule, reason);
+    }
+
+    fn rule_evaluated(&mut self, rule: &RuleStatus, took: Duration) {
+        self.metrics_of(&rule.manifest.id).evaluated(took);
+    }
 }

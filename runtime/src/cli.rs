@@ -137,6 +137,18 @@ struct RunArgs {
     /// signals are dropped, counted and reported, and detection carries on.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     output_queue: usize,
+    /// Where the host's container runtime state is mounted (`/run/containerd`,
+    /// `/run/containers`, `/var/lib/containers`, `/var/lib/docker` under it), for an agent in a
+    /// container; `/` on the node itself.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    host_root: PathBuf,
+    /// A procfs of the host's pid namespace (in a container: `/proc` with hostPID, or the host's
+    /// `/proc` mounted elsewhere).
+    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    host_proc: PathBuf,
+    /// Serve /healthz, /readyz and Prometheus /metrics on ADDR (for example 0.0.0.0:9464).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
     /// Kernel hook for file opens: auto tries lsm, fentry, then tracepoint.
     #[arg(long, value_name = "auto|lsm|fentry|tracepoint", default_value = "auto", value_parser = parse_strategy)]
     probe: picket_probes::Strategy,
@@ -228,6 +240,11 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         output_queue: args.output_queue,
         strategy: args.probe,
         node_name: crate::agent::node_name(),
+        host_paths: picket_probes::HostPaths {
+            root: args.host_root,
+            proc: args.host_proc,
+        },
+        listen: args.listen,
     })?;
     Ok(EXIT_OK)
 }

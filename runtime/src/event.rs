@@ -34,6 +34,9 @@ pub struct Event<'a> {
     /// The container; absent for a process of the host itself.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container<'a>>,
+    /// The Kubernetes pod of the container, when its runtime says.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod<'a>>,
 }
 
 /// Event kinds in JSON.
@@ -42,6 +45,15 @@ pub struct Event<'a> {
 pub enum Kind {
     /// A file was opened.
     Open,
+}
+
+impl Kind {
+    /// The kind as it is spelled in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Open => "open",
+        }
+    }
 }
 
 impl From<Kind> for EventKind {
@@ -127,6 +139,14 @@ pub struct Process<'a> {
     /// Real group id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
+    /// The user name of `uid` in the process's own root (its `/etc/passwd`).
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub user: Option<Cow<'a, str>>,
     /// Command name.
     #[serde(
         borrow,
@@ -163,6 +183,44 @@ pub struct Container<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub image: Option<Cow<'a, str>>,
+    /// The container's name (in its pod).
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<Cow<'a, str>>,
+}
+
+/// The Kubernetes pod behind an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pod<'a> {
+    /// The pod's name.
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<Cow<'a, str>>,
+    /// Its namespace.
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub namespace: Option<Cow<'a, str>>,
+    /// Its uid.
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub uid: Option<Cow<'a, str>>,
 }
 
 /// A command line, kept as its arguments joined by NUL bytes: the form the kernel hands over and
@@ -358,9 +416,10 @@ mod tests {
 
     const LINE: &str = r#"{"ts": "2026-11-22T10:00:00.000000001Z", "kind": "open", "host": "node-a",
  "file": {"path": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token", "access": "read"},
- "process": {"pid": 4242, "ppid": 4200, "uid": 1000, "gid": 1000, "comm": "cat",
+ "process": {"pid": 4242, "ppid": 4200, "uid": 1000, "gid": 1000, "user": "app", "comm": "cat",
              "exe": "/usr/bin/cat", "args": ["cat", "/var/run/secrets/..."]},
- "container": {"id": "3f9c0a", "image": "registry.example/app:1.2"}}"#;
+ "container": {"id": "3f9c0a", "image": "registry.example/app:1.2", "name": "api"},
+ "pod": {"name": "api-7d9f8-x2x4q", "namespace": "payments", "uid": "0f1e2d3c-9a8b"}}"#;
 
     #[test]
     fn parses_the_design_example_and_borrows_strings() {
@@ -370,6 +429,24 @@ mod tests {
         assert!(matches!(event.process.comm, Some(Cow::Borrowed(_))));
         let image = &event.container.as_ref().unwrap().image;
         assert!(matches!(image, Some(Cow::Borrowed(_))));
+        assert_eq!(event.process.user.as_deref(), Some("app"));
+        assert_eq!(
+            event.container.as_ref().unwrap().name.as_deref(),
+            Some("api")
+        );
+        let pod = event.pod.as_ref().unwrap();
+        assert_eq!(
+            (
+                pod.name.as_deref(),
+                pod.namespace.as_deref(),
+                pod.uid.as_deref()
+            ),
+            (
+                Some("api-7d9f8-x2x4q"),
+                Some("payments"),
+                Some("0f1e2d3c-9a8b")
+            )
+        );
         let escaped = LINE.replace(r#""comm": "cat""#, r#""comm": "c\u0061t""#);
         let event = parse_event(&escaped).unwrap();
         assert_eq!(event.process.comm.as_deref(), Some("cat"));
@@ -400,6 +477,18 @@ mod tests {
             (LINE.replace("2026-11-22T10", "2026-13-22T10"), "`ts`"),
             (LINE.replace(r#""open""#, r#""exec""#), "`kind`"),
             (LINE.replace(r#""read""#, r#""rw""#), "file.access"),
+            (
+                LINE.replace(r#""user": "app""#, r#""user": 1000"#),
+                "process.user",
+            ),
+            (
+                LINE.replace(r#""namespace""#, r#""nameSpace""#),
+                "pod.nameSpace",
+            ),
+            (
+                LINE.replace(r#""name": "api""#, r#""name": 1"#),
+                "container.name",
+            ),
             (
                 LINE.replace(r#""cat", "/var"#, r#""c\u0000at", "/var"#),
                 "process.args",

@@ -156,6 +156,11 @@ impl Host {
         if let Some(persister) = &self.persister {
             persister.send(store::drain(&mut self.pipeline));
         }
+        // The metrics follow every save; the log only at most every REPORT_EVERY.
+        let metrics = crate::metrics::global();
+        self.pipeline.for_each_state(|rule, state| {
+            metrics.rule_state(rule, state.entries(), state.stats().evicted);
+        });
         self.report_state(false);
     }
 

@@ -90,6 +90,10 @@ pub trait Sink {
     fn rule_failed(&mut self, rule: &RuleStatus, error: &RuleError, event: &Event<'_>);
     /// A rule was quarantined and will see no more events until it is replaced.
     fn rule_quarantined(&mut self, rule: &RuleStatus, reason: &str);
+    /// A rule evaluated an event in `took` (for metrics; ignored by default).
+    fn rule_evaluated(&mut self, rule: &RuleStatus, took: std::time::Duration) {
+        let _ = (rule, took);
+    }
 }
 
 /// Counters for one rule.
@@ -379,7 +383,9 @@ impl Pipeline {
                 continue;
             };
             slot.status.stats.events += 1;
+            let started = std::time::Instant::now();
             let result = instance.handle(&self.encoded, event.ts.as_nanos());
+            sink.rule_evaluated(&slot.status, started.elapsed());
             // Signals raised before a failure are still delivered: they are real detections.
             for raised in instance.take_signals() {
                 slot.status.stats.signals += 1;

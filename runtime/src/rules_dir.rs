@@ -345,6 +345,7 @@ pub fn apply(pipeline: &mut Pipeline, scan: Scan) -> bool {
         tracing::error!("rule module refused: {error}");
     }
     let mut changed = false;
+    let (mut applied, mut refused) = (0, scan.errors.len());
     for update in scan.updates {
         match update {
             Update::Install(module) => {
@@ -356,14 +357,17 @@ pub fn apply(pipeline: &mut Pipeline, scan: Scan) -> bool {
                 };
                 match pipeline.install(module) {
                     Ok(Installed::Added) => {
+                        applied += 1;
                         tracing::info!(rule = %id, module = %source, blake3 = %&hash[..16], "rule loaded ({how})");
                         changed = true;
                     }
                     Ok(Installed::Replaced) => {
+                        applied += 1;
                         tracing::info!(rule = %id, module = %source, blake3 = %&hash[..16], "rule replaced by a new version ({how}); its state is kept");
                         changed = true;
                     }
                     Err(err) => {
+                        refused += 1;
                         tracing::error!(rule = %id, module = %source, "rule module refused, the running version stays: {err}");
                     }
                 }
@@ -376,5 +380,6 @@ pub fn apply(pipeline: &mut Pipeline, scan: Scan) -> bool {
             }
         }
     }
+    crate::metrics::global().reloaded(applied, refused);
     changed
 }

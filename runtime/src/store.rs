@@ -650,7 +650,9 @@ fn persist(mut store: StateStore, shared: &Shared) {
             }
             (queue.pending.take(), queue.closed)
         };
-        match guarded(|| store.apply(&batch)) {
+        let saved = guarded(|| store.apply(&batch));
+        crate::metrics::global().state_saved(saved.is_ok());
+        match saved {
             Ok(()) => {
                 if let Some(since) = failing_since.take() {
                     tracing::info!(

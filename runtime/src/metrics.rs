@@ -1,0 +1,370 @@
+//! What `picket run --listen` reports: Prometheus metrics (OpenMetrics text), liveness and
+//! readiness. One process-wide [`Metrics`] ([`global`]) so that the parts that count — the agent
+//! loop, its signal sink, the state persister's thread — each update it with one call, and the
+//! HTTP server ([`crate::http`]) reads it from its own thread.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The event loop is unhealthy when it has not turned for this long. It turns at least every
+/// [`crate::host::SAVE_EVERY`] when idle, so only a loop that is stuck goes this long.
+pub const STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// Labels naming a rule.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    /// The rule id.
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StrategyLabel {
+    strategy: String,
+}
+
+type HistogramFamily = Family<RuleLabel, Histogram, fn() -> Histogram>;
+
+/// Rule evaluation times from 1 µs to about 4 s (the timeout is 50 ms by default).
+fn evaluation_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-6, 4.0, 12))
+}
+
+/// The agent's metrics and health.
+pub struct Metrics {
+    registry: Registry,
+    events: Family<KindLabel, Counter>,
+    events_lost: Counter,
+    signals: Family<RuleLabel, Counter>,
+    rule_failures: Family<RuleLabel, Counter>,
+    rule_timeouts: Family<RuleLabel, Counter>,
+    rule_quarantines: Family<RuleLabel, Counter>,
+    rule_evaluation: HistogramFamily,
+    reloads: Family<ResultLabel, Counter>,
+    learned_values: Family<RuleLabel, Gauge>,
+    evictions: Family<RuleLabel, Counter>,
+    state_saves: Counter,
+    state_save_failures: Counter,
+    strategy: Family<StrategyLabel, Gauge>,
+    started: Instant,
+    /// Milliseconds after `started` of the event loop's last turn.
+    last_turn_ms: AtomicU64,
+    ready: AtomicBool,
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// One rule's instruments, looked up once and kept by whoever counts for that rule.
+#[derive(Clone, Debug)]
+pub struct RuleMetrics {
+    signals: Counter,
+    failures: Counter,
+    timeouts: Counter,
+    quarantines: Counter,
+    evaluation: Histogram,
+}
+
+impl RuleMetrics {
+    /// The rule raised a signal.
+    pub fn signal(&self) {
+        self.signals.inc();
+    }
+
+    /// The rule failed on an event; `timeout` when it was interrupted for running too long.
+    pub fn failed(&self, timeout: bool) {
+        self.failures.inc();
+        if timeout {
+            self.timeouts.inc();
+        }
+    }
+
+    /// The rule was quarantined.
+    pub fn quarantined(&self) {
+        self.quarantines.inc();
+    }
+
+    /// The rule evaluated one event in `took`.
+    pub fn evaluated(&self, took: Duration) {
+        self.evaluation.observe(took.as_secs_f64());
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, for [`global`] and for tests.
+    pub(crate) fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("picket");
+        let metrics = Metrics {
+            events: Family::default(),
+            events_lost: Counter::default(),
+            signals: Family::default(),
+            rule_failures: Family::default(),
+            rule_timeouts: Family::default(),
+            rule_quarantines: Family::default(),
+            rule_evaluation: Family::new_with_constructor(evaluation_histogram),
+            reloads: Family::default(),
+            learned_values: Family::default(),
+            evictions: Family::default(),
+            state_saves: Counter::default(),
+            state_save_failures: Counter::default(),
+            strategy: Family::default(),
+            registry: Registry::default(),
+            started: Instant::now(),
+            last_turn_ms: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+        };
+        let r = &mut registry;
+        r.register(
+            "events",
+            "Events evaluated, by kind",
+            metrics.events.clone(),
+        );
+        r.register(
+            "kernel_events_lost",
+            "Events the kernel could not queue because the ring buffer was full",
+            metrics.events_lost.clone(),
+        );
+        r.register(
+            "signals",
+            "Signals raised, by rule",
+            metrics.signals.clone(),
+        );
+        r.register(
+            "rule_failures",
+            "Events a rule failed on (traps, panics, timeouts, memory), by rule",
+            metrics.rule_failures.clone(),
+        );
+        r.register(
+            "rule_timeouts",
+            "Events a rule was interrupted on for running past its timeout, by rule",
+            metrics.rule_timeouts.clone(),
+        );
+        r.register(
+            "rule_quarantines",
+            "Times a rule was quarantined after repeated failures, by rule",
+            metrics.rule_quarantines.clone(),
+        );
+        r.register_with_unit(
+            "rule_evaluation",
+            "Time a rule took on one event, by rule",
+            Unit::Seconds,
+            metrics.rule_evaluation.clone(),
+        );
+        r.register(
+            "rule_reloads",
+            "Rule modules from the rules directory installed (applied) or refused",
+            metrics.reloads.clone(),
+        );
+        r.register(
+            "learned_values",
+            "New-value entries (values and groups) a rule's state holds, by rule",
+            metrics.learned_values.clone(),
+        );
+        r.register(
+            "state_evictions",
+            "New-value entries evicted because a rule's state was full, by rule",
+            metrics.evictions.clone(),
+        );
+        r.register(
+            "state_saves",
+            "Commits of learned state to the state directory",
+            metrics.state_saves.clone(),
+        );
+        r.register(
+            "state_save_failures",
+            "Failed commits of learned state (retried)",
+            metrics.state_save_failures.clone(),
+        );
+        r.register(
+            "probe_strategy",
+            "The kernel hook reporting file opens (1 for the attached one)",
+            metrics.strategy.clone(),
+        );
+        r.register(
+            "build",
+            "The running picket",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The instruments of rule `id`.
+    pub fn rule(&self, id: &str) -> RuleMetrics {
+        let label = RuleLabel { rule: id.into() };
+        RuleMetrics {
+            signals: self.signals.get_or_create_owned(&label),
+            failures: self.rule_failures.get_or_create_owned(&label),
+            timeouts: self.rule_timeouts.get_or_create_owned(&label),
+            quarantines: self.rule_quarantines.get_or_create_owned(&label),
+            evaluation: self.rule_evaluation.get_or_create_owned(&label),
+        }
+    }
+
+    /// An event of `kind` entered the pipeline.
+    pub fn event(&self, kind: &'static str) {
+        self.events.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The kernel's count of lost events, as a running total.
+    pub fn set_kernel_events_lost(&self, total: u64) {
+        self.events_lost.inner().store(total, Ordering::Relaxed);
+    }
+
+    /// Rule modules installed and refused by one application of the rules directory.
+    pub fn reloaded(&self, applied: usize, refused: usize) {
+        let count = |result, n: usize| {
+            self.reloads
+                .get_or_create(&ResultLabel { result })
+                .inc_by(n as u64)
+        };
+        count("applied", applied);
+        count("refused", refused);
+    }
+
+    /// A rule's state: entries held now, and evictions since it was created.
+    pub fn rule_state(&self, id: &str, entries: usize, evicted: u64) {
+        let label = RuleLabel { rule: id.into() };
+        self.learned_values
+            .get_or_create(&label)
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.evictions
+            .get_or_create(&label)
+            .inner()
+            .store(evicted, Ordering::Relaxed);
+    }
+
+    /// A commit of learned state succeeded (`true`) or failed.
+    pub fn state_saved(&self, ok: bool) {
+        if ok {
+            self.state_saves.inc();
+        } else {
+            self.state_save_failures.inc();
+        }
+    }
+
+    /// The kernel hook that was attached.
+    pub fn set_strategy(&self, strategy: &str) {
+        self.strategy.clear();
+        self.strategy
+            .get_or_create(&StrategyLabel {
+                strategy: strategy.into(),
+            })
+            .set(1);
+    }
+
+    /// The event loop turned: called on every turn.
+    pub fn heartbeat(&self) {
+        // Stored plus one, so that 0 means "never".
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_turn_ms.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// How long ago the event loop last turned (`None`: it never did).
+    pub fn since_last_turn(&self) -> Option<Duration> {
+        let at = self.last_turn_ms.load(Ordering::Relaxed).checked_sub(1)?;
+        Some(
+            self.started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(at)),
+        )
+    }
+
+    /// Probes attached and rules loaded (`true`), or not yet / no longer.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the agent is ready.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_what_was_counted() {
+        let metrics = Metrics::new();
+        metrics.event("open");
+        metrics.event("open");
+        let rule = metrics.rule("k8s-sa-token");
+        rule.signal();
+        rule.failed(true);
+        rule.evaluated(Duration::from_micros(30));
+        metrics.reloaded(2, 1);
+        metrics.rule_state("k8s-sa-token", 5, 3);
+        metrics.set_kernel_events_lost(7);
+        metrics.state_saved(true);
+        metrics.set_strategy("tracepoint");
+        let text = metrics.encode();
+        for line in [
+            r#"picket_events_total{kind="open"} 2"#,
+            r#"picket_signals_total{rule="k8s-sa-token"} 1"#,
+            r#"picket_rule_failures_total{rule="k8s-sa-token"} 1"#,
+            r#"picket_rule_timeouts_total{rule="k8s-sa-token"} 1"#,
+            r#"picket_rule_quarantines_total{rule="k8s-sa-token"} 0"#,
+            r#"picket_rule_evaluation_seconds_count{rule="k8s-sa-token"} 1"#,
+            r#"picket_rule_reloads_total{result="applied"} 2"#,
+            r#"picket_rule_reloads_total{result="refused"} 1"#,
+            r#"picket_learned_values{rule="k8s-sa-token"} 5"#,
+            r#"picket_state_evictions_total{rule="k8s-sa-token"} 3"#,
+            "picket_kernel_events_lost_total 7",
+            "picket_state_saves_total 1",
+            "picket_state_save_failures_total 0",
+            r#"picket_probe_strategy{strategy="tracepoint"} 1"#,
+            &format!(
+                r#"picket_build_info{{version="{}"}} 1"#,
+                env!("CARGO_PKG_VERSION")
+            ),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn health_follows_the_heartbeat() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.since_last_turn(), None);
+        assert!(!metrics.ready());
+        metrics.heartbeat();
+        assert!(metrics.since_last_turn().unwrap() < STALE_AFTER);
+        metrics.set_ready(true);
+        assert!(metrics.ready());
+    }
+}
