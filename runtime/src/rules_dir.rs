@@ -44,6 +44,11 @@ pub fn list_modules(dir: &Path) -> io::Result<Listing> {
         if name.starts_with('.') || !path.extension().is_some_and(|ext| ext == "wasm") {
             continue;
         }
+        if name.chars().any(char::is_control) {
+            // Its name would break the log lines that name it.
+            listing.skipped.push((path, Refused::ControlCharacters));
+            continue;
+        }
         match safe_file::not_regular(&path) {
             None => listing.files.push(path),
             Some(why) => listing.skipped.push((path, why)),
@@ -208,7 +213,8 @@ impl RuleDirectory {
         for (path, why) in skipped {
             let why = why.to_string();
             if self.skipped.get(path) != Some(&why) {
-                tracing::warn!(entry = %path.display(), "rules directory entry skipped: it {why}");
+                let entry = crate::output::escape_controls(&path.display().to_string());
+                tracing::warn!(%entry, "rules directory entry skipped: it {why}");
                 self.skipped.insert(path.clone(), why);
             }
         }
