@@ -11,10 +11,12 @@
 //! updates between two events.
 //!
 //! Rule ids are unique. A module claiming the id of a running rule never replaces it (only a new
-//! version of the same file does). Modules that claim one id that is not running, in the same
-//! look at the directory (as at start), are all refused: which one would win must not depend
-//! on file names or on which node looks, and none may take over the learned state of the id.
-//! The refusal is logged as an error naming every file; once only one is left, it loads.
+//! version of the same file does). At start, modules that claim one id are all refused: which
+//! one would win must not depend on file names, on compile speed or on which node looks, and
+//! none may take over the learned state of the id (it stays kept for the id). The refusal is
+//! logged as an error naming every file; once only one is left, it loads. While running, each
+//! module is accepted when its compile finishes, so of two new files claiming one id the first
+//! ready runs and the other is refused as claiming a running rule's id.
 
 use crate::compile::{Compiled, Job};
 use crate::module_cache::Origin;
