@@ -276,6 +276,11 @@ fn fifos_directories_and_broken_links_in_the_rules_folder_are_skipped_with_a_rea
     );
     std::fs::create_dir(dir.join("folder.wasm")).unwrap();
     std::os::unix::fs::symlink(dir.join("nowhere"), dir.join("broken.wasm")).unwrap();
+    std::fs::copy(
+        rule_wasm("k8s-sa-token"),
+        dir.join("forged\nERROR rule loaded.wasm"),
+    )
+    .unwrap();
     // A good module after them still loads: nothing blocked the watcher.
     std::fs::copy(rule_wasm("k8s-sa-token"), dir.join("k8s_sa_token.wasm")).unwrap();
     assert!(
@@ -292,6 +297,10 @@ fn fifos_directories_and_broken_links_in_the_rules_folder_are_skipped_with_a_rea
         ("fifo.wasm", "is a FIFO, not a regular file"),
         ("folder.wasm", "is a directory, not a regular file"),
         ("broken.wasm", "is a broken symbolic link"),
+        (
+            "forged\\nERROR rule loaded.wasm",
+            "has control characters in its name",
+        ),
     ] {
         let said: Vec<&str> = stderr
             .lines()

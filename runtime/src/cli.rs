@@ -64,6 +64,9 @@ struct RuleArgs {
     /// (the other modules load meanwhile, each on its own worker).
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
     compile_timeout: Duration,
+    /// Largest rule module file accepted (a bound on compile time and memory too).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MiB")]
+    max_module_size: usize,
     /// Largest memory a rule module may use, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     rule_memory: usize,
@@ -71,12 +74,12 @@ struct RuleArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY)]
     state_capacity: usize,
     /// Most bytes of new-value state kept per rule (keys plus a fixed overhead per entry, e.g.
-    /// 64MiB); the least recently seen values are evicted past it, counted and reported.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
+    /// 16MiB); the least recently seen values are evicted past it, counted and reported.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MiB")]
     state_bytes_per_rule: usize,
     /// Most bytes of new-value state kept for all rules together; past it the largest rule's
     /// state evicts its least recently seen values.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
     state_bytes_total: usize,
     /// minisign public key (repeatable): when given, a module loads only with a valid signature
     /// by one of these keys in MODULE.wasm.minisig beside it.
@@ -90,6 +93,7 @@ impl RuleArgs {
             memory_bytes: self.rule_memory.saturating_mul(1 << 20),
             timeout: self.rule_timeout,
             compile_timeout: self.compile_timeout,
+            max_module_bytes: self.max_module_size,
             ..Limits::default()
         }
     }

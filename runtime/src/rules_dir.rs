@@ -11,10 +11,12 @@
 //! updates between two events.
 //!
 //! Rule ids are unique. A module claiming the id of a running rule never replaces it (only a new
-//! version of the same file does). Modules that claim one id that is not running, in the same
-//! look at the directory (as at start), are all refused: which one would win must not depend
-//! on file names or on which node looks, and none may take over the learned state of the id.
-//! The refusal is logged as an error naming every file; once only one is left, it loads.
+//! version of the same file does). At start, modules that claim one id are all refused: which
+//! one would win must not depend on file names, on compile speed or on which node looks, and
+//! none may take over the learned state of the id (it stays kept for the id). The refusal is
+//! logged as an error naming every file; once only one is left, it loads. While running, each
+//! module is accepted when its compile finishes, so of two new files claiming one id the first
+//! ready runs and the other is refused as claiming a running rule's id.
 
 use crate::admission::Admission;
 use crate::compile::{Compiled, Job};
@@ -44,6 +46,11 @@ pub fn list_modules(dir: &Path) -> io::Result<Listing> {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(".");
         if name.starts_with('.') || !path.extension().is_some_and(|ext| ext == "wasm") {
+            continue;
+        }
+        if name.chars().any(char::is_control) {
+            // Its name would break the log lines that name it.
+            listing.skipped.push((path, Refused::ControlCharacters));
             continue;
         }
         match safe_file::not_regular(&path) {
@@ -244,7 +251,8 @@ impl RuleDirectory {
         for (path, why) in skipped {
             let why = why.to_string();
             if self.skipped.get(path) != Some(&why) {
-                tracing::warn!(entry = %path.display(), "rules directory entry skipped: it {why}");
+                let entry = crate::output::escape_controls(&path.display().to_string());
+                tracing::warn!(%entry, "rules directory entry skipped: it {why}");
                 self.skipped.insert(path.clone(), why);
             }
         }

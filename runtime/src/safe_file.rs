@@ -32,6 +32,8 @@ pub enum Refused {
     },
     /// Opening or reading failed.
     Io(io::Error),
+    /// Its name holds control characters (it would break the log lines naming it).
+    ControlCharacters,
 }
 
 impl fmt::Display for Refused {
@@ -44,6 +46,7 @@ impl fmt::Display for Refused {
                 write!(f, "is {size} bytes or more, more than the {max} allowed")
             }
             Refused::Io(err) => write!(f, "cannot be read: {err}"),
+            Refused::ControlCharacters => f.write_str("has control characters in its name"),
         }
     }
 }

@@ -158,10 +158,10 @@ pub const MAX_STATES: usize = 64;
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
 /// Default bound on the bytes of one rule's state.
-pub const DEFAULT_RULE_BYTES: usize = 64 << 20;
+pub const DEFAULT_RULE_BYTES: usize = 16 << 20;
 
 /// Default bound on the bytes of every rule's state together.
-pub const DEFAULT_TOTAL_BYTES: usize = 256 << 20;
+pub const DEFAULT_TOTAL_BYTES: usize = 64 << 20;
 
 /// Bytes counted for a value besides its key: its slot in the table (key pointer and length,
 /// last-seen time, control byte, spare slots) and the allocation of the key.
@@ -229,7 +229,7 @@ impl RuleState {
         let mut state = RuleState {
             settings,
             capacity: capacity.max(2),
-            max_bytes: DEFAULT_RULE_BYTES,
+            max_bytes: usize::MAX,
             states: HashMap::new(),
             entries: 0,
             bytes: 0,

@@ -455,8 +455,11 @@ struct Pending {
     fold_at: usize,
 }
 
+/// Most key bytes committed in one transaction.
+const COMMIT_BYTES: usize = 4 << 20;
+
 /// Folding starts past this many key bytes pending.
-const FOLD_AT_BYTES: usize = 32 << 20;
+const FOLD_AT_BYTES: usize = 16 << 20;
 
 type GroupOf = (String, String, String);
 
@@ -478,9 +481,23 @@ impl Pending {
         self.changes = batch;
     }
 
-    fn take(&mut self) -> Vec<RuleChange> {
-        self.bytes = 0;
-        std::mem::take(&mut self.changes)
+    /// Takes the oldest changes, about `max_bytes` of keys: one transaction's worth, so that
+    /// redb never holds a huge transaction in memory.
+    fn take(&mut self, max_bytes: usize) -> Vec<RuleChange> {
+        let mut bytes = 0;
+        let count = self
+            .changes
+            .iter()
+            .take_while(|(_, change)| {
+                bytes += change.key_bytes();
+                bytes <= max_bytes
+            })
+            .count()
+            .max(1);
+        let rest = self.changes.split_off(count.min(self.changes.len()));
+        let taken = std::mem::replace(&mut self.changes, rest);
+        self.bytes -= taken.iter().map(|(_, c)| c.key_bytes()).sum::<usize>();
+        taken
     }
 
     /// Keeps the last change per key, dropping what a later removal of its group undoes and
@@ -648,7 +665,7 @@ fn persist(mut store: StateStore, shared: &Shared) {
             if queue.pending.changes.is_empty() {
                 return;
             }
-            (queue.pending.take(), queue.closed)
+            (queue.pending.take(COMMIT_BYTES), queue.closed)
         };
         let saved = guarded(|| store.apply(&batch));
         crate::metrics::global().state_saved(saved.is_ok());

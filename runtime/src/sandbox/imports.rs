@@ -137,7 +137,7 @@ fn log(mut caller: Caller<'_, RuleCtx>, level: i32, ptr: i32, len: i32) -> wasmt
     let bytes = guest_bytes(data, ptr, len, IMPORT_LOG, "message", MAX_LOG_LINE)?;
     // Control characters escaped: a rule's text must not start a line of its own in the log
     // (forging a host message) or drive a terminal.
-    let message = escape_controls(&String::from_utf8_lossy(bytes));
+    let message = crate::output::escape_controls(&String::from_utf8_lossy(bytes));
     let level = LogLevel::from_raw(level);
     if level == LogLevel::Panic {
         ctx.panic_message = Some(message);
@@ -165,20 +165,6 @@ fn log(mut caller: Caller<'_, RuleCtx>, level: i32, ptr: i32, len: i32) -> wasmt
         LogLevel::Panic => unreachable!("handled above"),
     }
     Ok(())
-}
-
-/// `text` with every control character (newlines, carriage returns, escape sequences...) written
-/// as a Rust escape such as `\n` or `\u{1b}`.
-pub fn escape_controls(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            escaped.extend(c.escape_default());
-        } else {
-            escaped.push(c);
-        }
-    }
-    escaped
 }
 
 fn bound_memory(caller: &Caller<'_, RuleCtx>, import: &str) -> Result<wasmtime::Memory, HostError> {
@@ -218,14 +204,6 @@ fn guest_bytes<'m>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(
-            escape_controls("ok\n2026-11-24T00:00:00Z ERROR forged\r\u{1b}[2J\u{85}é"),
-            "ok\\n2026-11-24T00:00:00Z ERROR forged\\r\\u{1b}[2J\\u{85}é"
-        );
-    }
 
     #[test]
     fn pointers_are_checked_against_memory() {

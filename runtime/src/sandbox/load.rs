@@ -254,7 +254,8 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
         && !id.starts_with('-');
     if !id_ok {
         return Err(format!(
-            "id `{id}` must be 1 to 64 characters of a-z, 0-9 and '-', not starting with '-'"
+            "id `{}` must be 1 to 64 characters of a-z, 0-9 and '-', not starting with '-'",
+            crate::output::escape_controls(id)
         ));
     }
     if manifest.title.trim().is_empty() {
