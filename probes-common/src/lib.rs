@@ -74,6 +74,8 @@ pub mod programs {
     pub const FENTRY_FILE_OPEN: &str = "fentry_security_file_open";
     /// Tracepoint program attached to every `syscalls/sys_exit_*` of a syscall that opens a file.
     pub const SYS_EXIT_OPEN: &str = "sys_exit_open";
+    /// The same for kernels without `bpf_get_current_task_btf` (before 5.11).
+    pub const SYS_EXIT_OPEN_COMPAT: &str = "sys_exit_open_compat";
     /// Raw tracepoint `io_uring_complete`, for `IORING_OP_OPENAT`/`OPENAT2`.
     pub const IO_URING_COMPLETE: &str = "io_uring_complete";
     /// Tracepoint `sched/sched_process_exec`.

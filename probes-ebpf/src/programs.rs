@@ -237,6 +237,23 @@ pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// [`sys_exit_open`] for kernels before 5.11, which have no `bpf_get_current_task_btf`: the
+/// descriptor table is reached with helper reads instead of BTF loads. The loader takes it when
+/// the kernel refuses the first.
+#[tracepoint]
+pub fn sys_exit_open_compat(ctx: TracePointContext) -> u32 {
+    // SAFETY: as in sys_exit_open.
+    let ret = unsafe { *(ctx.as_ptr() as *const u8).add(16).cast::<i64>() };
+    if ret < 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let file = fd_file(task, ret as u64);
+    on_file(task, file, ret as i32, OpenSource::Syscall, &SCRATCH);
+    0
+}
+
 /// `io_uring/io_uring_complete`: an `IORING_OP_OPENAT{,2}` completes with the new descriptor in
 /// `res`. Only descriptors in the normal table are followed; fixed-file slots have no fd.
 #[tracepoint]
@@ -711,8 +728,14 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
             len as u32,
             start as *const c_void,
         );
-        let args_len = if read == 0 { len } else { 0 };
-        (*event).args_len = args_len as u32;
+        (*event).args_len = if read == 0 { len as u32 } else { 0 };
+        // Read back from map memory and masked, as the walk's cursor is: LLVM clamps `len` with
+        // two comparisons, and verifiers before 6.2 follow the branch that cannot be taken with
+        // contradictory bounds (umin 2049, umax 2047), which made the size passed to
+        // bpf_ringbuf_output unbounded ("R3 min value is negative" on 6.1). After the mask every
+        // path has 0..=ARGS_MASK.
+        let args_len =
+            u64::from(core::ptr::read_volatile(&raw const (*event).args_len)) & ARGS_MASK;
         output(event, pos + args_len);
     }
     0

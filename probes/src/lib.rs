@@ -32,6 +32,7 @@ mod identity;
 mod offsets;
 mod process;
 mod tracefs;
+mod verifier;
 
 use std::{
     collections::BTreeSet,
@@ -245,6 +246,19 @@ impl Probes {
             }
         };
         tracing::info!("file opens reported by the {attached} strategy");
+        for (name, program) in ebpf.programs() {
+            if let Ok(info) = program.info() {
+                // The verifier's cost of each program: comparable across kernels (BENCHMARKS.md).
+                match info.verified_instruction_count() {
+                    Some(count) => {
+                        tracing::debug!("verifier: {name}: {count} instructions processed")
+                    }
+                    None => tracing::debug!(
+                        "verifier: {name}: loaded (this kernel does not report the instructions processed)"
+                    ),
+                }
+            }
+        }
 
         let ring = RingBuf::try_from(
             ebpf.take_map(names::EVENTS)
@@ -540,7 +554,8 @@ fn raise_memlock_limit() {
 
 fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
     let exec: &mut TracePoint = program(ebpf, programs::SCHED_EXEC)?;
-    exec.load().context("loading sched_process_exec")?;
+    exec.load()
+        .map_err(|err| verifier::load_error(err, "loading sched_process_exec"))?;
     exec.attach("sched", "sched_process_exec")
         .context("attaching sched/sched_process_exec")?;
     for (name, tp) in [
@@ -548,7 +563,8 @@ fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
         (programs::SCHED_EXIT, "sched_process_exit"),
     ] {
         let raw: &mut RawTracePoint = program(ebpf, name)?;
-        raw.load().with_context(|| format!("loading {name}"))?;
+        raw.load()
+            .map_err(|err| verifier::load_error(err, &format!("loading {name}")))?;
         raw.attach(tp)
             .with_context(|| format!("attaching raw tracepoint {tp}"))?;
     }
@@ -574,7 +590,7 @@ fn attach_open(ebpf: &mut Ebpf, strategy: Strategy, btf: &aya::Btf, io_uring: bo
             }
             let lsm: &mut Lsm = program(ebpf, programs::LSM_FILE_OPEN)?;
             lsm.load("file_open", btf)
-                .context("loading lsm/file_open")?;
+                .map_err(|err| verifier::load_error(err, "loading lsm/file_open"))?;
             if let Err(err) = lsm.attach() {
                 let _ = lsm.unload();
                 return Err(err).context("attaching lsm/file_open");
@@ -584,16 +600,15 @@ fn attach_open(ebpf: &mut Ebpf, strategy: Strategy, btf: &aya::Btf, io_uring: bo
             let fentry: &mut FEntry = program(ebpf, programs::FENTRY_FILE_OPEN)?;
             fentry
                 .load("security_file_open", btf)
-                .context("loading fentry/security_file_open")?;
+                .map_err(|err| verifier::load_error(err, "loading fentry/security_file_open"))?;
             if let Err(err) = fentry.attach() {
                 let _ = fentry.unload();
                 return Err(err).context("attaching fentry/security_file_open");
             }
         }
         Strategy::Tracepoint => {
-            let tp: &mut TracePoint = program(ebpf, programs::SYS_EXIT_OPEN)?;
-            tp.load()
-                .context("loading the sys_exit_* tracepoint program")?;
+            let name = load_sys_exit_open(ebpf)?;
+            let tp: &mut TracePoint = program(ebpf, name)?;
             let mut attached = Vec::new();
             for syscall in OPEN_SYSCALLS {
                 let name = format!("sys_exit_{syscall}");
@@ -614,7 +629,7 @@ fn attach_open(ebpf: &mut Ebpf, strategy: Strategy, btf: &aya::Btf, io_uring: bo
                 let tp: &mut TracePoint = program(ebpf, programs::IO_URING_COMPLETE)?;
                 let res = tp
                     .load()
-                    .map_err(anyhow::Error::from)
+                    .map_err(|err| verifier::load_error(err, "loading io_uring_complete"))
                     .and_then(|()| Ok(tp.attach("io_uring", "io_uring_complete")?));
                 if let Err(err) = res {
                     tracing::warn!("io_uring opens will not be seen: {err:#}");
@@ -623,6 +638,26 @@ fn attach_open(ebpf: &mut Ebpf, strategy: Strategy, btf: &aya::Btf, io_uring: bo
         }
     }
     Ok(())
+}
+
+/// Loads the `sys_exit_*` program, or its variant for kernels without
+/// `bpf_get_current_task_btf` (before 5.11) when the kernel refuses it; returns the name of the
+/// one loaded.
+fn load_sys_exit_open(ebpf: &mut Ebpf) -> Result<&'static str> {
+    let tp: &mut TracePoint = program(ebpf, programs::SYS_EXIT_OPEN)?;
+    let Err(err) = tp.load() else {
+        return Ok(programs::SYS_EXIT_OPEN);
+    };
+    let first = verifier::load_error(err, "loading the sys_exit_* tracepoint program");
+    tracing::debug!("{first:#}; trying the variant for kernels before 5.11");
+    let compat: &mut TracePoint = program(ebpf, programs::SYS_EXIT_OPEN_COMPAT)?;
+    match compat.load() {
+        Ok(()) => Ok(programs::SYS_EXIT_OPEN_COMPAT),
+        Err(err) => Err(first.context(verifier::load_error(
+            err,
+            "and its variant without bpf_get_current_task_btf",
+        ))),
+    }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>

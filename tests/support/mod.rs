@@ -44,11 +44,28 @@ pub fn wasm_dir() -> &'static Path {
             .status()
             .expect("running cargo to build the rule modules");
         assert!(status.success(), "building the rule modules to wasm failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace().join("target"));
-        target.join("wasm32-unknown-unknown/release")
+        target_dir().join("wasm32-unknown-unknown/release")
     })
+}
+
+/// Builds binary `bin` of workspace package `package` (release) and returns its path. For
+/// helpers the tests copy elsewhere (a QEMU guest); cargo's lock serializes concurrent builds.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace())
+        .args(["build", "--release", "-p", package, "--bin", bin])
+        .status()
+        .expect("running cargo");
+    assert!(status.success(), "building {package} failed");
+    target_dir().join("release").join(bin)
+}
+
+/// Cargo's target directory.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
 }
 
 /// The module of a wasm package, such as `eks-token`.
