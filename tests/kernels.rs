@@ -50,7 +50,7 @@ struct Case {
     name: &'static str,
     /// Busybox shell commands. `$R` is the case's reader (`$R HOW PATH`, HOW one of
     /// `picket_test_reader::How`: open, quick, openat2, o-path-reopen, handle, thread, io-uring,
-    /// memfd, write-only); `$K8S` and `$EKS` are the tokens' `/var/run/secrets/...` paths, `$SA`
+    /// memfd, write-only, chroot `ROOT//INNER`); `$K8S` and `$EKS` are the tokens' `/var/run/secrets/...` paths, `$SA`
     /// the Kubernetes serviceaccount directory, `$VOL` the kubelet's copy of that volume, `$STAMP`
     /// the kubelet's timestamped directory name. The commands must succeed.
     run: &'static str,
