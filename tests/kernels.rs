@@ -50,7 +50,7 @@ struct Case {
     name: &'static str,
     /// Busybox shell commands. `$R` is the case's reader (`$R HOW PATH`, HOW one of
     /// `picket_test_reader::How`: open, quick, openat2, o-path-reopen, handle, thread, io-uring,
-    /// memfd, write-only); `$K8S` and `$EKS` are the tokens' `/var/run/secrets/...` paths, `$SA`
+    /// memfd, write-only, chroot `ROOT//INNER`); `$K8S` and `$EKS` are the tokens' `/var/run/secrets/...` paths, `$SA`
     /// the Kubernetes serviceaccount directory, `$VOL` the kubelet's copy of that volume, `$STAMP`
     /// the kubelet's timestamped directory name. The commands must succeed.
     run: &'static str,
@@ -61,6 +61,9 @@ struct Case {
     /// Strategies that cannot see this case (documented limits): nothing is expected from them.
     /// `"tracepoint"` on every kernel, `"tracepoint@5.10"` on one.
     missed_by: &'static [&'static str],
+    /// The kernel may report the file under any of its names (a file handle of a file with
+    /// hard links): only the rules are compared, not the paths.
+    any_name: bool,
 }
 
 impl Case {
@@ -75,6 +78,7 @@ impl Case {
             expect,
             exe: None,
             missed_by: &[],
+            any_name: false,
         }
     }
 
@@ -155,6 +159,52 @@ const CASES: &[Case] = &[
         r#"echo unrelated > /tmp/token && $R open /tmp/token"#,
     ),
     Case::nothing("write-only", r#"$R write-only "$K8S""#),
+    // The token under another path or name, known by its device and inode (issue 7 item 3).
+    // Each case undoes what it did, so that the later cases and strategies see the usual layout.
+    Case::reads(
+        "bind-dir",
+        r#"mkdir -p /tmp/sa && mount --bind "$SA" /tmp/sa && $R open /tmp/sa/token; s=$?; umount /tmp/sa; exit $s"#,
+        &[(K8S_RULE, "/tmp/sa/..2026_11_22_10_00_00.000000001/token")],
+    ),
+    Case::reads(
+        "bind-file",
+        r#"touch /tmp/creds && mount --bind "$SA/$STAMP/token" /tmp/creds && $R open /tmp/creds; s=$?; umount /tmp/creds; exit $s"#,
+        &[(K8S_RULE, "/tmp/creds")],
+    ),
+    Case::reads(
+        "hard-link",
+        r#"mkdir -p "$VOL/.cache" && ln "$VOL/$STAMP/token" "$VOL/.cache/blob" && $R open "$SA/.cache/blob"; s=$?; rm "$VOL/.cache/blob"; exit $s"#,
+        &[(
+            K8S_RULE,
+            "/run/secrets/kubernetes.io/serviceaccount/.cache/blob",
+        )],
+    ),
+    Case {
+        any_name: true,
+        ..Case::reads(
+            "handle-with-link",
+            r#"mkdir -p "$VOL/.cache" && ln "$VOL/$STAMP/token" "$VOL/.cache/other" && $R handle "$K8S"; s=$?; rm "$VOL/.cache/other"; exit $s"#,
+            K8S_READ,
+        )
+    },
+    Case::reads(
+        "chroot",
+        r#"$R chroot /run/secrets//kubernetes.io/serviceaccount/token && $R chroot /run/secrets//eks.amazonaws.com/serviceaccount/token"#,
+        &[
+            (
+                K8S_RULE,
+                "/kubernetes.io/serviceaccount/..2026_11_22_10_00_00.000000001/token",
+            ),
+            (
+                EKS_RULE,
+                "/eks.amazonaws.com/serviceaccount/..2026_11_22_10_00_00.000000001/token",
+            ),
+        ],
+    ),
+    Case::nothing(
+        "ca-crt-link",
+        r#"mkdir -p "$VOL/.cache" && ln "$VOL/$STAMP/ca.crt" "$VOL/.cache/cert" && $R open "$SA/.cache/cert"; s=$?; rm "$VOL/.cache/cert"; exit $s"#,
+    ),
 ];
 
 /// The guest's `/init`, before the generated `run_cases` function and the final steps. Reports
@@ -673,10 +723,17 @@ fn check_strategy(series: &str, strategy: &str) {
     let mut passed = Vec::new();
     for case in CASES {
         let exe = case.exe();
+        let name = |path: &str| {
+            if case.any_name {
+                "*".to_owned()
+            } else {
+                path.to_owned()
+            }
+        };
         let mut got: Vec<(String, String)> = signals
             .iter()
             .filter(|(value, _, _)| *value == exe)
-            .map(|(_, rule, path)| (rule.clone(), path.clone()))
+            .map(|(_, rule, path)| (rule.clone(), name(path)))
             .collect();
         got.sort();
         let mut want: Vec<(String, String)> = if case.missed_by(strategy, series) {
@@ -684,7 +741,7 @@ fn check_strategy(series: &str, strategy: &str) {
         } else {
             case.expect
                 .iter()
-                .map(|(rule, path)| (rule.to_string(), path.to_string()))
+                .map(|(rule, path)| (rule.to_string(), name(path)))
                 .collect()
         };
         want.sort();

@@ -1,7 +1,7 @@
 //! Reads a file through one of the ways a process can reach it, for the tests that check the
 //! probes see every one of them: plain `open`, `openat2`, an `O_PATH` descriptor reopened
-//! through `/proc/self/fd`, a file handle (`open_by_handle_at`), another thread, io_uring, and a
-//! copy of this program executed from a memfd. The `token-reader` binary exposes them on its
+//! through `/proc/self/fd`, a file handle (`open_by_handle_at`), another thread, io_uring, a
+//! copy of this program executed from a memfd, and a chroot into a parent of the file. The `token-reader` binary exposes them on its
 //! command line, so that a test (on this kernel or in a QEMU guest) can run a renamed copy of it.
 
 pub mod io_uring;
@@ -36,11 +36,14 @@ pub enum How {
     Memfd,
     /// `open(path, O_WRONLY | O_APPEND)`, writing nothing: no access to the contents.
     WriteOnly,
+    /// The path is `ROOT//INNER`: `chroot(ROOT)`, then `open("/INNER")`, the shortened path a
+    /// reader that chroots into a parent of the file uses.
+    Chroot,
 }
 
 impl How {
     /// Every way, with its command-line name.
-    pub const ALL: [(&'static str, How); 9] = [
+    pub const ALL: [(&'static str, How); 10] = [
         ("open", How::Open),
         ("quick", How::Quick),
         ("openat2", How::Openat2),
@@ -50,6 +53,7 @@ impl How {
         ("io-uring", How::IoUring),
         ("memfd", How::Memfd),
         ("write-only", How::WriteOnly),
+        ("chroot", How::Chroot),
     ];
 
     /// Parses a command-line name.
@@ -126,6 +130,14 @@ pub fn read(how: How, path: &str) -> io::Result<Vec<u8>> {
         How::WriteOnly => {
             std::fs::OpenOptions::new().append(true).open(path)?;
             Ok(Vec::new())
+        }
+        How::Chroot => {
+            let (root, inner) = path.split_once("//").ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "chroot needs ROOT//INNER")
+            })?;
+            std::os::unix::fs::chroot(root)?;
+            std::env::set_current_dir("/")?;
+            std::fs::read(format!("/{inner}"))
         }
     }
 }
