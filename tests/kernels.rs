@@ -50,7 +50,7 @@ struct Case {
     name: &'static str,
     /// Busybox shell commands. `$R` is the case's reader (`$R HOW PATH`, HOW one of
     /// `picket_test_reader::How`: open, quick, openat2, o-path-reopen, handle, thread, io-uring,
-    /// memfd, write-only, chroot `ROOT//INNER`); `$K8S` and `$EKS` are the tokens' `/var/run/secrets/...` paths, `$SA`
+    /// io-uring-fixed, memfd, write-only, chroot `ROOT//INNER`); `$K8S` and `$EKS` are the tokens' `/var/run/secrets/...` paths, `$SA`
     /// the Kubernetes serviceaccount directory, `$VOL` the kubelet's copy of that volume, `$STAMP`
     /// the kubelet's timestamped directory name. The commands must succeed.
     run: &'static str,
@@ -64,6 +64,8 @@ struct Case {
     /// The kernel may report the file under any of its names (a file handle of a file with
     /// hard links): only the rules are compared, not the paths.
     any_name: bool,
+    /// Kernels that cannot do what the case does (its commands fail there): not checked.
+    not_on: &'static [&'static str],
 }
 
 impl Case {
@@ -79,6 +81,7 @@ impl Case {
             exe: None,
             missed_by: &[],
             any_name: false,
+            not_on: &[],
         }
     }
 
@@ -149,6 +152,12 @@ const CASES: &[Case] = &[
     Case {
         missed_by: &["tracepoint@5.10"],
         ..Case::reads("io-uring", r#"$R io-uring "$K8S""#, K8S_READ)
+    },
+    // No descriptor to follow from the completion: the tracepoints cannot see it (documented).
+    Case {
+        missed_by: &["tracepoint"],
+        not_on: &["5.10"],
+        ..Case::reads("io-uring-fixed", r#"$R io-uring-fixed "$K8S""#, K8S_READ)
     },
     // Opens, reads and exits within a millisecond or two.
     Case::reads("short-lived", r#"$R quick "$K8S""#, K8S_READ),
@@ -721,7 +730,12 @@ fn check_strategy(series: &str, strategy: &str) {
         failures.push(format!("the agent exited with {:?} on SIGTERM", run.exit));
     }
     let mut passed = Vec::new();
+    let mut not_applicable = Vec::new();
     for case in CASES {
+        if case.not_on.contains(&series) {
+            not_applicable.push(case.name);
+            continue;
+        }
         let exe = case.exe();
         let name = |path: &str| {
             if case.any_name {
@@ -760,7 +774,11 @@ fn check_strategy(series: &str, strategy: &str) {
             }
         }
         if got == want {
-            passed.push(case.name);
+            passed.push(if want.is_empty() && !case.expect.is_empty() {
+                format!("{} (missed, as documented)", case.name)
+            } else {
+                case.name.to_owned()
+            });
         } else {
             failures.push(format!(
                 "case {}: expected {want:?} from {exe}, got {got:?}",
@@ -775,11 +793,12 @@ fn check_strategy(series: &str, strategy: &str) {
         }
     }
     println!(
-        "linux {} {strategy}: {} of {} cases pass: {}",
+        "linux {} {strategy}: {} of {} cases pass: {}; not applicable: {}",
         boot.release,
         passed.len(),
-        CASES.len(),
-        passed.join(" ")
+        CASES.len() - not_applicable.len(),
+        passed.join(" "),
+        not_applicable.join(" ")
     );
     // What the verifier spent on each program (BENCHMARKS.md).
     let verifier: Vec<&str> = run

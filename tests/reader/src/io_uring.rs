@@ -98,12 +98,38 @@ unsafe fn map(fd: i32, len: usize, offset: i64) -> io::Result<*mut u8> {
 
 /// Opens `path` read-only through io_uring; returns the CQE result (fd or -errno).
 pub fn openat(path: &str) -> io::Result<i32> {
+    submit_openat(path, false)
+}
+
+/// Opens `path` read-only through io_uring into fixed-file slot 0 of the ring (Linux 5.15+), so
+/// that no descriptor is created; returns the CQE result (0 or -errno).
+pub fn openat_fixed(path: &str) -> io::Result<i32> {
+    submit_openat(path, true)
+}
+
+const IORING_REGISTER_FILES: u32 = 2;
+
+fn submit_openat(path: &str, fixed_slot: bool) -> io::Result<i32> {
     let path = CString::new(path)?;
     let mut params = Params::default();
     // SAFETY: io_uring_setup with a zeroed params struct of the kernel's layout.
     let ring = check(unsafe {
         libc::syscall(libc::SYS_io_uring_setup, 1u32, &mut params as *mut Params)
     })? as i32;
+    if fixed_slot {
+        // One empty slot (-1) in the ring's fixed-file table.
+        let slots = [-1i32];
+        // SAFETY: an array of one descriptor, as IORING_REGISTER_FILES takes.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                ring,
+                IORING_REGISTER_FILES,
+                slots.as_ptr(),
+                1u32,
+            )
+        })?;
+    }
     // SAFETY: the offsets and sizes come from the kernel's answer in params; this
     // single-threaded code is the ring's only user.
     unsafe {
@@ -128,7 +154,8 @@ pub fn openat(path: &str) -> io::Result<i32> {
             user_data: 7,
             buf_index: 0,
             personality: 0,
-            file_index: 0,
+            // Slot index + 1; 0 asks for a normal descriptor.
+            file_index: u32::from(fixed_slot),
             addr3: 0,
             pad: 0,
         });

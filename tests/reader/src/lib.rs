@@ -31,6 +31,9 @@ pub enum How {
     Thread,
     /// `IORING_OP_OPENAT` into a normal descriptor.
     IoUring,
+    /// `IORING_OP_OPENAT` into a fixed-file slot of the ring (Linux 5.15+): no descriptor, and
+    /// nothing is read (the open is what the probes see).
+    IoUringFixed,
     /// This program copied into a memfd and executed from it (`execveat(AT_EMPTY_PATH)`), which
     /// then opens the file; the executable's path is the memfd's.
     Memfd,
@@ -51,6 +54,7 @@ impl How {
         ("handle", How::Handle),
         ("thread", How::Thread),
         ("io-uring", How::IoUring),
+        ("io-uring-fixed", How::IoUringFixed),
         ("memfd", How::Memfd),
         ("write-only", How::WriteOnly),
         ("chroot", How::Chroot),
@@ -126,6 +130,10 @@ pub fn read(how: How, path: &str) -> io::Result<Vec<u8>> {
             }
             read_all(owned(fd.into())?)
         }
+        How::IoUringFixed => match io_uring::openat_fixed(path)? {
+            res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+            _ => Ok(Vec::new()),
+        },
         How::Memfd => Err(exec_from_memfd(path)),
         How::WriteOnly => {
             std::fs::OpenOptions::new().append(true).open(path)?;
