@@ -64,7 +64,7 @@ trap cleanup EXIT
 
 # The agent, as the DaemonSet declares it; the learning period is the one deviation, so that
 # the second reader raises a signal without waiting a week.
-"$PODMAN_ARGS" --daemonset "$DAEMONSET" --configmap "$CONFIGMAP" --node "$node" \
+"$PYTHON" "$TRANSLATOR" --daemonset "$DAEMONSET" --configmap "$CONFIGMAP" --node "$node" \
     --image "$IMAGE_UNDER_TEST" --node-name test-node --extra-arg=--learning-period=0s \
     > "$WORK/podman-args"
 mapfile -t args < "$WORK/podman-args"
@@ -179,21 +179,6 @@ fn the_image_run_as_the_daemonset_declares_names_the_pod_container_and_user() {
     });
     let venv = std::env::var("PICKET_K8S_VENV").expect("PICKET_K8S_VENV (set by dev/setup)");
     let work = temp_dir();
-    // A python with PyYAML (the kubernetes-validate venv) runs the translator.
-    let translator = work.path().join("podman-args");
-    std::fs::write(
-        &translator,
-        format!(
-            "#!/bin/sh\nexec '{venv}/bin/python' '{}' \"$@\"\n",
-            workspace().join("tests/container/podman_args.py").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &translator,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     let output = Command::new("unshare")
         .args([
             "--mount",
@@ -211,7 +196,12 @@ fn the_image_run_as_the_daemonset_declares_names_the_pod_container_and_user() {
         .env("CONTAINER_NAME", CONTAINER_NAME)
         .env("IMAGE", IMAGE)
         .env("IMAGE_UNDER_TEST", &image)
-        .env("PODMAN_ARGS", &translator)
+        // A python with PyYAML (the kubernetes-validate venv) runs the translator.
+        .env("PYTHON", Path::new(&venv).join("bin/python"))
+        .env(
+            "TRANSLATOR",
+            workspace().join("tests/container/podman_args.py"),
+        )
         .env(
             "DAEMONSET",
             workspace().join("deploy/kubernetes/30-daemonset.yaml"),
