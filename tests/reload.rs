@@ -164,7 +164,7 @@ fn removing_a_module_stops_its_rule_and_bringing_it_back_keeps_its_state() {
     // Back under another name: same rule id, so the same state.
     copy_into(&dir.path().join("renamed.wasm"), &rule);
     assert!(
-        agent.wait_for_log("renamed.wasm", RELOAD_WAIT),
+        agent.wait_for_log_line(&["rule loaded", "renamed.wasm"], RELOAD_WAIT),
         "{}",
         agent.stderr()
     );

@@ -298,6 +298,23 @@ impl Streaming {
         false
     }
 
+    /// Waits for one log line that contains every one of `parts` (a message and the module it
+    /// names, say: a single substring could match an earlier line about the same module).
+    pub fn wait_for_log_line(&self, parts: &[&str], timeout: std::time::Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if self
+                .stderr()
+                .lines()
+                .any(|line| parts.iter().all(|part| line.contains(part)))
+            {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        false
+    }
+
     /// What picket logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
