@@ -62,6 +62,7 @@ pub struct Metrics {
     evictions: Family<RuleLabel, Counter>,
     state_saves: Counter,
     state_save_failures: Counter,
+    state_files_set_aside: Counter,
     strategy: Family<StrategyLabel, Gauge>,
     started: Instant,
     /// Milliseconds after `started` of the event loop's last turn.
@@ -127,6 +128,7 @@ impl Metrics {
             evictions: Family::default(),
             state_saves: Counter::default(),
             state_save_failures: Counter::default(),
+            state_files_set_aside: Counter::default(),
             strategy: Family::default(),
             registry: Registry::default(),
             started: Instant::now(),
@@ -194,6 +196,11 @@ impl Metrics {
             "state_save_failures",
             "Failed commits of learned state (retried)",
             metrics.state_save_failures.clone(),
+        );
+        r.register(
+            "state_files_set_aside",
+            "Damaged or emptied state files moved aside at start (what they held is learned again)",
+            metrics.state_files_set_aside.clone(),
         );
         r.register(
             "probe_strategy",
@@ -265,6 +272,11 @@ impl Metrics {
         }
     }
 
+    /// A damaged or emptied state file was moved aside and a fresh one started.
+    pub fn state_file_set_aside(&self) {
+        self.state_files_set_aside.inc();
+    }
+
     /// The kernel hook that was attached.
     pub fn set_strategy(&self, strategy: &str) {
         self.strategy.clear();
@@ -328,6 +340,7 @@ mod tests {
         metrics.rule_state("k8s-sa-token", 5, 3);
         metrics.set_kernel_events_lost(7);
         metrics.state_saved(true);
+        metrics.state_file_set_aside();
         metrics.set_strategy("tracepoint");
         let text = metrics.encode();
         for line in [
@@ -344,6 +357,7 @@ mod tests {
             "picket_kernel_events_lost_total 7",
             "picket_state_saves_total 1",
             "picket_state_save_failures_total 0",
+            "picket_state_files_set_aside_total 1",
             r#"picket_probe_strategy{strategy="tracepoint"} 1"#,
             &format!(
                 r#"picket_build_info{{version="{}"}} 1"#,

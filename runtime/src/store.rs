@@ -389,6 +389,7 @@ fn move_aside(path: &Path, why: &str) -> Result<PathBuf, StoreError> {
             aside.display()
         ))
     })?;
+    crate::metrics::global().state_file_set_aside();
     tracing::error!(
         file = %path.display(),
         moved_to = %aside.display(),

@@ -46,7 +46,7 @@ pub enum How {
 
 impl How {
     /// Every way, with its command-line name.
-    pub const ALL: [(&'static str, How); 10] = [
+    pub const ALL: [(&'static str, How); 11] = [
         ("open", How::Open),
         ("quick", How::Quick),
         ("openat2", How::Openat2),
