@@ -26,6 +26,10 @@ const IMAGE: &str = "registry.example/payments-api:2.7.1";
 const SCENARIO: &str = r#"
 set -eu
 node="$WORK/node"
+# The node's directory tree is a shared mount, as / is on a systemd node, so that the DaemonSet's
+# HostToContainer (rslave) mount of the kubelet's pod volumes can follow mounts made later.
+mkdir -p "$node/var/lib/kubelet/pods"
+mount --bind "$node" "$node" && mount --make-rshared "$node"
 ulimits="--ulimit nofile=$(ulimit -Hn):$(ulimit -Hn) --ulimit nproc=4096:4096"
 
 # The node's kernel interfaces, mounted in this private namespace when the machine has none (as
@@ -89,17 +93,32 @@ get /readyz "$WORK/readyz" > "$WORK/readyz.status"
 get /healthz "$WORK/healthz" > "$WORK/healthz.status"
 get /metrics "$WORK/metrics.before" > /dev/null
 
-# The pod: its own mount namespace with the kubelet's token layout and its image's passwd, its
-# processes in the container's cgroup. A long-lived main process, a known reader (root, as the
-# image's entrypoint would), then a renamed reader as the image's user 4242.
+# The kubelet starts the pod after the agent: the pod's projected token volume, a tmpfs in the
+# kubelet's pods directory with the atomic writer's layout, and a hard link to the token under
+# another name in it. The agent must find the token there (through the HostToContainer mount)
+# before the pod reads it.
+vol="$node/var/lib/kubelet/pods/$POD_UID/volumes/kubernetes.io~projected/kube-api-access-x2x4q"
+stamp=..2026_11_24_10_00_00.000000001
+mkdir -p "$vol" && mount -t tmpfs pod-sa "$vol"
+mkdir "$vol/$stamp" && echo "token-of-the-pod" > "$vol/$stamp/token" && chmod 0644 "$vol/$stamp/token"
+ln -s "$stamp" "$vol/..data" && ln -s ..data/token "$vol/token"
+mkdir "$vol/.cache" && ln "$vol/$stamp/token" "$vol/.cache/blob"
+for _ in $(seq 300); do
+    grep -q "kube-api-access-x2x4q/$stamp/token" "$WORK/agent.log" && break
+    sleep 0.1
+done
+grep -q "kube-api-access-x2x4q/$stamp/token" "$WORK/agent.log" \
+    || { echo "the agent did not find the pod's token in the kubelet's directory" >&2; exit 5; }
+
+# The pod: its own mount namespace with the kubelet's volume at the token's place and its
+# image's passwd, its processes in the container's cgroup. A long-lived main process, a known
+# reader (root, as the image's entrypoint would), then a renamed reader as the image's user
+# 4242, then another reading the token through its hard link.
 cat > "$WORK/pod.sh" <<'POD'
 set -eu
 mount -t tmpfs pod-run /run
 sa=/run/secrets/kubernetes.io/serviceaccount
-stamp=..2026_11_24_10_00_00.000000001
-mkdir -p "$sa" && mount -t tmpfs pod-sa "$sa"
-mkdir "$sa/$stamp" && echo "token-of-the-pod" > "$sa/$stamp/token" && chmod 0644 "$sa/$stamp/token"
-ln -s "$stamp" "$sa/..data" && ln -s ..data/token "$sa/token"
+mkdir -p "$sa" && mount --bind "$VOL" "$sa"
 printf 'root:x:0:0:root:/root:/bin/sh\npicket-app:x:4242:4242::/home/app:/bin/sh\n' > /run/passwd
 mount --bind /run/passwd /etc/passwd
 echo $$ > "$CGROUP/cgroup.procs"
@@ -109,12 +128,14 @@ exec sh -c '
     sleep 0.5
     setpriv --reuid=4242 --regid=4242 --clear-groups \
         "$WORK/bin/xcat" /var/run/secrets/kubernetes.io/serviceaccount/token > /dev/null
-    for _ in $(seq 100); do [ -s "$WORK/signals.jsonl" ] && break; sleep 0.1; done
+    "$WORK/bin/ycat" /var/run/secrets/kubernetes.io/serviceaccount/.cache/blob > /dev/null
+    for _ in $(seq 100); do [ "$(grep -c . "$WORK/signals.jsonl")" -ge 2 ] && break; sleep 0.1; done
     kill $!
 '
 POD
-mkdir -p "$WORK/bin" && cp "$(command -v cat)" "$WORK/bin/xcat" && chmod 0755 "$WORK" "$WORK/bin"
-CGROUP="$cgroup" unshare --mount --propagation private sh "$WORK/pod.sh"
+mkdir -p "$WORK/bin" && cp "$(command -v cat)" "$WORK/bin/xcat" && cp "$(command -v cat)" "$WORK/bin/ycat"
+chmod 0755 "$WORK" "$WORK/bin"
+VOL="$vol" CGROUP="$cgroup" unshare --mount --propagation private sh "$WORK/pod.sh"
 sleep 0.5
 get /metrics "$WORK/metrics.after" > "$WORK/metrics.status"
 get /healthz "$WORK/healthz.after" > "$WORK/healthz.after.status"
@@ -229,8 +250,9 @@ fn the_image_run_as_the_daemonset_declares_names_the_pod_container_and_user() {
     );
     assert_eq!(read(work.path(), "metrics.status"), "200", "{context}");
 
-    // One signal from the pod's container (the machine's other processes may raise their own),
-    // from the renamed reader, naming everything the node knows about it.
+    // Two signals from the pod's container (the machine's other processes may raise their own):
+    // the renamed reader, naming everything the node knows about it, then the reader of the
+    // token's hard link, known by the token's identity found in the kubelet's directory.
     let signals: Vec<serde_json::Value> = read(work.path(), "signals.jsonl")
         .lines()
         .map(|line| {
@@ -239,7 +261,24 @@ fn the_image_run_as_the_daemonset_declares_names_the_pod_container_and_user() {
         })
         .filter(|signal| signal["event"]["container"]["id"] == ID)
         .collect();
-    assert_eq!(signals.len(), 1, "{signals:#?}\n{context}");
+    assert_eq!(signals.len(), 2, "{signals:#?}\n{context}");
+    let linked = &signals[1];
+    let ycat = work.path().join("bin/ycat").display().to_string();
+    assert_eq!(linked["rule"], "k8s-sa-token", "{linked:#}");
+    assert_eq!(linked["new_value"]["value"], ycat.as_str(), "{linked:#}");
+    assert_eq!(
+        linked["event"]["file"]["path"], "/run/secrets/kubernetes.io/serviceaccount/.cache/blob",
+        "{linked:#}"
+    );
+    assert_eq!(
+        linked["event"]["file"]["canonical_path"],
+        format!(
+            "/var/lib/kubelet/pods/{POD_UID}/volumes/kubernetes.io~projected/\
+             kube-api-access-x2x4q/..2026_11_24_10_00_00.000000001/token"
+        )
+        .as_str(),
+        "{linked:#}"
+    );
     let signal = &signals[0];
     let xcat = work.path().join("bin/xcat").display().to_string();
     assert_eq!(signal["rule"], "k8s-sa-token", "{signal:#}");

@@ -125,10 +125,14 @@ def main():
             read_only = True  # the kubelet mounts ConfigMap volumes read-only
         else:
             fail(f"volume {mount['name']}: unsupported kind")
+        options_ = ["ro" if read_only else "rw"]
         propagation = mount.get("mountPropagation")
-        if propagation not in (None, "None"):
+        if propagation == "HostToContainer":
+            # The kubelet's rslave: mounts made on the node later show up in the container.
+            options_.append("rslave")
+        elif propagation not in (None, "None"):
             fail(f"volume {mount['name']}: mountPropagation {propagation} not supported")
-        args.append(f"--volume={source}:{mount['mountPath']}:{'ro' if read_only else 'rw'}")
+        args.append(f"--volume={source}:{mount['mountPath']}:{','.join(options_)}")
 
     args.append(options.image)
     args += container.get("command") or []
