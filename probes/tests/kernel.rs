@@ -814,7 +814,15 @@ fn repeats_are_dropped_but_never_hide_another_reader() {
     let events = runtime().block_on(until_sentinel(&mut probes, &pids, sentinel));
     let got: Vec<u32> = events.iter().map(|e| e.process.pid).collect();
     assert_eq!(got, sent, "{events:#?}");
-    assert_eq!(probes.repeats_dropped(), dropped.len() as u64);
+    // The exact list above proves that the repeats were the opens dropped; the counter is the
+    // kernel's for every process, and the other tests of this binary, running in parallel, open
+    // files with watched names too (repeats of theirs count here as well).
+    assert!(
+        probes.repeats_dropped() >= dropped.len() as u64,
+        "{} repeats dropped, {} expected at least",
+        probes.repeats_dropped(),
+        dropped.len()
+    );
     let exe_of = |i: usize| events[i].process.exe.as_str();
     assert_eq!(exe_of(3), xsh.to_str().unwrap());
     assert_eq!(events[3].access, Access::Read);
