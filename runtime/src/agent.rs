@@ -106,10 +106,9 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
                 if opened.path_truncated {
                     tracing::warn!(path = %opened.path, pid = opened.process.pid, "path too deep or too long to resolve completely");
                 }
-                let dated = opened.ts;
-                let mut event = normalize(opened, &options.node_name, &prefilter.found);
                 // Learning and forgetting count on the boot clock, which no wall-clock step moves.
-                event.ts = clock.stable(dated);
+                let ts = clock.stable(opened.ts);
+                let event = normalize(opened, ts, &options.node_name, &prefilter.found);
                 metrics.event(event.kind.as_str());
                 host.handle(&event, &mut sink);
             }
@@ -222,9 +221,14 @@ impl Prefilter {
     }
 }
 
-/// A kernel open as design.md's event; `found` gives the canonical path of a file known by
+/// A kernel open as design.md's event, dated `ts`; `found` gives the canonical path of a file known by
 /// identity.
-pub fn normalize(opened: OpenEvent, node_name: &str, found: &Found) -> Event<'static> {
+pub fn normalize(
+    opened: OpenEvent,
+    ts: Timestamp,
+    node_name: &str,
+    found: &Found,
+) -> Event<'static> {
     let canonical_path = found
         .path_of(&opened.file)
         .map(|path| Cow::Owned(path.to_string()));
@@ -249,7 +253,7 @@ pub fn normalize(opened: OpenEvent, node_name: &str, found: &Found) -> Event<'st
         uid: pod.uid.map(Cow::Owned),
     });
     Event {
-        ts: Timestamp::from_system_time(opened.ts),
+        ts,
         kind: Kind::Open,
         host: Some(Cow::Owned(node_name.to_string())),
         file: File {
