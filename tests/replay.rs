@@ -45,7 +45,7 @@ fn the_example_raises_one_signal_per_token_for_the_intruder_only() {
             ("eks-token".into(), "/usr/bin/cat".into(), api),
         ]
     );
-    // A signal carries the rule's fields and the whole event, as design.md shows.
+    // A signal carries the rule's fields and the whole event, as docs/signals.md shows.
     let first = &signals[0];
     assert_eq!(first["ts"], "2026-11-22T22:22:03.517200114Z");
     assert_eq!(first["severity"], "medium");

@@ -1,5 +1,5 @@
 //! `picket run`: the live agent. Kernel probes report opens of the files the rules subscribe
-//! to; each becomes a normalized event (design.md "Event") for the same pipeline replay uses.
+//! to; each becomes a normalized event (docs/events.md) for the same pipeline replay uses.
 //! One thread evaluates events; reloads of the rules directory and saves of learned state land
 //! between events.
 
@@ -221,8 +221,8 @@ impl Prefilter {
     }
 }
 
-/// A kernel open as design.md's event, dated `ts`; `found` gives the canonical path of a file known by
-/// identity.
+/// A kernel open as a normalized event (docs/events.md), dated `ts`; `found` gives the canonical
+/// path of a file known by identity.
 pub fn normalize(
     opened: OpenEvent,
     ts: Timestamp,

@@ -1,4 +1,4 @@
-//! The `picket` command line (design.md "CLI").
+//! The `picket` command line (docs/cli.md).
 
 use crate::agent::{AgentOptions, Output};
 use crate::conformance::{Outcome, collect_cases, run_case_file};

@@ -1,4 +1,4 @@
-//! Conformance cases (design.md "Conformance case"): a rule, events, and exactly the signals
+//! Conformance cases (docs/cases.md): a rule, events, and exactly the signals
 //! they must raise.
 
 use crate::event::{Event, describe_path_error};

@@ -1,4 +1,4 @@
-//! The normalized event (design.md "Event"): its JSON form, and parsing that names the line and
+//! The normalized event (docs/events.md): its JSON form, and parsing that names the line and
 //! field of bad input.
 
 use crate::time::Timestamp;

@@ -1,4 +1,4 @@
-//! Signal output: JSON lines (design.md "Signal") through a bounded queue and a writer thread
+//! Signal output: JSON lines (docs/signals.md) through a bounded queue and a writer thread
 //! per output, and the log lines for rule failures.
 
 use crate::event::Event;

@@ -1,7 +1,7 @@
 //! The rule pipeline: events in, each to the rules subscribed to it, signals out.
 //!
-//! Live events and replayed ones both enter here (design.md "Data flow"). The pipeline owns the
-//! running rules; installing or removing one happens between two events, so every event is
+//! Live events and replayed ones both enter here (docs/README.md "Data flow"). The pipeline owns
+//! the running rules; installing or removing one happens between two events, so every event is
 //! evaluated by exactly one version of each rule. A rule that fails is contained: the failure is
 //! reported, its instance rebuilt, and after repeated failures it is quarantined while the other
 //! rules carry on. New-value state belongs to the rule id, not to the module, so it survives a

@@ -1,4 +1,4 @@
-//! New-value state: what each rule has learned, kept by the host (design.md "New value").
+//! New-value state: what each rule has learned, kept by the host (docs/new-value.md).
 //!
 //! For every rule the host keeps named states; in each, per group, the values seen and when each
 //! was last seen. A group's learning period starts at its first event; during it values are

@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use wasmtime::{Instance, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc};
 
-/// The new value behind a raised signal; serialized as in design.md's signal.
+/// The new value behind a raised signal; serialized as the signal's `new_value` (docs/signals.md).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct NewValue {
     /// The event field the value came from.
