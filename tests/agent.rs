@@ -1,14 +1,14 @@
 //! `picket run` end to end on the real kernel: probes attached, a private mount namespace with
 //! the kubelet's token layout, real processes reading the tokens.
 //!
-//! Needs root (BPF, mounts); without it the test says why it skips. CI runs as root, so there it
-//! runs.
+//! Needs root (BPF, mounts): the tests are `#[ignore]`d so that a plain `cargo test` reports them
+//! ignored; `./run-tests` (as root in CI) runs them with `--include-ignored`.
 
 mod support;
 
 use std::path::Path;
 use std::process::Command;
-use support::{is_root, rule_wasm, temp_dir};
+use support::{require_root, rule_wasm, temp_dir};
 
 /// The kubelet's token layout, built in a private mount namespace: /run becomes a tmpfs there
 /// (the machine's own /run is untouched), each serviceaccount directory a tmpfs of its own as a
@@ -244,19 +244,14 @@ wait $agent
 "#;
 
 /// Runs `steps` after [`SETUP`] in a private mount namespace, with the named rule modules in
-/// the rules directory. Returns the work directory, or `None` (saying why) without root.
-fn scenario(steps: &str, rules: &[&str]) -> Option<tempfile::TempDir> {
+/// the rules directory, and returns the work directory. Fails without root.
+fn scenario(steps: &str, rules: &[&str]) -> tempfile::TempDir {
     // Probes see the whole machine: two agents at once would each see the other's readers.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !is_root() {
-        eprintln!(
-            "SKIPPED picket run end-to-end: needs root for BPF and mounts (CI runs it as root)"
-        );
-        return None;
-    }
+    require_root("picket run end to end (BPF, mounts)");
     let work = temp_dir();
     let dir = work.path().join("rules");
     std::fs::create_dir(&dir).unwrap();
@@ -282,7 +277,7 @@ fn scenario(steps: &str, rules: &[&str]) -> Option<tempfile::TempDir> {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    Some(work)
+    work
 }
 
 fn read_signals(work: &Path) -> Vec<serde_json::Value> {
@@ -294,10 +289,9 @@ fn read_signals(work: &Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
+#[ignore = "needs root: BPF and mounts (./run-tests runs it)"]
 fn an_unfamiliar_program_reading_each_token_raises_one_signal_per_rule() {
-    let Some(work) = scenario(READ_EACH_TOKEN, &["eks-token", "k8s-sa-token"]) else {
-        return;
-    };
+    let work = scenario(READ_EACH_TOKEN, &["eks-token", "k8s-sa-token"]);
     let log = std::fs::read_to_string(work.path().join("agent.log")).unwrap();
     assert!(log.contains("probes attached"), "{log}");
     assert!(log.contains("stopping: detaching probes"), "{log}");
@@ -346,10 +340,9 @@ fn an_unfamiliar_program_reading_each_token_raises_one_signal_per_rule() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and mounts (./run-tests runs it)"]
 fn a_live_agent_takes_a_dropped_in_rule_and_survives_kill_9_without_forgetting() {
-    let Some(work) = scenario(RELOAD_AND_KILL, &["k8s-sa-token"]) else {
-        return;
-    };
+    let work = scenario(RELOAD_AND_KILL, &["k8s-sa-token"]);
     let bin = |name: &str| work.path().join("bin").join(name).display().to_string();
     let seen: Vec<(String, String)> = read_signals(work.path())
         .iter()
@@ -375,10 +368,9 @@ fn a_live_agent_takes_a_dropped_in_rule_and_survives_kill_9_without_forgetting()
 }
 
 #[test]
+#[ignore = "needs root: BPF and mounts (./run-tests runs it)"]
 fn a_stuck_output_costs_signals_past_its_queue_but_never_detection_or_shutdown() {
-    let Some(work) = scenario(STUCK_OUTPUT, &["k8s-sa-token"]) else {
-        return;
-    };
+    let work = scenario(STUCK_OUTPUT, &["k8s-sa-token"]);
     let first = std::fs::read_to_string(work.path().join("agent1.log")).unwrap();
     let dropped = first
         .lines()
@@ -422,10 +414,9 @@ fn signal_summary(signals: &[serde_json::Value]) -> Vec<(String, String, String,
 }
 
 #[test]
+#[ignore = "needs root: BPF and mounts (./run-tests runs it)"]
 fn a_token_reached_by_another_path_or_name_raises_one_signal_per_rule() {
-    let Some(work) = scenario(OTHER_NAMES, &["eks-token", "k8s-sa-token"]) else {
-        return;
-    };
+    let work = scenario(OTHER_NAMES, &["eks-token", "k8s-sa-token"]);
     let log = std::fs::read_to_string(work.path().join("agent.log")).unwrap();
     let signals = read_signals(work.path());
     let bin = |name: &str| work.path().join("bin").join(name).display().to_string();
@@ -494,10 +485,9 @@ fn a_token_reached_by_another_path_or_name_raises_one_signal_per_rule() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and mounts (./run-tests runs it)"]
 fn a_rotated_token_is_followed_and_the_old_one_stays_known() {
-    let Some(work) = scenario(ROTATION, &["k8s-sa-token"]) else {
-        return;
-    };
+    let work = scenario(ROTATION, &["k8s-sa-token"]);
     let log = std::fs::read_to_string(work.path().join("agent.log")).unwrap();
     let bin = |name: &str| work.path().join("bin").join(name).display().to_string();
     let sa = "/run/secrets/kubernetes.io/serviceaccount";

@@ -1,5 +1,11 @@
 //! Shared by the integration tests: builds the rule modules to wasm once, runs the real `picket`
 //! binary, and writes events.
+//!
+//! Tests that need what a plain `cargo test` may not have (root for BPF and mounts, the QEMU
+//! kernels, the container image) are marked `#[ignore = "needs root: ..."]` (the reason says
+//! what is missing), so that such a run reports them *ignored*, never passed. `./run-tests` runs
+//! them with `-- --include-ignored`; a requirement missing then fails the test, saying which
+//! (see [`require_root`]). No other test is ignored, so that flag runs exactly these.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -160,6 +166,16 @@ pub fn is_root() -> bool {
                 .map(|ids| ids.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+/// Fails the test, saying why, unless it runs as root. For the tests marked
+/// `#[ignore = "needs root: ..."]`: run with `--include-ignored`, they must not pass without
+/// having run.
+pub fn require_root(what: &str) {
+    assert!(
+        is_root(),
+        "{what} needs root; run it as root (./run-tests does), or without --include-ignored"
+    );
 }
 
 /// For the live benchmarks, which need their own mount namespace: in the process started by
