@@ -137,8 +137,14 @@ POD
 mkdir -p "$WORK/bin" && cp "$(command -v cat)" "$WORK/bin/xcat" && cp "$(command -v cat)" "$WORK/bin/ycat"
 chmod 0755 "$WORK" "$WORK/bin"
 VOL="$vol" CGROUP="$cgroup" unshare --mount --propagation private sh "$WORK/pod.sh"
-sleep 0.5
-get /metrics "$WORK/metrics.after" > "$WORK/metrics.status"
+# Until the learned values are counted (at each save, every 200 ms; 10 s at most): the test
+# then checks every counter, with the whole text if one did not move.
+learned='^picket_learned_values\{rule="k8s-sa-token"\} ([3-9]|[1-9][0-9]+)$'
+for _ in $(seq 100); do
+    get /metrics "$WORK/metrics.after" > "$WORK/metrics.status"
+    grep -Eq "$learned" "$WORK/metrics.after" && break
+    sleep 0.1
+done
 get /healthz "$WORK/healthz.after" > "$WORK/healthz.after.status"
 
 # What the agent used, for the DaemonSet's requests and limits (BENCHMARKS.md).

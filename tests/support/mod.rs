@@ -243,6 +243,8 @@ pub struct Streaming {
     signals: std::sync::mpsc::Receiver<(std::time::Instant, serde_json::Value)>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
+    /// Signals [`Streaming::wait_for_signals`] took off the channel, kept for `finish`.
+    waited: Vec<serde_json::Value>,
 }
 
 impl Streaming {
@@ -281,6 +283,7 @@ impl Streaming {
             signals,
             stderr: log,
             readers,
+            waited: Vec::new(),
         }
     }
 
@@ -300,6 +303,21 @@ impl Streaming {
     /// Signals that arrived so far, with when they arrived.
     pub fn received(&self) -> Vec<(std::time::Instant, serde_json::Value)> {
         self.signals.try_iter().collect()
+    }
+
+    /// Waits until `count` signals have arrived in all (since the start, not counting those
+    /// [`Streaming::received`] took), up to `timeout`: proof that the events before them were
+    /// evaluated. They stay part of what [`Streaming::finish`] returns.
+    pub fn wait_for_signals(&mut self, count: usize, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.waited.len() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.signals.recv_timeout(left) {
+                Ok((_, signal)) => self.waited.push(signal),
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Waits until stderr contains `text`, up to `timeout`.
@@ -343,7 +361,8 @@ impl Streaming {
         for reader in self.readers.drain(..) {
             reader.join().expect("reader thread");
         }
-        let signals = self.signals.try_iter().map(|(_, v)| v).collect();
+        let mut signals = std::mem::take(&mut self.waited);
+        signals.extend(self.signals.try_iter().map(|(_, v)| v));
         (status.code(), signals, self.stderr())
     }
 
