@@ -125,8 +125,8 @@ mount --bind /run/passwd /etc/passwd
 echo $$ > "$CGROUP/cgroup.procs"
 exec sh -c '
     sleep 300 &
+    # The known reader first; opens reach the agent in order, so it is learned before the next.
     cat /var/run/secrets/kubernetes.io/serviceaccount/token > /dev/null
-    sleep 0.5
     setpriv --reuid=4242 --regid=4242 --clear-groups \
         "$WORK/bin/xcat" /var/run/secrets/kubernetes.io/serviceaccount/token > /dev/null
     "$WORK/bin/ycat" /var/run/secrets/kubernetes.io/serviceaccount/.cache/blob > /dev/null

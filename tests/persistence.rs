@@ -81,6 +81,7 @@ fn kill_9_during_heavy_learning_forgets_nothing_learned_a_second_before() {
         for (at, signal) in agent.received() {
             learned.push((at, value(&signal)));
         }
+        // Pacing, not ordering: the time passing is what this test is about.
         std::thread::sleep(Duration::from_millis(1));
     }
     let killed_at = Instant::now();
