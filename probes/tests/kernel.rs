@@ -30,7 +30,7 @@ fn unavailable(test: &str, reason: &str) -> ! {
 }
 
 /// Why these tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
+fn missing_requirement() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
@@ -80,7 +80,7 @@ fn in_private_mount_namespace(test: &str) -> bool {
     if std::env::var(INNER_ENV).as_deref() == Ok(test) {
         return true;
     }
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = missing_requirement() {
         unavailable(test, &reason);
     }
     let mut child = Command::new(std::env::current_exe().unwrap());
@@ -546,7 +546,7 @@ fn set_basenames_adds_and_removes() {
 #[test]
 #[ignore = "needs root and BPF (./run-tests runs it)"]
 fn auto_takes_the_first_strategy_the_kernel_allows() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = missing_requirement() {
         unavailable("auto_takes_the_first_strategy_the_kernel_allows", &reason);
     }
     let mut allowed = None;
