@@ -2,13 +2,14 @@
 //! `picket run` on the real kernel, in a private mount namespace holding the kubelet's token
 //! layout; processes really open the token.
 //!
-//! Needs root (BPF, mounts, a cgroup); without it the tests say why they skip.
+//! Needs root (BPF, mounts, a cgroup): the tests are `#[ignore]`d so that a plain `cargo test`
+//! reports them ignored; `./run-tests` (as root in CI) runs them with `--include-ignored`.
 
 mod support;
 
 use std::path::Path;
 use std::process::Command;
-use support::{is_root, rule_wasm, temp_dir};
+use support::{require_root, rule_wasm, temp_dir};
 
 /// The kubelet's projected token in a tmpfs over /run (the machine's own /run is untouched),
 /// distinct copies of `sh` and `cat`, and the helpers the steps use.
@@ -22,9 +23,9 @@ mkdir "$sa/$stamp" && echo "token" > "$sa/$stamp/token"
 ln -s "$stamp" "$sa/..data" && ln -s ..data/token "$sa/token"
 K8S=/var/run/secrets/kubernetes.io/serviceaccount/token
 mkdir -p "$WORK/bin"
-# The flooders share one executable: a copy of this test binary, which opens the file in a loop
-# when run as `flood_helper` (a shell loop is too slow to fill the ring buffer).
-cp "$TEST_BINARY" "$WORK/bin/flooder"
+# The flooders share one executable: a copy of tests/reader's `flooder`, which opens the file in
+# a loop (a shell loop is too slow to fill the ring buffer).
+cp "$FLOODER" "$WORK/bin/flooder"
 for i in $(seq 20); do cp "$(command -v cat)" "$WORK/bin/reader$i"; done
 cp "$(command -v cat)" "$WORK/bin/last"
 
@@ -45,8 +46,7 @@ start_agent() {
 # flood [OPENS]: one flooder, in the background, until killed or after OPENS opens; it creates
 # $WORK/flooding.<its pid> after 5,000 opens
 flood() {
-    PICKET_FLOOD_FILE="$K8S" PICKET_FLOOD_OPENS="${1:-}" PICKET_FLOOD_MARK="$WORK/flooding" \
-        "$WORK/bin/flooder" flood_helper --exact --test-threads=1 >/dev/null &
+    "$WORK/bin/flooder" "$K8S" "$WORK/flooding" ${1:+"$1"} >/dev/null &
 }
 
 # readers: the twenty readers, one after the other
@@ -97,7 +97,9 @@ for _ in $(seq 8); do
     flood
     flooders="$flooders $!"
 done
-for _ in $(seq 600); do [ "$(ls "$WORK" | grep -c '^flooding\.')" -ge 8 ] && break; sleep 0.1; done
+# Until all eight flood (60 s at most: a guard against hanging, not a measurement).
+for i in $(seq 601); do [ "$(ls "$WORK" | grep -c '^flooding\.')" -ge 8 ] && break; sleep 0.1; done
+[ "$i" -le 600 ] || { echo "the eight flooders did not all start" >&2; exit 1; }
 readers
 kill $flooders
 wait $flooders 2>/dev/null || true
@@ -133,18 +135,15 @@ stop_agent
 "#;
 
 /// Runs `steps` after [`SETUP`] in a private mount namespace with the k8s-sa-token rule; `env`
-/// goes to the script (and the agent). Returns the work directory, or `None` (saying why)
-/// without root.
-fn scenario(steps: &str, env: &[(&str, &str)]) -> Option<tempfile::TempDir> {
+/// goes to the script (and the agent). Returns the work directory; fails without root.
+fn scenario(steps: &str, env: &[(&str, &str)]) -> tempfile::TempDir {
     // Probes see the whole machine: two agents at once would each see the other's readers.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !is_root() {
-        eprintln!("SKIPPED picket run flood test: needs root for BPF, mounts and cgroups");
-        return None;
-    }
+    require_root("the picket run flood test (BPF, mounts, cgroups)");
+    let flooder = support::workspace_binary("picket-test-reader", "flooder");
     let work = temp_dir();
     let rules = work.path().join("rules");
     std::fs::create_dir(&rules).unwrap();
@@ -154,7 +153,7 @@ fn scenario(steps: &str, env: &[(&str, &str)]) -> Option<tempfile::TempDir> {
         .arg(format!("{SETUP}\n{steps}"))
         .env("PICKET", env!("CARGO_BIN_EXE_picket"))
         .env("WORK", work.path())
-        .env("TEST_BINARY", std::env::current_exe().unwrap())
+        .env("FLOODER", flooder)
         .envs(env.iter().copied())
         .output()
         .expect("running unshare");
@@ -165,7 +164,7 @@ fn scenario(steps: &str, env: &[(&str, &str)]) -> Option<tempfile::TempDir> {
         String::from_utf8_lossy(&output.stderr),
         agent_log(work.path())
     );
-    Some(work)
+    work
 }
 
 fn agent_log(work: &Path) -> String {
@@ -183,39 +182,17 @@ fn logged_number(log: &str, message: &str, field: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The flooder, when the scenarios run this binary with `PICKET_FLOOD_FILE` set: opens that file
-/// in a loop, until killed or `PICKET_FLOOD_OPENS` times. Does nothing otherwise.
 #[test]
-fn flood_helper() {
-    let Ok(path) = std::env::var("PICKET_FLOOD_FILE") else {
-        return;
-    };
-    let opens = std::env::var("PICKET_FLOOD_OPENS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(u64::MAX);
-    let mark = std::env::var("PICKET_FLOOD_MARK").expect("PICKET_FLOOD_MARK");
-    for n in 0..opens {
-        drop(std::fs::File::open(&path).expect("opening the file to flood"));
-        if n == 5_000 {
-            std::fs::write(format!("{mark}.{}", std::process::id()), "").unwrap();
-        }
-    }
-}
-
-#[test]
+#[ignore = "needs root: BPF, mounts and cgroups (./run-tests runs it)"]
 fn a_flood_of_one_reader_hides_none_of_twenty_others() {
-    let Some(work) = scenario(FLOOD_WITH_READERS, &[]) else {
-        return;
-    };
+    let work = scenario(FLOOD_WITH_READERS, &[]);
     assert_every_reader_signalled(&work);
 }
 
 #[test]
+#[ignore = "needs root: BPF, mounts and cgroups (./run-tests runs it)"]
 fn a_flood_hides_no_reader_even_while_the_agent_is_stalled() {
-    let Some(work) = scenario(FLOOD_WITH_READERS_AGENT_STALLED, &[]) else {
-        return;
-    };
+    let work = scenario(FLOOD_WITH_READERS_AGENT_STALLED, &[]);
     assert_every_reader_signalled(&work);
     let log = agent_log(work.path());
     assert!(!log.contains("events lost"), "{log}");
@@ -249,10 +226,9 @@ fn assert_every_reader_signalled(work: &tempfile::TempDir) {
 }
 
 #[test]
+#[ignore = "needs root: BPF, mounts and cgroups (./run-tests runs it)"]
 fn events_lost_anyway_are_reported_with_the_cgroup_they_came_from() {
-    let Some(work) = scenario(LOSS_IN_A_CGROUP, &[("PICKET_PROBES_DROP_REPEATS", "off")]) else {
-        return;
-    };
+    let work = scenario(LOSS_IN_A_CGROUP, &[("PICKET_PROBES_DROP_REPEATS", "off")]);
     let log = agent_log(work.path());
     let cgroup = std::fs::read_to_string(work.path().join("cgroup")).unwrap();
     let name = Path::new(cgroup.trim())

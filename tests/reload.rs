@@ -52,6 +52,8 @@ fn swaps_under_a_stream_lose_and_double_no_signal() {
             agent.send(&event(sent));
             sent += 1;
         }
+        // Pacing, not ordering: the stream keeps flowing while a swap lands, and what is
+        // asserted holds whatever the timing.
         std::thread::sleep(Duration::from_millis(2));
     };
     send_some(&mut agent, 200);
@@ -129,6 +131,17 @@ fn a_broken_or_half_written_module_leaves_the_running_version_in_place() {
     // The complete module again: identical to the running one, so nothing is reloaded.
     copy_into(&module, &good);
     agent.send(&event(5));
+    // Proof that a scan ran after that copy (else "nothing replaced" below would prove
+    // nothing): another module, written after it, loads. Its first event is learned silently.
+    copy_into(
+        &dir.path().join("witness.wasm"),
+        &new_exe_rule("witness", "witness"),
+    );
+    assert!(
+        agent.wait_for_log_line(&["rule loaded", "witness.wasm"], RELOAD_WAIT),
+        "{}",
+        agent.stderr()
+    );
     let (code, signals, stderr) = agent.finish();
     assert_eq!(code, Some(0), "{stderr}");
     let exes: Vec<String> = signals.iter().map(exe).collect();
@@ -153,7 +166,8 @@ fn removing_a_module_stops_its_rule_and_bringing_it_back_keeps_its_state() {
     for i in 0..3 {
         agent.send(&event(i));
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // Learned before the removal: the signals of events 1 and 2 (0 is learned silently).
+    assert!(agent.wait_for_signals(2, RELOAD_WAIT), "{}", agent.stderr());
     std::fs::remove_file(&module).unwrap();
     assert!(
         agent.wait_for_log("rule removed", RELOAD_WAIT),
@@ -195,7 +209,8 @@ fn a_configmap_style_update_through_a_data_link_is_picked_up() {
     assert!(agent.wait_for_log("rule loaded", RELOAD_WAIT));
     agent.send(&event(0));
     agent.send(&event(1));
-    std::thread::sleep(Duration::from_millis(100));
+    // v1 evaluated both before the update: event 1's signal (0 is learned silently).
+    assert!(agent.wait_for_signals(1, RELOAD_WAIT), "{}", agent.stderr());
 
     let new = root.join("..2026_11_22_11_00_00.000000002");
     std::fs::create_dir(&new).unwrap();

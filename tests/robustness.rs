@@ -87,6 +87,12 @@ fn assert_recovers(rules: &Path, state: &Path, cause: &str) {
     );
     assert_eq!(again.code, Some(0), "{}", again.stderr);
     assert!(again.signals().is_empty(), "{}", again.stderr);
+    // ...and the event was evaluated: the empty output is not a run that did nothing.
+    assert!(
+        again.stderr.contains("events=1 rejected=0 signals=0"),
+        "{}",
+        again.stderr
+    );
     assert!(!again.stderr.contains("damaged"), "{}", again.stderr);
 }
 
@@ -281,16 +287,27 @@ fn fifos_directories_and_broken_links_in_the_rules_folder_are_skipped_with_a_rea
         dir.join("forged\nERROR rule loaded.wasm"),
     )
     .unwrap();
-    // A good module after them still loads: nothing blocked the watcher.
+    // A good module after them still loads: nothing blocked the watcher. (Its own line: the
+    // forged name's skip line says "rule loaded" too.)
     std::fs::copy(rule_wasm("k8s-sa-token"), dir.join("k8s_sa_token.wasm")).unwrap();
     assert!(
-        agent.wait_for_log("rule loaded", WAIT),
+        agent.wait_for_log_line(&["rule loaded", "k8s_sa_token.wasm"], WAIT),
         "{}",
         agent.stderr()
     );
-    // Another change: the skipped entries are not reported again.
+    // Another change: the skipped entries are not reported again. A module written after it
+    // loads: the rescan that change caused has run.
     std::fs::write(dir.join("notes.txt"), "x").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(
+        dir.join("witness.wasm"),
+        support::new_exe_rule("witness", "witness"),
+    )
+    .unwrap();
+    assert!(
+        agent.wait_for_log_line(&["rule loaded", "witness.wasm"], WAIT),
+        "{}",
+        agent.stderr()
+    );
     let (code, _, stderr) = agent.finish();
     assert_eq!(code, Some(0), "{stderr}");
     for (name, why) in [

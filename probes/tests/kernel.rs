@@ -1,5 +1,7 @@
-//! Tests against the running kernel. They need root and BPF; without them each test prints why it
-//! skips and passes. Filesystem setup happens in a private mount namespace: the test binary
+//! Tests against the running kernel. They need root and BPF, so they are `#[ignore]`d: a plain
+//! `cargo test` reports them ignored, and `./run-tests` (as root in CI) runs them with
+//! `--include-ignored`, where a missing requirement fails the test, saying which. Filesystem
+//! setup happens in a private mount namespace: the test binary
 //! re-runs itself for one test, in a child that called `unshare(CLONE_NEWNS)` and made every mount
 //! private, so the tmpfs over `/run` and the bind mounts never reach the machine's own `/run`.
 
@@ -14,7 +16,6 @@ use std::{
 };
 
 use picket_probes::{Access, OpenEvent, Probes, Strategy};
-use picket_test_reader::io_uring;
 
 const INNER_ENV: &str = "PICKET_PROBES_TEST_INNER";
 const K8S_DIR: &str = "/run/secrets/kubernetes.io/serviceaccount";
@@ -22,15 +23,14 @@ const K8S_TS: &str = "..2026_11_22_10_00_00.000000001";
 const EKS_DIR: &str = "/run/secrets/eks.amazonaws.com/serviceaccount";
 const EKS_TS: &str = "..2026_11_22_10_00_00.000000002";
 
-/// Reports a skipped test on the real stderr: the test harness captures `eprintln!`, and a skip
-/// should be visible in a normal `cargo test` run.
-fn skip(test: &str, reason: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+/// Fails `test` because what it needs is missing: these tests run only when asked for
+/// (`--include-ignored`), and then must not pass without having run.
+fn unavailable(test: &str, reason: &str) -> ! {
+    panic!("{test} cannot run here: {reason}");
 }
 
 /// Why these tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
+fn missing_requirement() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
@@ -80,13 +80,18 @@ fn in_private_mount_namespace(test: &str) -> bool {
     if std::env::var(INNER_ENV).as_deref() == Ok(test) {
         return true;
     }
-    if let Some(reason) = skip_reason() {
-        skip(test, &reason);
-        return false;
+    if let Some(reason) = missing_requirement() {
+        unavailable(test, &reason);
     }
     let mut child = Command::new(std::env::current_exe().unwrap());
     child
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            test,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(INNER_ENV, test);
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
     // system calls (unshare, mount) on static strings.
@@ -117,11 +122,6 @@ fn in_private_mount_namespace(test: &str) -> bool {
     print!("{}", String::from_utf8_lossy(&output.stdout));
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprint!("{stderr}");
-    // The child's skip notices bypassed its capture; keep them visible here too.
-    for line in stderr.lines().filter(|l| l.starts_with("SKIPPED ")) {
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "{line}");
-    }
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -311,6 +311,7 @@ fn load_tracepoint() -> Probes {
 }
 
 #[test]
+#[ignore = "needs root and BPF (./run-tests runs it)"]
 fn kubelet_token_reads_resolve_to_the_timestamped_file() {
     if !in_private_mount_namespace("kubelet_token_reads_resolve_to_the_timestamped_file") {
         return;
@@ -431,6 +432,7 @@ fn cat_token_in(scratch: &Scratch, components: &[String]) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root and BPF (./run-tests runs it)"]
 fn paths_too_deep_or_too_long_keep_their_tail_and_are_flagged() {
     if !in_private_mount_namespace("paths_too_deep_or_too_long_keep_their_tail_and_are_flagged") {
         return;
@@ -488,6 +490,7 @@ fn paths_too_deep_or_too_long_keep_their_tail_and_are_flagged() {
 }
 
 #[test]
+#[ignore = "needs root and BPF (./run-tests runs it)"]
 fn set_basenames_adds_and_removes() {
     if !in_private_mount_namespace("set_basenames_adds_and_removes") {
         return;
@@ -541,10 +544,10 @@ fn set_basenames_adds_and_removes() {
 }
 
 #[test]
+#[ignore = "needs root and BPF (./run-tests runs it)"]
 fn auto_takes_the_first_strategy_the_kernel_allows() {
-    if let Some(reason) = skip_reason() {
-        skip("auto_takes_the_first_strategy_the_kernel_allows", &reason);
-        return;
+    if let Some(reason) = missing_requirement() {
+        unavailable("auto_takes_the_first_strategy_the_kernel_allows", &reason);
     }
     let mut allowed = None;
     for (strategy, hook) in [
@@ -607,16 +610,15 @@ impl Drop for Cgroup {
 }
 
 #[test]
+#[ignore = "needs root and BPF (./run-tests runs it)"]
 fn container_id_and_image_come_from_the_cgroup_and_runtime_metadata() {
     if !in_private_mount_namespace(
         "container_id_and_image_come_from_the_cgroup_and_runtime_metadata",
     ) {
         return;
     }
-    let Some(cgroup_root) = cgroup2_mount() else {
-        skip("container_id_and_image", "no cgroup v2 hierarchy mounted");
-        return;
-    };
+    let cgroup_root = cgroup2_mount()
+        .unwrap_or_else(|| unavailable("container_id_and_image", "no cgroup v2 hierarchy mounted"));
     kubelet_layout();
     // A containerd-style (systemd driver) cgroup, and the task's OCI bundle under our private /run.
     let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xfeed);
@@ -663,56 +665,57 @@ fn container_id_and_image_come_from_the_cgroup_and_runtime_metadata() {
     );
 }
 
-/// Exercises an `IORING_OP_OPENAT` when this binary is started with `PICKET_PROBES_IO_URING_OPEN`
-/// set (by the test below); does nothing otherwise.
-#[test]
-fn io_uring_open_helper() {
-    let Ok(path) = std::env::var("PICKET_PROBES_IO_URING_OPEN") else {
-        return;
-    };
-    let fd = io_uring::openat(&path).expect("io_uring openat");
-    assert!(
-        fd >= 0,
-        "io_uring openat of {path}: {}",
-        std::io::Error::from_raw_os_error(-fd)
-    );
-    println!("io_uring opened {path} as fd {fd}");
+/// Builds tests/reader's `token-reader` (release) and returns its path: the io_uring test runs
+/// it as the process that opens through io_uring.
+fn token_reader() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("probes/ sits in the workspace");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["build", "--release", "-p", "picket-test-reader", "--bin"])
+        .arg("token-reader")
+        .status()
+        .expect("running cargo to build token-reader");
+    assert!(status.success(), "building token-reader failed");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("release/token-reader")
 }
 
 #[test]
+#[ignore = "needs root and BPF (./run-tests runs it)"]
 fn io_uring_opens_are_seen_by_the_tracepoint_strategy() {
     if !in_private_mount_namespace("io_uring_opens_are_seen_by_the_tracepoint_strategy") {
         return;
     }
     if fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() != "0") {
-        skip(
+        unavailable(
             "io_uring_opens",
             "io_uring is disabled (kernel.io_uring_disabled)",
         );
-        return;
     }
+    let reader = token_reader();
     kubelet_layout();
     let (scratch, sentinel_file, mut probes) = watch_tokens("io_uring");
 
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "io_uring_open_helper",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env_remove(INNER_ENV)
-        .env("PICKET_PROBES_IO_URING_OPEN", format!("{EKS_DIR}/token"))
+    // `token-reader io-uring` opens with IORING_OP_OPENAT and prints what it read.
+    let child = Command::new(&reader)
+        .args(["io-uring", &format!("{EKS_DIR}/token")])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
     let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        output.status.success() && stdout.contains("io_uring opened"),
-        "{stdout}"
+        output.status.success(),
+        "token-reader io-uring failed: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "eks-token");
     let sentinel = scratch.cat(sentinel_file.to_str().unwrap(), None, "s");
 
     let events = runtime().block_on(until_sentinel(&mut probes, &HashSet::from([pid]), sentinel));
@@ -753,14 +756,13 @@ fn run_in(cgroup: Option<&Path>, program: &Path, args: &[&str]) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root and BPF (./run-tests runs it)"]
 fn repeats_are_dropped_but_never_hide_another_reader() {
     if !in_private_mount_namespace("repeats_are_dropped_but_never_hide_another_reader") {
         return;
     }
-    let Some(cgroup_root) = cgroup2_mount() else {
-        skip("repeats_are_dropped", "no cgroup v2 hierarchy mounted");
-        return;
-    };
+    let cgroup_root = cgroup2_mount()
+        .unwrap_or_else(|| unavailable("repeats_are_dropped", "no cgroup v2 hierarchy mounted"));
     let (scratch, sentinel_file, mut probes) = watch_tokens("repeats");
     // Long enough that no repeat below falls out of it on a slow machine.
     probes
@@ -805,6 +807,7 @@ fn repeats_are_dropped_but_never_hide_another_reader() {
         .set_repeat_window(Some(Duration::from_millis(100)))
         .unwrap();
     sent.push(run_in(None, xcat, &[token_str]));
+    // The time passing is what is tested here: past the window, a repeat is sent again.
     std::thread::sleep(Duration::from_millis(150));
     sent.push(run_in(None, xcat, &[token_str]));
     probes.forget_repeats().unwrap();
@@ -832,6 +835,7 @@ fn repeats_are_dropped_but_never_hide_another_reader() {
 }
 
 #[test]
+#[ignore = "needs root and BPF (./run-tests runs it)"]
 fn files_approved_by_identity_are_reported_under_any_name() {
     if !in_private_mount_namespace("files_approved_by_identity_are_reported_under_any_name") {
         return;

@@ -7,15 +7,11 @@ use crate::discovery::{Discovery, Found, Targets};
 use crate::event::{ArgList, Container, Event, File, FileAccess, Kind, Pod, Process};
 use crate::host::{Host, HostOptions, SAVE_EVERY};
 use crate::kernel_report::KernelReport;
-use crate::metrics::RuleMetrics;
-pub use crate::output::Output;
-use crate::output::{OnError, SignalOutput, WhenFull};
-use crate::pipeline::{RuleStatus, Signal, Sink};
-use crate::sandbox::RuleError;
+use crate::output::{MeteredOutput, OnError, Output, SignalOutput, WhenFull};
 use crate::time::{StableClock, Timestamp};
 use picket_probes::{Access, HostPaths, OpenEvent, Probes, Strategy};
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
@@ -71,16 +67,15 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = host.watch(move |scan| reload_tx.send(scan).is_ok())?;
-    let mut sink = MeteredOutput {
-        output: SignalOutput::open(
+    let mut sink = MeteredOutput::new(
+        SignalOutput::open(
             &options.output,
             options.output_queue,
             WhenFull::Drop,
             OnError::Retry,
         )
         .map_err(|err| anyhow::anyhow!("output {err}"))?,
-        rule_metrics: HashMap::new(),
-    };
+    );
     let clock = StableClock::start();
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -120,7 +115,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
             Some(found) = found_rx.recv() => prefilter.set_found(found, &mut probes),
             _ = tick.tick() => {
                 host.save();
-                sink.output.report();
+                sink.output_mut().report();
                 kernel_report.tick(&mut probes);
                 metrics.set_kernel_events_lost(probes.lost_events());
             }
@@ -133,7 +128,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     kernel_report.at_stop(&mut probes);
     drop(probes);
     host.shutdown();
-    sink.output.finish(Some(OUTPUT_GRACE));
+    sink.into_output().finish(Some(OUTPUT_GRACE));
     Ok(())
 }
 
@@ -289,44 +284,4 @@ pub fn node_name() -> String {
                 .map(|name| name.trim().to_string())
         })
         .unwrap_or_else(|| "localhost".into())
-}
-
-/// The agent's sink: signals go to the output, and every rule outcome also moves the rule's
-/// metrics (`/metrics`). Replay and `picket test` use the output alone.
-struct MeteredOutput {
-    output: SignalOutput,
-    /// Each rule's metrics, looked up once.
-    rule_metrics: HashMap<String, RuleMetrics>,
-}
-
-impl MeteredOutput {
-    fn metrics_of(&mut self, rule: &str) -> &RuleMetrics {
-        if !self.rule_metrics.contains_key(rule) {
-            let metrics = crate::metrics::global().rule(rule);
-            self.rule_metrics.insert(rule.to_string(), metrics);
-        }
-        &self.rule_metrics[rule]
-    }
-}
-
-impl Sink for MeteredOutput {
-    fn signal(&mut self, signal: &Signal<'_>) {
-        self.metrics_of(&signal.rule.id).signal();
-        self.output.signal(signal);
-    }
-
-    fn rule_failed(&mut self, rule: &RuleStatus, error: &RuleError, event: &Event<'_>) {
-        self.metrics_of(&rule.manifest.id)
-            .failed(matches!(error, RuleError::Timeout(_)));
-        self.output.rule_failed(rule, error, event);
-    }
-
-    fn rule_quarantined(&mut self, rule: &RuleStatus, reason: &str) {
-        self.metrics_of(&rule.manifest.id).quarantined();
-        self.output.rule_quarantined(rule, reason);
-    }
-
-    fn rule_evaluated(&mut self, rule: &RuleStatus, took: Duration) {
-        self.metrics_of(&rule.manifest.id).evaluated(took);
-    }
 }

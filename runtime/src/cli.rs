@@ -1,12 +1,11 @@
-//! The `picket` command line (docs/cli.md).
+//! The `picket` command line (docs/cli.md): argument parsing, and dispatch to the module
+//! that does each command's work (agent, replay, conformance).
 
-use crate::agent::{AgentOptions, Output};
-use crate::conformance::{Outcome, collect_cases, run_case_file};
-use crate::event::parse_event;
-use crate::host::{Host, HostOptions};
-use crate::output::{OnError, SignalOutput, WhenFull};
+use crate::agent::AgentOptions;
+use crate::host::HostOptions;
+use crate::output::Output;
 use crate::pipeline::{Overrides, PipelineConfig};
-use crate::replay::{Input, Source, spawn_reader};
+use crate::replay::{ReplayOptions, Source};
 use crate::rules_dir::load_file;
 use crate::sandbox::{Limits, Sandbox};
 use crate::signing::Signers;
@@ -14,10 +13,10 @@ use crate::state::DEFAULT_CAPACITY;
 use crate::time::{duration_nanos, parse_duration};
 use clap::{Args, Parser, Subcommand};
 use picket_abi::{ABI_VERSION, Manifest};
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Exit status: everything worked and every case passed.
@@ -254,82 +253,21 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
-    let options = args
-        .settings
-        .host_options(args.rules.clone(), args.state.clone());
-    let (mut host, scan) = Host::start(&options)?;
-    let mut unusable = !scan.errors.is_empty();
-    host.apply(scan);
-    if host.pipeline().rules().next().is_none() {
-        tracing::warn!("no rules loaded from {}", args.rules.display());
-    }
-    let (reload_tx, reload_rx) = mpsc::channel();
-    let _watcher = if args.watch {
-        Some(host.watch(move |scan| reload_tx.send(scan).is_ok())?)
+    let source = if args.input.as_os_str() == "-" {
+        Source::Stdin
     } else {
-        None
+        Source::File(args.input.clone())
     };
-    let (name, source) = if args.input.as_os_str() == "-" {
-        ("stdin".to_string(), Source::Stdin)
+    let replayed = crate::replay::run(ReplayOptions {
+        host: args.settings.host_options(args.rules, args.state),
+        watch: args.watch,
+        source,
+    })?;
+    Ok(if replayed.all_usable() {
+        EXIT_OK
     } else {
-        (
-            args.input.display().to_string(),
-            Source::File(args.input.clone()),
-        )
-    };
-    let input = spawn_reader(source).map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
-    // A replay loses nothing: a slow reader of its output sets its pace.
-    let mut sink = SignalOutput::open(&Output::Stdout, 4096, WhenFull::Wait, OnError::Stop)?;
-    let (mut events, mut rejected) = (0u64, 0u64);
-    loop {
-        // Reloads land between batches of events, so each event meets one version of a rule.
-        while let Ok(scan) = reload_rx.try_recv() {
-            host.apply(scan);
-        }
-        match input.recv_timeout(Duration::from_millis(50)) {
-            Ok(Input::Lines(lines)) => {
-                for line in lines {
-                    let parsed = line.text.and_then(|text| {
-                        parse_event(&text)
-                            .map(|event| host.handle(&event, &mut sink))
-                            .map_err(|err| err.to_string())
-                    });
-                    match parsed {
-                        Ok(()) => events += 1,
-                        Err(err) => {
-                            tracing::error!("event refused: {name}:{}: {err}", line.number);
-                            rejected += 1;
-                        }
-                    }
-                }
-            }
-            Ok(Input::Failed(err)) => anyhow::bail!("reading {name}: {err}"),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        if let Some(err) = sink.error() {
-            anyhow::bail!("writing signals: {err}");
-        }
-        host.save_if_due();
-    }
-    let delivery = sink.finish(None);
-    if delivery.undelivered > 0 {
-        anyhow::bail!("{} signal(s) could not be written", delivery.undelivered);
-    }
-    tracing::info!(events, rejected, signals = delivery.written, "replay done");
-    for rule in host.pipeline().rules() {
-        if rule.stats.failures > 0 {
-            tracing::warn!(
-                rule = %rule.manifest.id,
-                failures = rule.stats.failures,
-                events = rule.stats.events,
-                "rule failed on some events"
-            );
-        }
-    }
-    host.shutdown();
-    unusable |= rejected > 0;
-    Ok(if unusable { EXIT_UNUSABLE } else { EXIT_OK })
+        EXIT_UNUSABLE
+    })
 }
 
 fn test(args: TestArgs) -> anyhow::Result<u8> {
@@ -354,45 +292,10 @@ fn test(args: TestArgs) -> anyhow::Result<u8> {
         module.manifest.id,
         module.manifest.title
     );
-    let (mut passed, mut failed, mut unusable) = (0, 0, 0);
-    let mut out = io::stdout().lock();
-    for case in collect_cases(&args.cases) {
-        let path = match case {
-            Ok(path) => path,
-            Err(err) => {
-                writeln!(out, "ERROR {err}")?;
-                unusable += 1;
-                continue;
-            }
-        };
-        let (description, outcome) = run_case_file(&sandbox, &module, &path);
-        let shown = path.display();
-        match outcome {
-            Outcome::Pass => {
-                passed += 1;
-                writeln!(out, "PASS  {shown}  {description}")?;
-            }
-            Outcome::Fail(problems) => {
-                failed += 1;
-                writeln!(out, "FAIL  {shown}  {description}")?;
-                for problem in problems {
-                    writeln!(out, "      {problem}")?;
-                }
-            }
-            Outcome::Unusable(err) => {
-                unusable += 1;
-                writeln!(out, "ERROR {shown}: {err}")?;
-            }
-        }
-    }
-    writeln!(
-        out,
-        "{} case(s): {passed} passed, {failed} failed, {unusable} unusable",
-        passed + failed + unusable
-    )?;
-    Ok(if unusable > 0 {
+    let tally = crate::conformance::report(&sandbox, &module, &args.cases, &mut io::stdout())?;
+    Ok(if tally.unusable > 0 {
         EXIT_UNUSABLE
-    } else if failed > 0 {
+    } else if tally.failed > 0 {
         EXIT_FAILED
     } else {
         EXIT_OK

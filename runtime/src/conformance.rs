@@ -316,3 +316,65 @@ pub fn run_case_file(
         Err(err) => (String::new(), Outcome::Unusable(err)),
     }
 }
+
+/// How the cases of one `picket test` run came out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Cases that passed.
+    pub passed: usize,
+    /// Cases whose signals differed from the expected ones.
+    pub failed: usize,
+    /// Case files that could not be read or used.
+    pub unusable: usize,
+}
+
+/// Runs every case file found under `paths` against `module` and writes the report `picket test`
+/// prints: a `PASS`, `FAIL` (with each problem) or `ERROR` line per case, then the totals.
+pub fn report(
+    sandbox: &Arc<Sandbox>,
+    module: &LoadedModule,
+    paths: &[PathBuf],
+    out: &mut impl std::io::Write,
+) -> std::io::Result<Tally> {
+    let mut tally = Tally::default();
+    for case in collect_cases(paths) {
+        let path = match case {
+            Ok(path) => path,
+            Err(err) => {
+                writeln!(out, "ERROR {err}")?;
+                tally.unusable += 1;
+                continue;
+            }
+        };
+        let (description, outcome) = run_case_file(sandbox, module, &path);
+        let shown = path.display();
+        match outcome {
+            Outcome::Pass => {
+                tally.passed += 1;
+                writeln!(out, "PASS  {shown}  {description}")?;
+            }
+            Outcome::Fail(problems) => {
+                tally.failed += 1;
+                writeln!(out, "FAIL  {shown}  {description}")?;
+                for problem in problems {
+                    writeln!(out, "      {problem}")?;
+                }
+            }
+            Outcome::Unusable(err) => {
+                tally.unusable += 1;
+                writeln!(out, "ERROR {shown}: {err}")?;
+            }
+        }
+    }
+    let Tally {
+        passed,
+        failed,
+        unusable,
+    } = tally;
+    writeln!(
+        out,
+        "{} case(s): {passed} passed, {failed} failed, {unusable} unusable",
+        passed + failed + unusable
+    )?;
+    Ok(tally)
+}

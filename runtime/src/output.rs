@@ -1,11 +1,14 @@
 //! Signal output: JSON lines (docs/signals.md) through a bounded queue and a writer thread
-//! per output, and the log lines for rule failures.
+//! per output, the live agent's metered sink in front of it, and the log lines for rule
+//! failures.
 
 use crate::event::Event;
+use crate::metrics::RuleMetrics;
 use crate::pipeline::{RuleStatus, Signal, Sink};
 use crate::sandbox::{NewValue, RuleError};
 use crate::time::Timestamp;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -360,6 +363,65 @@ impl Sink for SignalOutput {
 
     fn rule_quarantined(&mut self, rule: &RuleStatus, reason: &str) {
         log_quarantine(rule, reason);
+    }
+}
+
+/// The live agent's sink: signals go to a [`SignalOutput`] (its bounded queue, counted and
+/// reported drops, never blocking the event loop), and every rule outcome also moves the rule's
+/// metrics (`/metrics`). Replay and `picket test` use the output alone.
+pub struct MeteredOutput {
+    output: SignalOutput,
+    /// Each rule's metrics, looked up once.
+    rule_metrics: HashMap<String, RuleMetrics>,
+}
+
+impl MeteredOutput {
+    /// Meters the signals and rule outcomes that go to `output`.
+    pub fn new(output: SignalOutput) -> MeteredOutput {
+        MeteredOutput {
+            output,
+            rule_metrics: HashMap::new(),
+        }
+    }
+
+    /// The output, for its periodic drop report.
+    pub fn output_mut(&mut self) -> &mut SignalOutput {
+        &mut self.output
+    }
+
+    /// The output, to finish it at shutdown.
+    pub fn into_output(self) -> SignalOutput {
+        self.output
+    }
+
+    fn metrics_of(&mut self, rule: &str) -> &RuleMetrics {
+        if !self.rule_metrics.contains_key(rule) {
+            let metrics = crate::metrics::global().rule(rule);
+            self.rule_metrics.insert(rule.to_string(), metrics);
+        }
+        &self.rule_metrics[rule]
+    }
+}
+
+impl Sink for MeteredOutput {
+    fn signal(&mut self, signal: &Signal<'_>) {
+        self.metrics_of(&signal.rule.id).signal();
+        self.output.signal(signal);
+    }
+
+    fn rule_failed(&mut self, rule: &RuleStatus, error: &RuleError, event: &Event<'_>) {
+        self.metrics_of(&rule.manifest.id)
+            .failed(matches!(error, RuleError::Timeout(_)));
+        self.output.rule_failed(rule, error, event);
+    }
+
+    fn rule_quarantined(&mut self, rule: &RuleStatus, reason: &str) {
+        self.metrics_of(&rule.manifest.id).quarantined();
+        self.output.rule_quarantined(rule, reason);
+    }
+
+    fn rule_evaluated(&mut self, rule: &RuleStatus, took: Duration) {
+        self.metrics_of(&rule.manifest.id).evaluated(took);
     }
 }
 

@@ -1,10 +1,123 @@
-//! Replay input: a JSON-lines event file (or stdin) read on its own thread, so that the thread
-//! evaluating events stays free to apply rule reloads and save state while input is slow.
+//! `picket replay`: a JSON-lines event file (or stdin), read on its own thread so that the
+//! thread evaluating events stays free to apply rule reloads and save state while input is
+//! slow, fed through the rules, with signals to stdout.
 
+use crate::event::parse_event;
+use crate::host::{Host, HostOptions};
+use crate::output::{OnError, Output, SignalOutput, WhenFull};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::mpsc;
+use std::time::Duration;
+
+/// What to replay, and with which rules.
+pub struct ReplayOptions {
+    /// Rules, state and limits.
+    pub host: HostOptions,
+    /// Reload rules while replaying, as modules change in the rules directory.
+    pub watch: bool,
+    /// Where the events come from.
+    pub source: Source,
+}
+
+/// How a replay went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Events evaluated.
+    pub events: u64,
+    /// Event lines refused (each logged with its line number).
+    pub rejected: u64,
+    /// Signals written.
+    pub signals: u64,
+    /// Whether some module in the rules directory could not be loaded at the start.
+    pub unusable_rules: bool,
+}
+
+impl Replayed {
+    /// Whether every module and every event line could be used.
+    pub fn all_usable(&self) -> bool {
+        !self.unusable_rules && self.rejected == 0
+    }
+}
+
+/// Replays `options.source` through the rules to the end of the input; signals go to stdout.
+/// Fails when the input cannot be read or signals cannot be written.
+pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
+    let (mut host, scan) = Host::start(&options.host)?;
+    let unusable_rules = !scan.errors.is_empty();
+    host.apply(scan);
+    if host.pipeline().rules().next().is_none() {
+        tracing::warn!("no rules loaded from {}", options.host.rules.display());
+    }
+    let (reload_tx, reload_rx) = mpsc::channel();
+    let _watcher = if options.watch {
+        Some(host.watch(move |scan| reload_tx.send(scan).is_ok())?)
+    } else {
+        None
+    };
+    let name = match &options.source {
+        Source::Stdin => "stdin".to_string(),
+        Source::File(path) => path.display().to_string(),
+    };
+    let input = spawn_reader(options.source).map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
+    // A replay loses nothing: a slow reader of its output sets its pace.
+    let mut sink = SignalOutput::open(&Output::Stdout, 4096, WhenFull::Wait, OnError::Stop)?;
+    let (mut events, mut rejected) = (0u64, 0u64);
+    loop {
+        // Reloads land between batches of events, so each event meets one version of a rule.
+        while let Ok(scan) = reload_rx.try_recv() {
+            host.apply(scan);
+        }
+        match input.recv_timeout(Duration::from_millis(50)) {
+            Ok(Input::Lines(lines)) => {
+                for line in lines {
+                    let parsed = line.text.and_then(|text| {
+                        parse_event(&text)
+                            .map(|event| host.handle(&event, &mut sink))
+                            .map_err(|err| err.to_string())
+                    });
+                    match parsed {
+                        Ok(()) => events += 1,
+                        Err(err) => {
+                            tracing::error!("event refused: {name}:{}: {err}", line.number);
+                            rejected += 1;
+                        }
+                    }
+                }
+            }
+            Ok(Input::Failed(err)) => anyhow::bail!("reading {name}: {err}"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(err) = sink.error() {
+            anyhow::bail!("writing signals: {err}");
+        }
+        host.save_if_due();
+    }
+    let delivery = sink.finish(None);
+    if delivery.undelivered > 0 {
+        anyhow::bail!("{} signal(s) could not be written", delivery.undelivered);
+    }
+    tracing::info!(events, rejected, signals = delivery.written, "replay done");
+    for rule in host.pipeline().rules() {
+        if rule.stats.failures > 0 {
+            tracing::warn!(
+                rule = %rule.manifest.id,
+                failures = rule.stats.failures,
+                events = rule.stats.events,
+                "rule failed on some events"
+            );
+        }
+    }
+    host.shutdown();
+    Ok(Replayed {
+        events,
+        rejected,
+        signals: delivery.written,
+        unusable_rules,
+    })
+}
 
 /// Longest event line accepted.
 pub const MAX_LINE_BYTES: usize = 1 << 20;

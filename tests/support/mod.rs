@@ -1,5 +1,11 @@
 //! Shared by the integration tests: builds the rule modules to wasm once, runs the real `picket`
 //! binary, and writes events.
+//!
+//! Tests that need what a plain `cargo test` may not have (root for BPF and mounts, the QEMU
+//! kernels, the container image) are marked `#[ignore = "needs root: ..."]` (the reason says
+//! what is missing), so that such a run reports them *ignored*, never passed. `./run-tests` runs
+//! them with `-- --include-ignored`; a requirement missing then fails the test, saying which
+//! (see [`require_root`]). No other test is ignored, so that flag runs exactly these.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -162,6 +168,16 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Fails the test, saying why, unless it runs as root. For the tests marked
+/// `#[ignore = "needs root: ..."]`: run with `--include-ignored`, they must not pass without
+/// having run.
+pub fn require_root(what: &str) {
+    assert!(
+        is_root(),
+        "{what} needs root; run it as root (./run-tests does), or without --include-ignored"
+    );
+}
+
 /// For the live benchmarks, which need their own mount namespace: in the process started by
 /// `cargo bench`, re-runs this binary with `--inner` (and `--quick` if given) in a private mount
 /// namespace, waits for it and returns `None`; in that child, returns `Some(quick)`. Without
@@ -227,6 +243,8 @@ pub struct Streaming {
     signals: std::sync::mpsc::Receiver<(std::time::Instant, serde_json::Value)>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
+    /// Signals [`Streaming::wait_for_signals`] took off the channel, kept for `finish`.
+    waited: Vec<serde_json::Value>,
 }
 
 impl Streaming {
@@ -265,6 +283,7 @@ impl Streaming {
             signals,
             stderr: log,
             readers,
+            waited: Vec::new(),
         }
     }
 
@@ -284,6 +303,21 @@ impl Streaming {
     /// Signals that arrived so far, with when they arrived.
     pub fn received(&self) -> Vec<(std::time::Instant, serde_json::Value)> {
         self.signals.try_iter().collect()
+    }
+
+    /// Waits until `count` signals have arrived in all (since the start, not counting those
+    /// [`Streaming::received`] took), up to `timeout`: proof that the events before them were
+    /// evaluated. They stay part of what [`Streaming::finish`] returns.
+    pub fn wait_for_signals(&mut self, count: usize, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.waited.len() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.signals.recv_timeout(left) {
+                Ok((_, signal)) => self.waited.push(signal),
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Waits until stderr contains `text`, up to `timeout`.
@@ -327,7 +361,8 @@ impl Streaming {
         for reader in self.readers.drain(..) {
             reader.join().expect("reader thread");
         }
-        let signals = self.signals.try_iter().map(|(_, v)| v).collect();
+        let mut signals = std::mem::take(&mut self.waited);
+        signals.extend(self.signals.try_iter().map(|(_, v)| v));
         (status.code(), signals, self.stderr())
     }
 
