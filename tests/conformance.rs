@@ -138,8 +138,16 @@ fn unusable_cases_exit_2_naming_file_line_and_field() {
         &serde_json::json!({"rule": "k8s-sa-token", "settings": {"learning_period": "soon"},
                             "events": reader_events(), "expect": []}),
     );
+    let mut events = reader_events();
+    events[1]["file"]["dev"] = serde_json::json!(52);
+    let half_identity = write_case(
+        dir.path(),
+        "half-identity.json",
+        &serde_json::json!({"rule": "k8s-sa-token", "events": events, "expect": []}),
+    );
     for (case, wanted) in [
         (&missing_exe, "events[1].process.exe"),
+        (&half_identity, "events[1].file.ino"),
         (&unknown_key, "expect[0].new_valu"),
         (
             &other_rule,

@@ -121,6 +121,9 @@ pub fn parse_case(text: &str) -> Result<(Case<'_>, Overrides), String> {
         overrides.learning_period_ns = parse("learning_period", &settings.learning_period)?;
         overrides.forget_after_ns = parse("forget_after", &settings.forget_after)?;
     }
+    for (index, event) in case.events.iter().enumerate() {
+        event.check_fields(&format!("events[{index}]."))?;
+    }
     for (index, expectation) in case.expect.iter().enumerate() {
         if expectation.event >= case.events.len() {
             return Err(format!(

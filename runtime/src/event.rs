@@ -348,6 +348,17 @@ impl Event<'_> {
         }
     }
 
+    /// What serde cannot say: `file.dev` and `file.ino` come together. Every way an event enters
+    /// (replay line, case file) goes through here, so a half identity is refused everywhere; `at`
+    /// prefixes the field path where the event sits inside a larger document (`events[1].`).
+    pub fn check_fields(&self, at: &str) -> Result<(), String> {
+        match (self.file.dev, self.file.ino) {
+            (Some(_), None) => Err(format!("field `{at}file.ino`: required with `file.dev`")),
+            (None, Some(_)) => Err(format!("field `{at}file.dev`: required with `file.ino`")),
+            _ => Ok(()),
+        }
+    }
+
     /// The basename of the file, which rules subscribe by.
     pub fn basename(&self) -> &str {
         let path: &str = &self.file.path;
@@ -359,15 +370,11 @@ impl Event<'_> {
 pub fn parse_event(json: &str) -> Result<Event<'_>, String> {
     // The plain parse is the fast path; only a failure pays for the field-tracking second pass.
     match serde_json::from_str::<Event<'_>>(json) {
-        Ok(event) => match (event.file.dev, event.file.ino) {
-            (Some(_), None) => Err("field `file.ino`: required with `file.dev`".into()),
-            (None, Some(_)) => Err("field `file.dev`: required with `file.ino`".into()),
-            _ => Ok(event),
-        },
+        Ok(event) => event.check_fields("").map(|()| event),
         Err(_) => {
             let mut de = serde_json::Deserializer::from_str(json);
             match serde_path_to_error::deserialize::<_, Event<'_>>(&mut de) {
-                Ok(event) => Ok(event),
+                Ok(event) => event.check_fields("").map(|()| event),
                 Err(err) => Err(describe_path_error(&err)),
             }
         }
