@@ -94,7 +94,7 @@ impl Host {
         let sandbox = Arc::new(sandbox);
         let mut pipeline = Pipeline::new(Arc::clone(&sandbox), config);
         if let Some(states) = restored {
-            store::restore(&mut pipeline, states);
+            pipeline.states_mut().restore(states);
         }
         let admission = Admission::new(signers.map(Arc::new));
         admission.check_dir(&options.rules)?;
@@ -138,7 +138,9 @@ impl Host {
     /// changes handed to the persister early, so that they never pile up in memory.
     pub fn handle(&mut self, event: &Event<'_>, sink: &mut dyn Sink) {
         self.pipeline.handle(event, sink);
-        if self.persister.is_some() && self.pipeline.journal_bytes() > SAVE_AT_JOURNAL_BYTES {
+        if self.persister.is_some()
+            && self.pipeline.states().journal_bytes() > SAVE_AT_JOURNAL_BYTES
+        {
             self.save();
         }
     }
@@ -154,13 +156,13 @@ impl Host {
     pub fn save(&mut self) {
         self.last_save = Instant::now();
         if let Some(persister) = &self.persister {
-            persister.send(store::drain(&mut self.pipeline));
+            persister.send(self.pipeline.states_mut().take_changes());
         }
         // The metrics follow every save; the log only at most every REPORT_EVERY.
         let metrics = crate::metrics::global();
-        self.pipeline.for_each_state(|rule, state| {
+        for (rule, state) in self.pipeline.states().iter() {
             metrics.rule_state(rule, state.entries(), state.stats().evicted);
-        });
+        }
         self.report_state(false);
     }
 
@@ -176,7 +178,7 @@ impl Host {
         }
         self.last_report = Some(Instant::now());
         let reported = &mut self.reported;
-        self.pipeline.for_each_state(|rule, state| {
+        for (rule, state) in self.pipeline.states().iter() {
             let now = state.stats();
             let before = reported.entry(rule.to_string()).or_default();
             if now.evicted > before.evicted {
@@ -202,7 +204,7 @@ impl Host {
                 );
             }
             *before = now;
-        });
+        }
     }
 
     /// Basenames the rules subscribe to (`None`: some rule wants every file).

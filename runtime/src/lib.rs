@@ -20,6 +20,7 @@ pub mod module_cache;
 pub mod output;
 pub mod pipeline;
 pub mod replay;
+pub mod rule_states;
 pub mod rules_dir;
 pub mod safe_file;
 pub mod sandbox;

@@ -8,11 +8,9 @@
 //! rule being replaced, quarantined or removed and added again.
 
 use crate::event::Event;
+use crate::rule_states::{RuleStates, StateId};
 use crate::sandbox::{LoadedModule, NewValue, RuleError, RuleInstance, Sandbox};
-use crate::state::{
-    DEFAULT_CAPACITY, DEFAULT_RULE_BYTES, DEFAULT_TOTAL_BYTES, RuleState, Settings,
-};
-use hashbrown::HashMap;
+use crate::state::{DEFAULT_CAPACITY, DEFAULT_RULE_BYTES, DEFAULT_TOTAL_BYTES, Settings};
 use picket_abi::{EventKind, Manifest, Subscription};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -124,23 +122,16 @@ pub struct RuleStatus {
 struct Slot {
     status: RuleStatus,
     module: LoadedModule,
-    /// `None` only while quarantined after the module could not even be instantiated again;
-    /// its state then waits in `parked`.
+    /// `None` only while quarantined after the module could not even be instantiated again.
     instance: Option<RuleInstance>,
-    parked: Option<RuleState>,
+    /// Its new-value state in the pipeline's [`RuleStates`].
+    state: StateId,
 }
 
 impl Slot {
     fn wants(&self, kind: EventKind, path: &str, basename: &str) -> bool {
         self.status.quarantined.is_none()
             && subscribed(&self.status.manifest.subscription, kind, path, basename)
-    }
-
-    fn take_state(self) -> Option<RuleState> {
-        match self.instance {
-            Some(instance) => Some(instance.into_state()),
-            None => self.parked,
-        }
     }
 }
 
@@ -176,19 +167,25 @@ pub struct Pipeline {
     sandbox: Arc<Sandbox>,
     config: PipelineConfig,
     slots: Vec<Slot>,
-    /// States of rules that are not installed now, kept for when they return.
-    parked: HashMap<String, RuleState>,
+    /// Every rule's state, installed or not; lent to an instance for each call.
+    states: RuleStates,
     encoded: Vec<u8>,
 }
 
 impl Pipeline {
     /// An empty pipeline.
     pub fn new(sandbox: Arc<Sandbox>, config: PipelineConfig) -> Pipeline {
+        let states = RuleStates::new(
+            config.state_capacity,
+            config.state_rule_bytes,
+            config.state_total_bytes,
+            config.journal,
+        );
         Pipeline {
             sandbox,
             config,
             slots: Vec::new(),
-            parked: HashMap::new(),
+            states,
             encoded: Vec::with_capacity(1024),
         }
     }
@@ -203,38 +200,14 @@ impl Pipeline {
     pub fn install(&mut self, module: LoadedModule) -> Result<Installed, RuleError> {
         let id = module.manifest.id.clone();
         let settings = self.config.overrides.settings_for(&module.manifest);
-        let mut fresh = RuleState::new(settings, self.config.state_capacity);
-        if self.config.journal {
-            fresh.enable_journal();
-        }
-        let mut instance = self.sandbox.instantiate(&module, fresh)?;
+        let instance = self.sandbox.instantiate(&module)?;
         let position = self
             .slots
             .iter()
             .position(|slot| slot.status.manifest.id == id);
-        // The new instance takes over the state in place; the old version, if any, is dropped
-        // with the empty state it gets in exchange.
-        match position {
-            Some(index) => {
-                let old = &mut self.slots[index];
-                let old_state = match old.instance.as_mut() {
-                    Some(old_instance) => Some(old_instance.state_mut()),
-                    None => old.parked.as_mut(),
-                };
-                if let Some(old_state) = old_state {
-                    std::mem::swap(instance.state_mut(), old_state);
-                }
-            }
-            None => {
-                if let Some(mut parked) = self.parked.remove(&id) {
-                    std::mem::swap(instance.state_mut(), &mut parked);
-                }
-            }
-        }
-        instance.state_mut().set_settings(settings);
-        instance
-            .state_mut()
-            .set_bounds(self.config.state_capacity, self.config.state_rule_bytes);
+        // The state stays where it is, under the rule id: a new version of a running rule, or
+        // a rule that returns, finds what was learned before.
+        let state = self.states.prepare(&id, settings);
         let slot = Slot {
             status: RuleStatus {
                 manifest: Arc::clone(&module.manifest),
@@ -245,7 +218,7 @@ impl Pipeline {
             },
             module,
             instance: Some(instance),
-            parked: None,
+            state,
         };
         match position {
             Some(index) => {
@@ -267,10 +240,8 @@ impl Pipeline {
         let Some(index) = self.slots.iter().position(|s| s.status.manifest.id == id) else {
             return false;
         };
-        let slot = self.slots.remove(index);
-        if let Some(state) = slot.take_state() {
-            self.parked.insert(id.to_string(), state);
-        }
+        // Its state stays in `states`, for if it returns.
+        self.slots.remove(index);
         true
     }
 
@@ -279,68 +250,14 @@ impl Pipeline {
         self.slots.iter().map(|slot| &slot.status)
     }
 
-    /// Runs `f` on the new-value state of every rule, installed or not.
-    pub fn for_each_state(&mut self, mut f: impl FnMut(&str, &mut RuleState)) {
-        for slot in &mut self.slots {
-            let id = slot.status.manifest.id.as_str();
-            if let Some(state) = slot
-                .instance
-                .as_mut()
-                .map(RuleInstance::state_mut)
-                .or(slot.parked.as_mut())
-            {
-                f(id, state);
-            }
-        }
-        for (id, state) in &mut self.parked {
-            f(id, state);
-        }
+    /// Every rule's new-value state, installed or not.
+    pub fn states(&self) -> &RuleStates {
+        &self.states
     }
 
-    /// Bytes of keys waiting in every state's journal.
-    pub fn journal_bytes(&self) -> usize {
-        let installed = self.slots.iter().map(|slot| {
-            slot.instance
-                .as_ref()
-                .map(|i| i.state().journal_bytes())
-                .or(slot.parked.as_ref().map(RuleState::journal_bytes))
-                .unwrap_or(0)
-        });
-        installed.sum::<usize>()
-            + self
-                .parked
-                .values()
-                .map(RuleState::journal_bytes)
-                .sum::<usize>()
-    }
-
-    /// Places a state read back from a durable store; it is used when the rule is installed.
-    pub fn park_state(&mut self, id: &str, mut state: RuleState) {
-        state.set_bounds(self.config.state_capacity, self.config.state_rule_bytes);
-        self.parked.insert(id.to_string(), state);
-    }
-
-    /// Keeps all states together within the total byte budget: past it, the largest state
-    /// evicts its least recently seen values until the total is at 7/8 of the budget.
-    fn enforce_total_bytes(&mut self) {
-        let total = self.config.state_total_bytes;
-        let mut sum = 0;
-        let mut largest = 0;
-        self.for_each_state(|_, state| {
-            sum += state.bytes();
-            largest = largest.max(state.bytes());
-        });
-        if sum <= total {
-            return;
-        }
-        let target = largest.saturating_sub(sum - (total - total / 8));
-        let mut done = false;
-        self.for_each_state(|_, state| {
-            if !done && state.bytes() == largest {
-                state.shrink_to(target);
-                done = true;
-            }
-        });
+    /// Every rule's new-value state, to drain journals or place restored states.
+    pub fn states_mut(&mut self) -> &mut RuleStates {
+        &mut self.states
     }
 
     /// Basenames the installed rules subscribe to, for the kernel prefilter; `None` when some
@@ -384,7 +301,8 @@ impl Pipeline {
             };
             slot.status.stats.events += 1;
             let started = std::time::Instant::now();
-            let result = instance.handle(&self.encoded, event.ts.as_nanos());
+            let state = self.states.get_mut(slot.state);
+            let result = instance.handle(&self.encoded, event.ts.as_nanos(), state);
             sink.rule_evaluated(&slot.status, started.elapsed());
             // Signals raised before a failure are still delivered: they are real detections.
             for raised in instance.take_signals() {
@@ -406,7 +324,7 @@ impl Pipeline {
             }
         }
         if encoded {
-            self.enforce_total_bytes();
+            self.states.enforce_total_bytes();
         }
     }
 
@@ -426,17 +344,11 @@ impl Pipeline {
             .as_ref()
             .is_some_and(RuleInstance::is_poisoned)
         {
-            let mut old = slot.instance.take().expect("checked above");
-            let scratch = RuleState::new(old.state().settings(), 2);
-            match sandbox.instantiate(&slot.module, scratch) {
-                Ok(mut instance) => {
-                    std::mem::swap(instance.state_mut(), old.state_mut());
-                    slot.instance = Some(instance);
-                }
-                Err(err) => {
-                    slot.parked = Some(old.into_state());
-                    reason = Some(format!("could not be instantiated again: {err}"));
-                }
+            // The state was only lent to the failed call: it is still in `states`, untouched.
+            slot.instance = None;
+            match sandbox.instantiate(&slot.module) {
+                Ok(instance) => slot.instance = Some(instance),
+                Err(err) => reason = Some(format!("could not be instantiated again: {err}")),
             }
         }
         if let Some(reason) = reason {

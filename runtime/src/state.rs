@@ -151,6 +151,10 @@ impl std::fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
+/// One change, attributed to the id of the rule whose state made it: what the durable store
+/// is handed.
+pub type RuleChange = (String, Change);
+
 /// Most distinct state names a rule may use.
 pub const MAX_STATES: usize = 64;
 

@@ -6,6 +6,7 @@
 //! disk) is logged and retried, and nothing is dropped meanwhile. State is keyed by rule id and
 //! state name, so a new version of a rule finds what the old one learned.
 
+pub use crate::state::RuleChange;
 use crate::state::{Change, RuleState, Settings};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::HashMap;
@@ -90,9 +91,6 @@ fn is_damage(err: &redb::DatabaseError) -> bool {
 }
 
 impl std::error::Error for StoreError {}
-
-/// One change, attributed to its rule.
-pub type RuleChange = (String, Change);
 
 /// The database of learned values.
 pub struct StateStore {
@@ -717,28 +715,6 @@ fn persist(mut store: StateStore, shared: &Shared) {
                 };
             }
         }
-    }
-}
-
-/// Takes the journal of every rule's state, for the persister.
-pub fn drain(pipeline: &mut crate::pipeline::Pipeline) -> Vec<RuleChange> {
-    let mut changes = Vec::new();
-    pipeline.for_each_state(|rule, state| {
-        changes.extend(
-            state
-                .take_changes()
-                .into_iter()
-                .map(|c| (rule.to_string(), c)),
-        );
-    });
-    changes
-}
-
-/// Places stored states in the pipeline, journaling on, for their rules to pick up.
-pub fn restore(pipeline: &mut crate::pipeline::Pipeline, states: HashMap<String, RuleState>) {
-    for (rule, mut state) in states {
-        state.enable_journal();
-        pipeline.park_state(&rule, state);
     }
 }
 

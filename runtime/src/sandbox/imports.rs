@@ -72,7 +72,13 @@ fn new_value(
     let state = arg(state_ptr, state_len, "state name", MAX_STATE_NAME)?;
     let group = arg(group_ptr, group_len, "group", MAX_STRING)?;
     let value = arg(value_ptr, value_len, "value", MAX_STRING)?;
-    match ctx.state.check_bytes(ctx.ts_ns, state, group, value) {
+    let Some(rule_state) = ctx.state.get() else {
+        return Err(HostError(format!(
+            "{IMPORT_NEW_VALUE} was called outside a call from the host (from a start function?)"
+        ))
+        .into());
+    };
+    match rule_state.check_bytes(ctx.ts_ns, state, group, value) {
         Ok(Verdict::New) => Ok(NEW_VALUE_NEW),
         Ok(Verdict::Known | Verdict::Learning) => Ok(NEW_VALUE_NOT_NEW),
         Err(err) => Err(HostError(format!("{IMPORT_NEW_VALUE}: {err}")).into()),

@@ -3,7 +3,7 @@
 
 use super::Sandbox;
 use super::imports::ALLOWED;
-use super::instance::{RuleError, RuleInstance};
+use super::instance::{RuleCtx, RuleError, RuleInstance};
 use crate::module_cache::Origin;
 use crate::state::{RuleState, Settings};
 use picket_abi::{
@@ -12,7 +12,7 @@ use picket_abi::{
 };
 use std::fmt;
 use std::sync::Arc;
-use wasmtime::{ExternType, FuncType, Module};
+use wasmtime::{ExternType, FuncType, InstancePre, Module};
 
 /// A module that compiled, links against picket's imports and has a valid manifest.
 #[derive(Clone)]
@@ -27,6 +27,9 @@ pub struct LoadedModule {
     pub hash: blake3::Hash,
     /// Whether the code was compiled now or read from the module cache.
     pub origin: Origin,
+    /// The module with its imports resolved against picket's, once: every instance (the
+    /// first, and each one rebuilt after a trap) starts from it without linking again.
+    pre: InstancePre<RuleCtx>,
 }
 
 /// Why a module was refused.
@@ -71,7 +74,11 @@ impl Sandbox {
             .map_err(|err| refuse(format!("is not a valid WebAssembly module: {err:#}")))?;
         check_imports(&module).map_err(refuse)?;
         check_exports(&module).map_err(refuse)?;
-        let manifest = self.read_manifest(&module).map_err(refuse)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|err| refuse(format!("cannot be linked against picket's imports: {err}")))?;
+        let manifest = self.read_manifest(&pre).map_err(refuse)?;
         validate_manifest(&manifest).map_err(|err| refuse(format!("manifest: {err}")))?;
         Ok(LoadedModule {
             source: source.into(),
@@ -79,36 +86,30 @@ impl Sandbox {
             module,
             hash,
             origin,
+            pre,
         })
     }
 
-    /// Instantiates a loaded module with `state` as its new-value state. Callers that must not
-    /// lose a state on failure pass a fresh one and swap the real one in afterwards.
-    pub fn instantiate(
-        &self,
-        module: &LoadedModule,
-        state: RuleState,
-    ) -> Result<RuleInstance, RuleError> {
-        RuleInstance::new(
-            self,
-            &module.module,
-            module.manifest.id.as_str().into(),
-            state,
-        )
+    /// Instantiates a loaded module. Its new-value state is lent to each call
+    /// ([`RuleInstance::handle`]), so an instance holds none.
+    pub fn instantiate(&self, module: &LoadedModule) -> Result<RuleInstance, RuleError> {
+        RuleInstance::new(self, &module.pre, module.manifest.id.as_str().into())
     }
 
-    fn read_manifest(&self, module: &Module) -> Result<Manifest, String> {
-        let scratch = RuleState::new(
+    fn read_manifest(&self, pre: &InstancePre<RuleCtx>) -> Result<Manifest, String> {
+        // A module may ask about new values while building its manifest; what it learns there
+        // goes to a scratch state that is dropped.
+        let mut scratch = RuleState::new(
             Settings {
                 learning_period_ns: 0,
                 forget_after_ns: 0,
             },
             2,
         );
-        let mut instance = RuleInstance::new(self, module, "(loading)".into(), scratch)
+        let mut instance = RuleInstance::new(self, pre, "(loading)".into())
             .map_err(|err| format!("could not be instantiated: {err}"))?;
         let version: i32 = instance
-            .call_nullary(EXPORT_ABI_VERSION)
+            .call_nullary(EXPORT_ABI_VERSION, &mut scratch)
             .map_err(|err| format!("`{EXPORT_ABI_VERSION}` failed: {err}"))?;
         if version as u32 != ABI_VERSION {
             return Err(format!(
@@ -117,7 +118,7 @@ impl Sandbox {
             ));
         }
         let packed: i64 = instance
-            .call_nullary(EXPORT_MANIFEST)
+            .call_nullary(EXPORT_MANIFEST, &mut scratch)
             .map_err(|err| format!("`{EXPORT_MANIFEST}` failed: {err}"))?;
         let (ptr, len) = picket_abi::unpack_ptr_len(packed);
         let (ptr, len) = (ptr as usize, len as usize);
