@@ -83,7 +83,7 @@ impl Host {
                 started.elapsed()
             );
             restored = Some(states);
-            persister = Some(Persister::start(state_store));
+            persister = Some(Persister::start(state_store)?);
             config.journal = true;
             let cache = state_dir.join(CACHE_DIR);
             let key = CacheKey::load_or_create(state_dir).map_err(anyhow::Error::msg)?;
@@ -155,7 +155,7 @@ impl Host {
     /// Hands learned values to the persister now, and reports rules whose state is full.
     pub fn save(&mut self) {
         self.last_save = Instant::now();
-        if let Some(persister) = &self.persister {
+        if let Some(persister) = &mut self.persister {
             persister.send(self.pipeline.states_mut().take_changes());
         }
         // The metrics follow every save; the log only at most every REPORT_EVERY.

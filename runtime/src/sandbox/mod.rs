@@ -70,7 +70,7 @@ impl Sandbox {
             .max_wasm_stack(512 << 10);
         let engine = Engine::new(&config).map_err(|err| anyhow::anyhow!("{err}"))?;
         let linker = imports::linker(&engine)?;
-        let ticker = EpochTicker::start(&engine);
+        let ticker = EpochTicker::start(&engine)?;
         Ok(Sandbox {
             engine,
             linker,
@@ -116,7 +116,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: &Engine) -> EpochTicker {
+    fn start(engine: &Engine) -> anyhow::Result<EpochTicker> {
         let alive = Arc::new(());
         let watch: Weak<()> = Arc::downgrade(&alive);
         let engine = engine.weak();
@@ -131,7 +131,9 @@ impl EpochTicker {
                     }
                 }
             })
-            .expect("spawning the epoch thread");
-        EpochTicker { _alive: alive }
+            .map_err(|err| {
+                anyhow::anyhow!("cannot start the thread that bounds rule run times: {err}")
+            })?;
+        Ok(EpochTicker { _alive: alive })
     }
 }

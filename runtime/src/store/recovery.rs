@@ -61,15 +61,20 @@ fn open_loaded(dir: &Path, capacity: usize) -> Result<Restored, StoreError> {
 /// error about a damaged file.
 pub(super) fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".into());
         Err(StoreError::damage(format!(
-            "the state database panicked reading it: {what}"
+            "the state database panicked reading it: {}",
+            panic_message(&*panic)
         )))
     })
+}
+
+/// The text of a panic payload.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// Renames a damaged state file to `<name>.damaged-<unix seconds>` and says so.
