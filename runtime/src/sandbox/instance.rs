@@ -1,6 +1,6 @@
 //! One running rule: a wasmtime store and instance, and the calls that hand it events.
 
-use super::imports::HostError;
+use super::host_functions::HostError;
 use super::{Limits, Sandbox};
 use crate::state::RuleState;
 use picket_abi::{EXPORT_ALLOC, EXPORT_MEMORY, EXPORT_ON_EVENT, HANDLER_BAD_EVENT, HANDLER_OK};

@@ -2,13 +2,14 @@
 //! its manifest. Each refusal names the module and says what is wrong.
 
 use super::Sandbox;
-use super::imports::ALLOWED;
+use super::host_functions::matches;
 use super::instance::{RuleCtx, RuleError, RuleInstance};
 use crate::module_cache::Origin;
 use crate::state::{RuleState, Settings};
 use picket_abi::{
-    ABI_VERSION, EXPORT_ABI_VERSION, EXPORT_ALLOC, EXPORT_MANIFEST, EXPORT_MEMORY, EXPORT_ON_EVENT,
-    IMPORT_MODULE, MAX_MANIFEST_BYTES, Manifest,
+    ABI_VERSION, EXPORT_ABI_VERSION, EXPORT_MANIFEST, EXPORT_MEMORY, EXPORTS, IMPORT_MODULE,
+    IMPORTS, MAX_BASENAME_BYTES, MAX_BASENAMES, MAX_MANIFEST_BYTES, MAX_PATH_PREFIX_BYTES,
+    MAX_PATH_PREFIXES, MAX_RULE_ID_BYTES, Manifest,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -49,13 +50,8 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// The exports a module must have, with their signatures.
-const REQUIRED_FUNCS: [(&str, &str); 4] = [
-    (EXPORT_ABI_VERSION, "() -> (i32)"),
-    (EXPORT_MANIFEST, "() -> (i64)"),
-    (EXPORT_ALLOC, "(i32) -> (i32)"),
-    (EXPORT_ON_EVENT, "(i32, i32) -> (i32)"),
-];
+// The kernel prefilter must hold every basename a manifest may subscribe to.
+const _: () = assert!(MAX_BASENAME_BYTES <= picket_probes_common::MAX_BASENAME);
 
 impl Sandbox {
     /// Compiles and checks a module, and reads its manifest.
@@ -176,27 +172,23 @@ fn check_imports(module: &Module) -> Result<(), String> {
     for import in module.imports() {
         let name = format!("{}.{}", import.module(), import.name());
         let expected = (import.module() == IMPORT_MODULE)
-            .then(|| {
-                ALLOWED
-                    .iter()
-                    .find(|(allowed, _)| *allowed == import.name())
-            })
+            .then(|| IMPORTS.iter().find(|sig| sig.name == import.name()))
             .flatten();
-        let Some((_, expected_sig)) = expected else {
+        let Some(expected) = expected else {
             return Err(format!(
                 "imports `{name}`, which picket does not provide; a rule may import only {}",
-                ALLOWED
+                IMPORTS
                     .iter()
-                    .map(|(n, _)| format!("{IMPORT_MODULE}.{n}"))
+                    .map(|sig| format!("{IMPORT_MODULE}.{}", sig.name))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
         };
         match import.ty() {
-            ExternType::Func(ty) if signature(&ty) == *expected_sig => {}
+            ExternType::Func(ty) if matches(&ty, expected) => {}
             ExternType::Func(ty) => {
                 return Err(format!(
-                    "imports `{name}` as {}, but picket provides {expected_sig}",
+                    "imports `{name}` as {}, but picket provides {expected}",
                     signature(&ty)
                 ));
             }
@@ -224,9 +216,10 @@ fn check_exports(module: &Module) -> Result<(), String> {
             ));
         }
     }
-    for (name, expected) in REQUIRED_FUNCS {
+    for expected in EXPORTS {
+        let name = expected.name;
         match module.get_export(name) {
-            Some(ExternType::Func(ty)) if signature(&ty) == expected => {}
+            Some(ExternType::Func(ty)) if matches(&ty, expected) => {}
             Some(ExternType::Func(ty)) => {
                 return Err(format!(
                     "export `{name}` has the signature {}, but picket calls it as {expected}",
@@ -248,14 +241,15 @@ fn check_exports(module: &Module) -> Result<(), String> {
 pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
     let id = &manifest.id;
     let id_ok = !id.is_empty()
-        && id.len() <= 64
+        && id.len() <= MAX_RULE_ID_BYTES
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !id.starts_with('-');
     if !id_ok {
         return Err(format!(
-            "id `{}` must be 1 to 64 characters of a-z, 0-9 and '-', not starting with '-'",
+            "id `{}` must be 1 to {MAX_RULE_ID_BYTES} characters of a-z, 0-9 and '-', not \
+             starting with '-'",
             crate::output::escape_controls(id)
         ));
     }
@@ -276,25 +270,32 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
     if subscription.kinds.is_empty() {
         return Err("subscribes to no event kind".into());
     }
-    if subscription.basenames.len() > 64 {
-        return Err("subscribes to more than 64 basenames".into());
+    if subscription.basenames.len() > MAX_BASENAMES {
+        return Err(format!("subscribes to more than {MAX_BASENAMES} basenames"));
     }
     for name in &subscription.basenames {
-        // The kernel prefilter holds names of up to 63 bytes.
-        if name.is_empty() || name.len() > 63 || name.contains('/') || name.contains('\0') {
+        if name.is_empty()
+            || name.len() > MAX_BASENAME_BYTES
+            || name.contains('/')
+            || name.contains('\0')
+        {
             return Err(format!(
-                "basename `{}` must be 1 to 63 bytes without '/' or NUL",
+                "basename `{}` must be 1 to {MAX_BASENAME_BYTES} bytes without '/' or NUL",
                 name.escape_debug()
             ));
         }
     }
-    if subscription.path_prefixes.len() > 64 {
-        return Err("subscribes to more than 64 path prefixes".into());
+    if subscription.path_prefixes.len() > MAX_PATH_PREFIXES {
+        return Err(format!(
+            "subscribes to more than {MAX_PATH_PREFIXES} path prefixes"
+        ));
     }
     for prefix in &subscription.path_prefixes {
-        if !prefix.starts_with('/') || prefix.len() > 4096 || prefix.contains('\0') {
+        if !prefix.starts_with('/') || prefix.len() > MAX_PATH_PREFIX_BYTES || prefix.contains('\0')
+        {
             return Err(format!(
-                "path prefix `{}` must be an absolute path of at most 4096 bytes without NUL",
+                "path prefix `{}` must be an absolute path of at most {MAX_PATH_PREFIX_BYTES} \
+                 bytes without NUL",
                 prefix.escape_debug()
             ));
         }

@@ -2,10 +2,10 @@
 //!
 //! One wasmtime engine compiles every module; each rule gets its own store and instance, with
 //! its memory capped, every call bounded by an epoch deadline, and only picket's three imports
-//! (docs/abi.md). Nothing a module does can reach the host beyond those imports, and every
+//! (`picket_abi::IMPORTS`, docs/abi.md), linked once per module ahead of time. Nothing a module does can reach the host beyond those imports, and every
 //! pointer it hands them is bounds-checked.
 
-mod imports;
+mod host_functions;
 mod instance;
 mod load;
 
@@ -40,7 +40,7 @@ impl Default for Limits {
         Limits {
             memory_bytes: 16 << 20,
             timeout: Duration::from_millis(50),
-            max_signals_per_event: 16,
+            max_signals_per_event: picket_abi::DEFAULT_MAX_SIGNALS_PER_EVENT,
             max_logs_per_event: 8,
             max_module_bytes: 16 << 20,
             compile_timeout: Duration::from_secs(30),
@@ -69,7 +69,7 @@ impl Sandbox {
             .cranelift_opt_level(OptLevel::Speed)
             .max_wasm_stack(512 << 10);
         let engine = Engine::new(&config).map_err(|err| anyhow::anyhow!("{err}"))?;
-        let linker = imports::linker(&engine)?;
+        let linker = host_functions::linker(&engine)?;
         let ticker = EpochTicker::start(&engine)?;
         Ok(Sandbox {
             engine,
