@@ -115,7 +115,7 @@ impl<'a> Signal<'a> {
 /// Conveniences on [`Event`].
 pub trait EventExt<'a> {
     /// The workload the process belongs to, the usual group for new values: the container's
-    /// image, else its id, else the event's host name (or `"host"`) for a process of the host.
+    /// image, else its id, else the event's node name (or `"host"`) for a process of the node itself.
     fn workload(&self) -> &'a str;
 
     /// Whether the file may have been read: opened for reading, or with unknown access.
@@ -129,7 +129,7 @@ impl<'a> EventExt<'a> for Event<'a> {
         {
             return group;
         }
-        self.host().unwrap_or("host")
+        self.node_name().unwrap_or("host")
     }
 
     fn may_read(&self) -> bool {

@@ -10,7 +10,7 @@
 mod support;
 
 use picket::event::{Event, parse_event};
-use picket::pipeline::{Pipeline, PipelineConfig, RuleStatus, Signal, Sink, subscribed};
+use picket::pipeline::{OutputSignal, Pipeline, PipelineConfig, RuleStatus, Sink, subscribed};
 use picket::sandbox::{Limits, RuleError, Sandbox};
 use picket::state::{DEFAULT_CAPACITY, RuleState, Verdict};
 use picket_abi::{EventKind, LogLevel, Manifest, SignalRequest};
@@ -28,7 +28,7 @@ struct CountingSink {
 }
 
 impl Sink for CountingSink {
-    fn signal(&mut self, _signal: &Signal<'_>) {
+    fn signal(&mut self, _signal: &OutputSignal<'_>) {
         self.signals += 1;
     }
     fn rule_failed(&mut self, rule: &RuleStatus, error: &RuleError, _event: &Event<'_>) {

@@ -5,12 +5,12 @@
 
 use crate::discovery::{Discovery, Found, Targets};
 use crate::event::{ArgList, Container, Event, File, FileAccess, Kind, Pod, Process};
-use crate::host::{Host, HostOptions, SAVE_EVERY};
 use crate::kernel_report::KernelReport;
 use crate::metrics::RuleMetrics;
 pub use crate::output::Output;
 use crate::output::{OnError, SignalOutput, WhenFull};
-use crate::pipeline::{RuleStatus, Signal, Sink};
+use crate::pipeline::{OutputSignal, RuleStatus, Sink};
+use crate::rule_engine::{RuleEngine, RuleEngineOptions, SAVE_EVERY};
 use crate::sandbox::RuleError;
 use crate::time::{StableClock, Timestamp};
 use picket_probes::{Access, HostPaths, OpenEvent, Probes, Strategy};
@@ -24,7 +24,7 @@ use tokio::signal::unix::{SignalKind, signal};
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     /// Rules, state and limits.
-    pub host: HostOptions,
+    pub host: RuleEngineOptions,
     /// Where signals go.
     pub output: Output,
     /// Signals queued in front of the output; past it, new signals are dropped and counted.
@@ -57,7 +57,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     }
     // Each start-up step that completes counts as a turn of the loop for /healthz.
     metrics.heartbeat();
-    let (mut host, scan) = Host::start(&options.host)?;
+    let (mut host, scan) = RuleEngine::start(&options.host)?;
     host.apply(scan);
     metrics.heartbeat();
     let mut probes = Probes::load_on(options.strategy, &options.host_paths)?;
@@ -152,7 +152,7 @@ impl Prefilter {
     /// changes go to `deliver`, to come back through [`Prefilter::set_found`] on the agent's
     /// thread.
     fn start(
-        host: &Host,
+        host: &RuleEngine,
         probes: &mut Probes,
         deliver: impl FnMut(Found) -> bool + Send + 'static,
     ) -> anyhow::Result<Prefilter> {
@@ -185,7 +185,7 @@ impl Prefilter {
         }
     }
 
-    fn sync(&mut self, host: &Host, probes: &mut Probes) {
+    fn sync(&mut self, host: &RuleEngine, probes: &mut Probes) {
         // The rules changed: an open sent before may not have reached the rules now running.
         if let Err(err) = probes.forget_repeats() {
             tracing::error!("resetting the kernel's repeat filter: {err:#}");
@@ -255,7 +255,7 @@ pub fn normalize(
     Event {
         ts,
         kind: Kind::Open,
-        host: Some(Cow::Owned(node_name.to_string())),
+        node_name: Some(Cow::Owned(node_name.to_string())),
         file: File {
             path: Cow::Owned(opened.path),
             access,
@@ -310,7 +310,7 @@ impl MeteredOutput {
 }
 
 impl Sink for MeteredOutput {
-    fn signal(&mut self, signal: &Signal<'_>) {
+    fn signal(&mut self, signal: &OutputSignal<'_>) {
         self.metrics_of(&signal.rule.id).signal();
         self.output.signal(signal);
     }

@@ -3,10 +3,10 @@
 use crate::agent::{AgentOptions, Output};
 use crate::conformance::{Outcome, collect_cases, run_case_file};
 use crate::event::parse_event;
-use crate::host::{Host, HostOptions};
 use crate::output::{OnError, SignalOutput, WhenFull};
 use crate::pipeline::{Overrides, PipelineConfig};
 use crate::replay::{Input, Source, spawn_reader};
+use crate::rule_engine::{RuleEngine, RuleEngineOptions};
 use crate::rules_dir::load_file;
 use crate::sandbox::{Limits, Sandbox};
 use crate::signing::Signers;
@@ -102,8 +102,8 @@ impl RuleArgs {
         Ok(Arc::new(Sandbox::new(self.limits())?))
     }
 
-    fn host_options(&self, rules: PathBuf, state: Option<PathBuf>) -> HostOptions {
-        HostOptions {
+    fn host_options(&self, rules: PathBuf, state: Option<PathBuf>) -> RuleEngineOptions {
+        RuleEngineOptions {
             rules,
             state,
             limits: self.limits(),
@@ -257,7 +257,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     let options = args
         .settings
         .host_options(args.rules.clone(), args.state.clone());
-    let (mut host, scan) = Host::start(&options)?;
+    let (mut host, scan) = RuleEngine::start(&options)?;
     let mut unusable = !scan.errors.is_empty();
     host.apply(scan);
     if host.pipeline().rules().next().is_none() {

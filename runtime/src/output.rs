@@ -1,8 +1,8 @@
-//! Signal output: JSON lines (design.md "Signal") through a bounded queue and a writer thread
+//! OutputSignal output: JSON lines (design.md "OutputSignal") through a bounded queue and a writer thread
 //! per output, and the log lines for rule failures.
 
 use crate::event::Event;
-use crate::pipeline::{RuleStatus, Signal, Sink};
+use crate::pipeline::{OutputSignal, RuleStatus, Sink};
 use crate::sandbox::{NewValue, RuleError};
 use crate::time::Timestamp;
 use serde::Serialize;
@@ -42,7 +42,7 @@ struct SignalRecord<'a> {
 }
 
 /// Writes one signal as a JSON line.
-pub fn write_signal(out: &mut impl Write, signal: &Signal<'_>) -> io::Result<()> {
+pub fn write_signal(out: &mut impl Write, signal: &OutputSignal<'_>) -> io::Result<()> {
     let record = SignalRecord {
         ts: signal.event.ts,
         rule: &signal.rule.id,
@@ -329,7 +329,7 @@ fn write_lines(
 }
 
 impl Sink for SignalOutput {
-    fn signal(&mut self, signal: &Signal<'_>) {
+    fn signal(&mut self, signal: &OutputSignal<'_>) {
         let Some(tx) = &self.tx else { return };
         let mut line = Vec::with_capacity(1024);
         write_signal(&mut line, signal).expect("writing to a Vec cannot fail");

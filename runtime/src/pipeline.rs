@@ -69,9 +69,11 @@ impl Default for PipelineConfig {
     }
 }
 
-/// A signal on its way out.
+/// A signal on its way to the outputs: what a rule raised (the SDK's `Signal`, decoded by the
+/// sandbox as a `RaisedSignal`) with the rule's manifest and the event, as a signal line is
+/// written from them.
 #[derive(Clone, Copy, Debug)]
-pub struct Signal<'a> {
+pub struct OutputSignal<'a> {
     /// The manifest of the rule that raised it.
     pub rule: &'a Manifest,
     /// The new value behind it.
@@ -83,7 +85,7 @@ pub struct Signal<'a> {
 /// Where the pipeline's results go.
 pub trait Sink {
     /// A rule raised a signal.
-    fn signal(&mut self, signal: &Signal<'_>);
+    fn signal(&mut self, signal: &OutputSignal<'_>);
     /// A rule failed on an event.
     fn rule_failed(&mut self, rule: &RuleStatus, error: &RuleError, event: &Event<'_>);
     /// A rule was quarantined and will see no more events until it is replaced.
@@ -307,7 +309,7 @@ impl Pipeline {
             // Signals raised before a failure are still delivered: they are real detections.
             for raised in instance.take_signals() {
                 slot.status.stats.signals += 1;
-                sink.signal(&Signal {
+                sink.signal(&OutputSignal {
                     rule: &slot.status.manifest,
                     new_value: raised.new_value.as_ref(),
                     event,

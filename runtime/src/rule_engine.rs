@@ -1,5 +1,6 @@
-//! The running host: the pipeline with its rules, fed from the rules directory, with its
-//! learned state saved to the state directory. `picket replay` and `picket run` both drive one.
+//! The rule engine: the pipeline with its rules, fed from the rules directory (and its watch),
+//! with its learned state restored from and saved to the state directory. `picket replay` and
+//! `picket run` both drive one.
 
 use crate::admission::Admission;
 use crate::event::Event;
@@ -26,9 +27,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Journaled key bytes past which changes go to the persister before [`SAVE_EVERY`] is up.
 const SAVE_AT_JOURNAL_BYTES: usize = 4 << 20;
 
-/// Where the host's inputs and outputs live.
+/// Where the rule engine's inputs and outputs live.
 #[derive(Clone, Debug)]
-pub struct HostOptions {
+pub struct RuleEngineOptions {
     /// Directory of rule modules.
     pub rules: PathBuf,
     /// Directory for learned state and the compiled-module cache; nothing is kept without it.
@@ -41,8 +42,8 @@ pub struct HostOptions {
     pub trusted_keys: Vec<PathBuf>,
 }
 
-/// The pipeline and what feeds and saves it.
-pub struct Host {
+/// The pipeline and what feeds and saves it: the rules directory and the state persister.
+pub struct RuleEngine {
     sandbox: Arc<Sandbox>,
     pipeline: Pipeline,
     directory: Option<RuleDirectory>,
@@ -53,11 +54,11 @@ pub struct Host {
     last_report: Option<Instant>,
 }
 
-impl Host {
+impl RuleEngine {
     /// Opens the state directory (restoring what was learned), then loads the rules directory.
-    /// The first scan's errors are returned with the host: bad modules are reported, the good
+    /// The first scan's errors are returned with the engine: bad modules are reported, the good
     /// ones run. A state or rules directory that others could write is refused (strict modes).
-    pub fn start(options: &HostOptions) -> anyhow::Result<(Host, Scan)> {
+    pub fn start(options: &RuleEngineOptions) -> anyhow::Result<(RuleEngine, Scan)> {
         let signers = Signers::load(&options.trusted_keys)?;
         if let Some(signers) = &signers {
             tracing::info!(keys = ?signers, "only rule modules signed by a trusted key are loaded");
@@ -102,7 +103,7 @@ impl Host {
         let scan = directory
             .scan(&sandbox)
             .map_err(|err| anyhow::anyhow!("rules directory {}: {err}", options.rules.display()))?;
-        let host = Host {
+        let host = RuleEngine {
             sandbox,
             pipeline,
             directory: Some(directory),
@@ -115,7 +116,7 @@ impl Host {
     }
 
     /// Starts watching the rules directory; each scan after a change goes to `deliver`, which
-    /// returns `false` once nobody listens any more. Apply the scans with [`Host::apply`].
+    /// returns `false` once nobody listens any more. Apply the scans with [`RuleEngine::apply`].
     pub fn watch(
         &mut self,
         deliver: impl FnMut(Scan) -> bool + Send + 'static,
