@@ -359,3 +359,137 @@ impl Pipeline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::parse_event;
+    use crate::sandbox::{Limits, test_module};
+    use crate::state::Verdict;
+
+    /// What the sink was told, in order.
+    #[derive(Default)]
+    struct Record {
+        said: Vec<String>,
+    }
+
+    impl Sink for Record {
+        fn signal(&mut self, signal: &OutputSignal<'_>) {
+            self.said.push(format!("signal {}", signal.rule.id));
+        }
+        fn rule_failed(&mut self, rule: &RuleStatus, _: &RuleError, _: &Event<'_>) {
+            self.said.push(format!("failed {}", rule.manifest.id));
+        }
+        fn rule_quarantined(&mut self, rule: &RuleStatus, _: &str) {
+            self.said.push(format!("quarantined {}", rule.manifest.id));
+        }
+    }
+
+    const EVENT: &str = r#"{"ts":"2026-11-22T10:00:00Z","kind":"open","file":{"path":"/x"},"process":{"pid":1,"exe":"/bin/x"}}"#;
+
+    fn pipeline(config: PipelineConfig) -> Pipeline {
+        Pipeline::new(Arc::new(Sandbox::new(Limits::default()).unwrap()), config)
+    }
+
+    fn load(pipeline: &Pipeline, id: &str, trap_on: &[u32]) -> LoadedModule {
+        let bytes = test_module::rule(&test_module::manifest(id), trap_on);
+        pipeline.sandbox().load(id, &bytes).unwrap()
+    }
+
+    fn run(pipeline: &mut Pipeline, events: usize) -> Vec<String> {
+        let event = parse_event(EVENT).unwrap();
+        let mut sink = Record::default();
+        for _ in 0..events {
+            pipeline.handle(&event, &mut sink);
+        }
+        sink.said
+    }
+
+    fn known(pipeline: &mut Pipeline, id: &str, value: &str) -> bool {
+        let settings = pipeline.states().get(id).unwrap().settings();
+        let state = pipeline.states_mut().prepare(id, settings);
+        let state = pipeline.states_mut().get_mut(state);
+        state.check(i64::MAX / 2, "s", "g", value).unwrap() == Verdict::Known
+    }
+
+    #[test]
+    fn a_failed_rule_is_rebuilt_and_keeps_what_it_learned() {
+        let mut pipeline = pipeline(PipelineConfig::default());
+        let module = load(&pipeline, "flaky", &[2]);
+        assert_eq!(pipeline.install(module).unwrap(), Installed::Added);
+        // 1: learns a. 2: b is new (signal), then traps. 3: a rebuilt instance asks about a
+        // again, known: nothing. 4: b, known: nothing, but it traps again.
+        assert_eq!(
+            run(&mut pipeline, 4),
+            ["signal flaky", "failed flaky", "failed flaky"]
+        );
+        let status = pipeline.rules().next().unwrap();
+        assert_eq!(status.stats.events, 4);
+        assert_eq!(status.stats.failures, 2);
+        assert_eq!(status.quarantined, None);
+        assert!(known(&mut pipeline, "flaky", "b"));
+    }
+
+    #[test]
+    fn a_rule_failing_in_a_row_is_quarantined_and_sees_no_more_events() {
+        let config = PipelineConfig {
+            max_consecutive_failures: 2,
+            ..PipelineConfig::default()
+        };
+        let mut pipeline = pipeline(config);
+        let module = load(&pipeline, "broken", &[1]);
+        pipeline.install(module).unwrap();
+        assert_eq!(
+            run(&mut pipeline, 4),
+            ["failed broken", "failed broken", "quarantined broken"]
+        );
+        let status = pipeline.rules().next().unwrap();
+        assert_eq!(status.stats.events, 2);
+        assert!(
+            status
+                .quarantined
+                .as_deref()
+                .unwrap()
+                .contains("2 events in a row")
+        );
+        assert_eq!(pipeline.basenames(), Some(BTreeSet::new()));
+    }
+
+    #[test]
+    fn state_belongs_to_the_rule_id_across_replace_and_remove() {
+        let mut pipeline = pipeline(PipelineConfig::default());
+        let module = load(&pipeline, "kept", &[]);
+        pipeline.install(module.clone()).unwrap();
+        run(&mut pipeline, 2);
+        assert!(known(&mut pipeline, "kept", "b"));
+
+        // A new version (a fresh instance, its counter at a): a and b are known, c is new.
+        assert_eq!(
+            pipeline.install(module.clone()).unwrap(),
+            Installed::Replaced
+        );
+        assert_eq!(run(&mut pipeline, 3), ["signal kept"]);
+
+        assert!(pipeline.remove("kept"));
+        assert!(!pipeline.remove("kept"));
+        assert_eq!(pipeline.rules().count(), 0);
+        assert!(run(&mut pipeline, 1).is_empty());
+        assert!(known(&mut pipeline, "kept", "c"), "kept while removed");
+
+        assert_eq!(pipeline.install(module).unwrap(), Installed::Added);
+        assert_eq!(run(&mut pipeline, 4), ["signal kept"], "only d is new");
+        assert_eq!(pipeline.states().len(), 1);
+    }
+
+    #[test]
+    fn rules_run_in_id_order() {
+        let mut pipeline = pipeline(PipelineConfig::default());
+        for id in ["b-rule", "a-rule"] {
+            let module = load(&pipeline, id, &[]);
+            pipeline.install(module).unwrap();
+        }
+        let ids: Vec<_> = pipeline.rules().map(|r| r.manifest.id.clone()).collect();
+        assert_eq!(ids, ["a-rule", "b-rule"]);
+        assert_eq!(run(&mut pipeline, 2), ["signal a-rule", "signal b-rule"]);
+    }
+}

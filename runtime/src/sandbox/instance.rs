@@ -366,3 +366,70 @@ pub(super) fn classify(
         None => RuleError::Trap(format!("{err:#}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::test_module;
+    use crate::state::{Settings, Verdict};
+
+    fn state() -> RuleState {
+        let settings = Settings {
+            learning_period_ns: 0,
+            forget_after_ns: u64::MAX,
+        };
+        RuleState::new(settings, 100)
+    }
+
+    fn sandbox() -> Sandbox {
+        Sandbox::new(Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn the_state_is_lent_for_the_call_and_back_after_a_trap() {
+        let sandbox = sandbox();
+        let bytes = test_module::rule(&test_module::manifest("lender"), &[2]);
+        let module = sandbox.load("lender.wasm", &bytes).unwrap();
+        let mut instance = sandbox.instantiate(&module).unwrap();
+        let mut state = state();
+
+        // First event: "a" starts the group, learned silently.
+        instance.handle(b"event", 1, &mut state).unwrap();
+        assert_eq!(instance.take_signals().count(), 0);
+        assert!(!instance.is_poisoned());
+
+        // Second event: "b" is new (a signal), then the module traps.
+        let err = instance.handle(b"event", 2, &mut state).unwrap_err();
+        assert_eq!(err, RuleError::Panic(None));
+        assert!(instance.is_poisoned());
+        let raised: Vec<_> = instance.take_signals().collect();
+        assert_eq!(raised.len(), 1, "a signal raised before the trap is kept");
+        // What the trapped call learned is in the caller's state, which it still holds.
+        assert_eq!(state.check(3, "s", "g", "b").unwrap(), Verdict::Known);
+        assert_eq!(state.entries(), 3, "group g with values a and b");
+        assert!(instance.store.data_mut().state.get().is_none());
+    }
+
+    #[test]
+    fn a_rebuilt_instance_starts_afresh_on_the_same_state() {
+        let sandbox = sandbox();
+        let bytes = test_module::rule(&test_module::manifest("rebuilt"), &[2]);
+        let module = sandbox.load("rebuilt.wasm", &bytes).unwrap();
+        let mut state = state();
+        let mut instance = sandbox.instantiate(&module).unwrap();
+        instance.handle(b"e", 1, &mut state).unwrap();
+        instance.handle(b"e", 2, &mut state).unwrap_err();
+
+        let mut again = sandbox.instantiate(&module).unwrap();
+        assert!(!again.is_poisoned());
+        // Its counter is back at "a", which the state knows: no signal, no trap.
+        again.handle(b"e", 3, &mut state).unwrap();
+        assert_eq!(again.take_signals().count(), 0);
+        // "b" too; the third event asks about "c", which is new.
+        again.handle(b"e", 4, &mut state).unwrap_err();
+        let mut third = sandbox.instantiate(&module).unwrap();
+        third.handle(b"e", 5, &mut state).unwrap();
+        third.handle(b"e", 6, &mut state).unwrap_err();
+        assert_eq!(third.take_signals().count(), 0, "b was learned before");
+    }
+}

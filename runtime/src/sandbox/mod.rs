@@ -8,6 +8,8 @@
 mod host_functions;
 mod instance;
 mod load;
+#[cfg(test)]
+pub(crate) mod test_module;
 
 pub use instance::{NewValue, RaisedSignal, RuleError, RuleInstance};
 pub use load::{LoadError, LoadedModule};
