@@ -1,8 +1,8 @@
 //! Durable new-value state: an embedded redb database under `--state DIR`.
 //!
 //! redb commits are atomic and copy-on-write with checksums, so a crash at any moment leaves the
-//! last committed state readable. The pipeline drains each rule's journal of changes a few times
-//! a second and hands them to a persister thread, which commits them; a failed commit (a full
+//! last committed state readable. The rule engine drains each rule's journal of changes a few
+//! times a second (`RuleStates::take_changes`) and hands them to a persister thread, which commits them; a failed commit (a full
 //! disk) is logged and retried, and nothing is dropped meanwhile. State is keyed by rule id and
 //! state name, so a new version of a rule finds what the old one learned.
 //!
