@@ -210,27 +210,7 @@ fn guest_bytes<'m>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A module importing `sigs` from picket, in the text format.
-    pub(in crate::sandbox) fn wat_importing(sigs: &[FuncSig]) -> String {
-        let types = |types: &[ValType]| {
-            types
-                .iter()
-                .map(|t| t.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let mut wat = String::from("(module\n");
-        for sig in sigs {
-            wat += &format!(
-                "(import \"{IMPORT_MODULE}\" \"{}\" (func (param {}) (result {})))\n",
-                sig.name,
-                types(sig.params),
-                types(sig.results)
-            );
-        }
-        wat + ")"
-    }
+    use crate::sandbox::test_module;
 
     /// The functions defined here are the ABI's imports, with its signatures: a module that
     /// imports all of them as `picket_abi::IMPORTS` says links, and one with a signature off
@@ -239,7 +219,7 @@ mod tests {
     fn the_linker_provides_the_abi_imports() {
         let engine = Engine::default();
         let linker = linker(&engine).unwrap();
-        let wat = wat_importing(picket_abi::IMPORTS);
+        let wat = test_module::wat_importing(picket_abi::IMPORTS);
         let module = wasmtime::Module::new(&engine, wat::parse_str(&wat).unwrap()).unwrap();
         linker.instantiate_pre(&module).unwrap();
         for import in module.imports() {
@@ -250,7 +230,7 @@ mod tests {
 
         let mut wrong = picket_abi::IMPORTS[1];
         wrong.params = &[ValType::I32];
-        let wat = wat_importing(&[wrong]);
+        let wat = test_module::wat_importing(&[wrong]);
         let module = wasmtime::Module::new(&engine, wat::parse_str(&wat).unwrap()).unwrap();
         assert!(linker.instantiate_pre(&module).is_err());
         let ty = module

@@ -306,6 +306,47 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::{Limits, test_module};
+    use picket_abi::{FuncSig, ValType};
+
+    /// A module whose only import is `sig`, as loading reports it.
+    fn refusal(sig: FuncSig) -> String {
+        let sandbox = Sandbox::new(Limits::default()).unwrap();
+        let wat = test_module::wat_importing(&[sig]);
+        let bytes = wat::parse_str(&wat).unwrap();
+        sandbox.load("bad.wasm", &bytes).err().unwrap().to_string()
+    }
+
+    #[test]
+    fn a_bad_import_is_named_before_anything_runs() {
+        let unknown = FuncSig {
+            name: "exec",
+            params: &[],
+            results: &[],
+        };
+        assert_eq!(
+            refusal(unknown),
+            "bad.wasm: imports `picket.exec`, which picket does not provide; a rule may import \
+             only picket.new_value, picket.emit_signal, picket.log"
+        );
+        let mut wrong = picket_abi::IMPORTS[2];
+        wrong.params = &[ValType::I32];
+        assert_eq!(
+            refusal(wrong),
+            "bad.wasm: imports `picket.log` as (i32) -> (), but picket provides \
+             (i32, i32, i32) -> ()"
+        );
+    }
+
+    #[test]
+    fn a_module_built_like_the_sdks_loads() {
+        let sandbox = Sandbox::new(Limits::default()).unwrap();
+        let manifest = test_module::manifest("fine");
+        let module = sandbox
+            .load("fine.wasm", &test_module::rule(&manifest, &[]))
+            .unwrap();
+        assert_eq!(*module.manifest, manifest);
+    }
 
     #[test]
     fn headers() {

@@ -2,7 +2,10 @@
 //! sandbox, the pipeline, the rules directory and the module cache: real wasmtime, real modules,
 //! with behaviour a test can count on.
 
-use picket_abi::{EventKind, Manifest, NewValueDefaults, Severity, SignalRequest, Subscription};
+use picket_abi::{
+    EventKind, FuncSig, IMPORT_MODULE, Manifest, NewValueDefaults, Severity, SignalRequest,
+    Subscription, ValType,
+};
 
 /// A manifest for rule `id`, subscribed to every open, that learns with no learning period.
 pub(crate) fn manifest(id: &str) -> Manifest {
@@ -71,4 +74,25 @@ pub(crate) fn rule(manifest: &Manifest, trap_on: &[u32]) -> Vec<u8> {
         packed = picket_abi::pack_ptr_len(1024, encoded.len() as u32),
     );
     wat::parse_str(&wat).expect("the test module is valid WAT")
+}
+
+/// A module importing `sigs` from picket, in the text format.
+pub(crate) fn wat_importing(sigs: &[FuncSig]) -> String {
+    let types = |types: &[ValType]| {
+        types
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut wat = String::from("(module\n");
+    for sig in sigs {
+        wat += &format!(
+            "(import \"{IMPORT_MODULE}\" \"{}\" (func (param {}) (result {})))\n",
+            sig.name,
+            types(sig.params),
+            types(sig.results)
+        );
+    }
+    wat + ")"
 }
