@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The event loop is unhealthy when it has not turned for this long. It turns at least every
-/// [`crate::host::SAVE_EVERY`] when idle, so only a loop that is stuck goes this long.
+/// [`crate::rule_engine::SAVE_EVERY`] when idle, so only a loop that is stuck goes this long.
 pub const STALE_AFTER: Duration = Duration::from_secs(10);
 
 /// Labels naming a rule.

@@ -6,9 +6,9 @@
 //! disk) is logged and retried, and nothing is dropped meanwhile. State is keyed by rule id and
 //! state name, so a new version of a rule finds what the old one learned.
 //!
-//! One file per job: [`db`] is the schema and the transactions on it, [`overlay`] the group
-//! ids a transaction sees, [`pending`] the queue of changes and its folding, [`persister`] the
-//! thread that commits them and its retry loop, [`recovery`] opening a file and setting a
+//! One file per job: `db` is the schema and the transactions on it, `overlay` the group
+//! ids a transaction sees, `pending` the queue of changes and its folding, `persister` the
+//! thread that commits them and its retry loop, `recovery` opening a file and setting a
 //! damaged one aside. The store knows nothing of the pipeline: it is handed [`RuleChange`]s and
 //! hands back states by rule id.
 
