@@ -52,7 +52,7 @@ const ABSENT: u32 = u32::MAX;
 #[derive(Clone, Copy)]
 #[repr(usize)]
 enum Slot {
-    Host = 0,
+    NodeName = 0,
     Path,
     Comm,
     Exe,
@@ -93,8 +93,8 @@ pub struct EventFields<'a> {
     pub ts_ns: i64,
     /// What happened.
     pub kind: EventKind,
-    /// Node name, when known.
-    pub host: Option<&'a str>,
+    /// Name of the node the event happened on, when known (the event JSON's `host` field).
+    pub node_name: Option<&'a str>,
     /// Resolved path of the file.
     pub path: &'a str,
     /// How the file was opened, when known.
@@ -166,7 +166,7 @@ impl EventFields<'_> {
         };
         buf[30] = flags;
         let strings = [
-            self.host,
+            self.node_name,
             Some(self.path),
             self.comm,
             Some(self.exe),
@@ -280,9 +280,15 @@ impl<'a> Event<'a> {
         EventKind::Open
     }
 
-    /// Node name, when known.
+    /// Name of the node the event happened on, when known (the event JSON's `host` field).
+    pub fn node_name(&self) -> Option<&'a str> {
+        self.string(Slot::NodeName)
+    }
+
+    /// The former name of [`Event::node_name`], kept so that rules written against it build.
+    #[deprecated = "renamed to node_name: \"host\" named several things in picket"]
     pub fn host(&self) -> Option<&'a str> {
-        self.string(Slot::Host)
+        self.node_name()
     }
 
     /// Absolute path of the file as the kernel resolved it for the process (links followed,
@@ -377,7 +383,7 @@ impl<'a> Event<'a> {
         EventFields {
             ts_ns: self.ts_ns(),
             kind: self.kind(),
-            host: self.host(),
+            node_name: self.node_name(),
             path: self.path(),
             access: self.access(),
             pid: self.pid(),
@@ -440,7 +446,7 @@ mod tests {
         EventFields {
             ts_ns: 1_700_000_000_000_000_001,
             kind: EventKind::Open,
-            host: Some("node-a"),
+            node_name: Some("node-a"),
             path: "/run/secrets/kubernetes.io/serviceaccount/token",
             access: Some(Access::Read),
             pid: 42,

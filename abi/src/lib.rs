@@ -29,6 +29,123 @@ pub const ABI_VERSION: u32 = 1;
 /// Name of the import module under which the host provides its functions.
 pub const IMPORT_MODULE: &str = "picket";
 
+/// A WebAssembly value type in an import or export signature. The host maps it to its wasm
+/// engine's type; this crate stays free of any engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValType {
+    /// A 32-bit integer (pointers and lengths in wasm32 memory too).
+    I32,
+    /// A 64-bit integer.
+    I64,
+}
+
+impl ValType {
+    /// The name used in the WebAssembly text format.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ValType::I32 => "i32",
+            ValType::I64 => "i64",
+        }
+    }
+}
+
+/// The name and signature of a function across the boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FuncSig {
+    /// The import or export name.
+    pub name: &'static str,
+    /// Parameter types, in order.
+    pub params: &'static [ValType],
+    /// Result types, in order.
+    pub results: &'static [ValType],
+}
+
+impl core::fmt::Display for FuncSig {
+    /// `(i32, i32) -> (i32)`: the signature, as load errors print it.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let list = |f: &mut core::fmt::Formatter<'_>, types: &[ValType]| {
+            for (i, ty) in types.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                f.write_str(ty.as_str())?;
+            }
+            Ok(())
+        };
+        f.write_str("(")?;
+        list(f, self.params)?;
+        f.write_str(") -> (")?;
+        list(f, self.results)?;
+        f.write_str(")")
+    }
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __val_type {
+    (i32) => {
+        $crate::ValType::I32
+    };
+    (i64) => {
+        $crate::ValType::I64
+    };
+}
+
+/// Builds a `&[FuncSig]` from the declarations [`for_each_import!`] hands over.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __func_table {
+    ($( $(#[$doc:meta])* fn $name:ident ( $($param:ident : $pty:ident),* ) $(-> $rty:ident)? ;)*) => {
+        &[$(
+            $crate::FuncSig {
+                name: stringify!($name),
+                params: &[$($crate::__val_type!($pty)),*],
+                results: &[$($crate::__val_type!($rty))?],
+            }
+        ),*]
+    };
+}
+
+/// The functions the host provides under [`IMPORT_MODULE`], declared once: this crate's
+/// [`IMPORTS`] table and the SDK's `extern` block are both generated from this list, so the two
+/// sides cannot disagree. Passes the declarations, as `fn name(param: type, ...) -> type;` with
+/// `i32`/`i64` types, to the macro named `$then`.
+#[macro_export]
+macro_rules! for_each_import {
+    ($then:ident) => {
+        $then! {
+            /// `(state, group, value)`: asks whether `value` is new for `group` in the named
+            /// new-value state; returns [`NEW_VALUE_NEW`] or [`NEW_VALUE_NOT_NEW`]. All three
+            /// are UTF-8 strings, each given as pointer and length.
+            fn new_value(
+                state_ptr: i32,
+                state_len: i32,
+                group_ptr: i32,
+                group_len: i32,
+                value_ptr: i32,
+                value_len: i32
+            ) -> i32;
+            /// Raises the encoded [`SignalRequest`] for the event being handled; returns 0.
+            fn emit_signal(ptr: i32, len: i32) -> i32;
+            /// A UTF-8 log line; `level` is a [`LogLevel`].
+            fn log(level: i32, ptr: i32, len: i32);
+        }
+    };
+}
+
+/// Every function a rule may import from [`IMPORT_MODULE`], with its signature.
+pub const IMPORTS: &[FuncSig] = for_each_import!(__func_table);
+
+/// Import: `(state_ptr, state_len, group_ptr, group_len, value_ptr, value_len: i32) -> i32`,
+/// asks whether `value` is new for `group` in the named new-value state; returns
+/// [`NEW_VALUE_NEW`] or [`NEW_VALUE_NOT_NEW`]. All three are UTF-8 strings.
+pub const IMPORT_NEW_VALUE: &str = IMPORTS[0].name;
+/// Import: `(ptr: i32, len: i32) -> i32`, raise the encoded [`SignalRequest`] for the event
+/// being handled; returns 0.
+pub const IMPORT_EMIT_SIGNAL: &str = IMPORTS[1].name;
+/// Import: `(level: i32, ptr: i32, len: i32)`, a UTF-8 log line; level is a [`LogLevel`].
+pub const IMPORT_LOG: &str = IMPORTS[2].name;
+
 /// Export: `() -> i32`, the [`ABI_VERSION`] the module was built against.
 pub const EXPORT_ABI_VERSION: &str = "picket_abi_version";
 /// Export: `() -> i64`, the encoded [`Manifest`] as `ptr << 32 | len` in the module's memory.
@@ -42,15 +159,32 @@ pub const EXPORT_ON_EVENT: &str = "picket_on_event";
 /// Export: the module's linear memory.
 pub const EXPORT_MEMORY: &str = "memory";
 
-/// Import: `(state_ptr, state_len, group_ptr, group_len, value_ptr, value_len: i32) -> i32`,
-/// asks whether `value` is new for `group` in the named new-value state; returns
-/// [`NEW_VALUE_NEW`] or [`NEW_VALUE_NOT_NEW`]. All three are UTF-8 strings.
-pub const IMPORT_NEW_VALUE: &str = "new_value";
-/// Import: `(ptr: i32, len: i32) -> i32`, raise the encoded [`SignalRequest`] for the event
-/// being handled; returns 0.
-pub const IMPORT_EMIT_SIGNAL: &str = "emit_signal";
-/// Import: `(level: i32, ptr: i32, len: i32)`, a UTF-8 log line; level is a [`LogLevel`].
-pub const IMPORT_LOG: &str = "log";
+/// Every function a rule module must export, with its signature (besides [`EXPORT_MEMORY`]).
+pub const EXPORTS: &[FuncSig] = {
+    use ValType::{I32, I64};
+    &[
+        FuncSig {
+            name: EXPORT_ABI_VERSION,
+            params: &[],
+            results: &[I32],
+        },
+        FuncSig {
+            name: EXPORT_MANIFEST,
+            params: &[],
+            results: &[I64],
+        },
+        FuncSig {
+            name: EXPORT_ALLOC,
+            params: &[I32],
+            results: &[I32],
+        },
+        FuncSig {
+            name: EXPORT_ON_EVENT,
+            params: &[I32, I32],
+            results: &[I32],
+        },
+    ]
+};
 
 /// What `picket_on_event` returns when the event was handled.
 pub const HANDLER_OK: i32 = 0;
@@ -65,6 +199,29 @@ pub const NEW_VALUE_NOT_NEW: i32 = 0;
 pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
 /// Largest encoded signal request the host accepts.
 pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
+/// Longest new-value state name `new_value` accepts.
+pub const MAX_STATE_NAME_BYTES: usize = 128;
+/// Longest group or value `new_value` accepts, and longest field of a signal's new value
+/// (Linux's PATH_MAX).
+pub const MAX_STRING_BYTES: usize = 4096;
+/// Longest log line kept; a longer one is cut, not refused.
+pub const MAX_LOG_LINE_BYTES: usize = 4096;
+/// Most distinct new-value state names one rule may use.
+pub const MAX_STATES_PER_RULE: usize = 64;
+/// Signals a rule may raise for one event unless the operator sets another bound; one more
+/// traps the call as a signal flood.
+pub const DEFAULT_MAX_SIGNALS_PER_EVENT: u32 = 16;
+/// Longest basename a manifest may subscribe to: the kernel prefilter keys names of up to this
+/// many bytes (plus a NUL).
+pub const MAX_BASENAME_BYTES: usize = 63;
+/// Most basenames one manifest may subscribe to.
+pub const MAX_BASENAMES: usize = 64;
+/// Most path prefixes one manifest may subscribe to.
+pub const MAX_PATH_PREFIXES: usize = 64;
+/// Longest path prefix a manifest may give.
+pub const MAX_PATH_PREFIX_BYTES: usize = 4096;
+/// Longest rule id.
+pub const MAX_RULE_ID_BYTES: usize = 64;
 
 /// The one bincode configuration used on both sides of the boundary.
 pub const CONFIG: bincode::config::Configuration = bincode::config::standard();
@@ -339,6 +496,20 @@ mod tests {
         encode_into_vec(&SignalRequest { new_value: None }, &mut buf).unwrap();
         buf.push(0);
         assert!(decode_borrowed::<SignalRequest<'_>>(&buf).is_err());
+    }
+
+    #[test]
+    fn import_names_and_signatures_come_from_one_list() {
+        use alloc::string::ToString;
+        let names: Vec<&str> = IMPORTS.iter().map(|f| f.name).collect();
+        assert_eq!(names, [IMPORT_NEW_VALUE, IMPORT_EMIT_SIGNAL, IMPORT_LOG]);
+        assert_eq!(names, ["new_value", "emit_signal", "log"]);
+        assert_eq!(
+            IMPORTS[0].to_string(),
+            "(i32, i32, i32, i32, i32, i32) -> (i32)"
+        );
+        assert_eq!(IMPORTS[2].to_string(), "(i32, i32, i32) -> ()");
+        assert_eq!(EXPORTS[1].to_string(), "() -> (i64)");
     }
 
     #[test]

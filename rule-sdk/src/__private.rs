@@ -18,7 +18,7 @@ static PANIC_HOOK: Once = Once::new();
 fn install_panic_hook() {
     PANIC_HOOK.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            crate::host::log(crate::LogLevel::Panic, &format!("rule panicked: {info}"));
+            crate::imports::log(crate::LogLevel::Panic, &format!("rule panicked: {info}"));
         }))
     });
 }

@@ -34,7 +34,7 @@
 //! the rule's functions directly, which picket uses to measure what the sandbox costs.
 #![warn(missing_docs)]
 
-mod host;
+mod imports;
 mod manifest;
 pub mod path;
 
@@ -48,7 +48,7 @@ pub use picket_abi::{
 };
 
 #[cfg(not(target_arch = "wasm32"))]
-pub use host::native;
+pub use imports::native;
 
 /// An event handed to a rule: every accessor reads the host's buffer in place, and a string is
 /// sliced and checked only when asked for.
@@ -68,7 +68,7 @@ pub struct Rule {
 /// While the group is in its learning period the host learns the value and answers `false`.
 /// Afterwards an unseen (or forgotten) value is answered `true` once, and learned.
 pub fn new_value(state: &str, group: &str, value: &str) -> bool {
-    host::new_value(state, group, value)
+    imports::new_value(state, group, value)
 }
 
 /// Levels for [`log`].
@@ -76,7 +76,7 @@ pub use picket_abi::LogLevel;
 
 /// Writes a line to the agent's log, attributed to this rule.
 pub fn log(level: LogLevel, message: &str) {
-    host::log(level, message)
+    imports::log(level, message)
 }
 
 /// A signal to raise for the event being handled. The host adds the rule's title, severity and
@@ -106,7 +106,7 @@ impl<'a> Signal<'a> {
 
     /// Raises the signal.
     pub fn emit(self) {
-        host::emit_signal(&picket_abi::SignalRequest {
+        imports::emit_signal(&picket_abi::SignalRequest {
             new_value: self.new_value,
         })
     }
@@ -115,7 +115,7 @@ impl<'a> Signal<'a> {
 /// Conveniences on [`Event`].
 pub trait EventExt<'a> {
     /// The workload the process belongs to, the usual group for new values: the container's
-    /// image, else its id, else the event's host name (or `"host"`) for a process of the host.
+    /// image, else its id, else the event's node name (or `"host"`) for a process of the node itself.
     fn workload(&self) -> &'a str;
 
     /// Whether the file may have been read: opened for reading, or with unknown access.
@@ -129,7 +129,7 @@ impl<'a> EventExt<'a> for Event<'a> {
         {
             return group;
         }
-        self.host().unwrap_or("host")
+        self.node_name().unwrap_or("host")
     }
 
     fn may_read(&self) -> bool {

@@ -7,8 +7,8 @@
 mod support;
 
 use picket::event::parse_event;
-use picket::host::{Host, HostOptions};
-use picket::pipeline::{PipelineConfig, RuleStatus, Signal, Sink};
+use picket::pipeline::{OutputSignal, PipelineConfig, RuleStatus, Sink};
+use picket::rule_engine::{RuleEngine, RuleEngineOptions};
 use picket::sandbox::{Limits, RuleError};
 use picket::state::{DEFAULT_CAPACITY, RuleState, Settings};
 use picket::store::StateStore;
@@ -47,7 +47,7 @@ static ALLOCATOR: Counting = Counting;
 struct Titles(Vec<String>);
 
 impl Sink for Titles {
-    fn signal(&mut self, signal: &Signal<'_>) {
+    fn signal(&mut self, signal: &OutputSignal<'_>) {
         self.0.push(signal.rule.title.clone());
     }
     fn rule_failed(&mut self, rule: &RuleStatus, error: &RuleError, _: &picket::event::Event<'_>) {
@@ -69,7 +69,7 @@ fn reload_latencies(rounds: usize, cached: bool) -> Vec<f64> {
     let state = support::temp_dir();
     let module = rules.path().join("rule.wasm");
     std::fs::write(&module, support::new_exe_rule("reload-bench", "v0")).unwrap();
-    let options = HostOptions {
+    let options = RuleEngineOptions {
         rules: rules.path().to_path_buf(),
         state: Some(state.path().to_path_buf()),
         limits: Limits::default(),
@@ -79,7 +79,7 @@ fn reload_latencies(rounds: usize, cached: bool) -> Vec<f64> {
         },
         trusted_keys: Vec::new(),
     };
-    let (mut host, scan) = Host::start(&options).unwrap();
+    let (mut host, scan) = RuleEngine::start(&options).unwrap();
     host.apply(scan);
     let (tx, rx) = std::sync::mpsc::channel();
     let _watcher = host.watch(move |scan| tx.send(scan).is_ok()).unwrap();

@@ -10,11 +10,11 @@
 mod support;
 
 use picket::event::{Event, parse_event};
-use picket::pipeline::{Pipeline, PipelineConfig, RuleStatus, Signal, Sink, subscribed};
+use picket::pipeline::{OutputSignal, Pipeline, PipelineConfig, RuleStatus, Sink, subscribed};
 use picket::sandbox::{Limits, RuleError, Sandbox};
 use picket::state::{DEFAULT_CAPACITY, RuleState, Verdict};
 use picket_abi::{EventKind, LogLevel, Manifest, SignalRequest};
-use picket_rule_sdk::native::{NativeHost, with_host};
+use picket_rule_sdk::native::{NativeImports, with_imports};
 use std::cell::{Cell, RefCell};
 use std::hint::black_box;
 use std::rc::Rc;
@@ -28,7 +28,7 @@ struct CountingSink {
 }
 
 impl Sink for CountingSink {
-    fn signal(&mut self, _signal: &Signal<'_>) {
+    fn signal(&mut self, _signal: &OutputSignal<'_>) {
         self.signals += 1;
     }
     fn rule_failed(&mut self, rule: &RuleStatus, error: &RuleError, _event: &Event<'_>) {
@@ -40,13 +40,13 @@ impl Sink for CountingSink {
 }
 
 /// The host side of one natively run rule: its own new-value state, as in the sandbox.
-struct NativeRuleHost {
+struct NativeRuleImports {
     state: RefCell<RuleState>,
     ts_ns: Cell<i64>,
     signals: Cell<u64>,
 }
 
-impl NativeHost for NativeRuleHost {
+impl NativeImports for NativeRuleImports {
     fn new_value(&self, state: &str, group: &str, value: &str) -> bool {
         let verdict = self
             .state
@@ -63,7 +63,7 @@ impl NativeHost for NativeRuleHost {
 struct NativeRule {
     manifest: Manifest,
     on_event: fn(&picket_rule_sdk::Event<'_>),
-    host: Rc<NativeRuleHost>,
+    host: Rc<NativeRuleImports>,
 }
 
 /// The native counterpart of `Pipeline::handle`: same routing, same event encoding (the SDK's
@@ -83,7 +83,7 @@ impl NativePipeline {
                 NativeRule {
                     manifest,
                     on_event: rule.on_event,
-                    host: Rc::new(NativeRuleHost {
+                    host: Rc::new(NativeRuleImports {
                         state: RefCell::new(RuleState::new(settings, DEFAULT_CAPACITY)),
                         ts_ns: Cell::new(0),
                         signals: Cell::new(0),
@@ -118,8 +118,8 @@ impl NativePipeline {
             let view = unsafe { picket_rule_sdk::Event::parse_trusted(&self.encoded) }
                 .expect("just encoded");
             rule.host.ts_ns.set(view.ts_ns());
-            let host: Rc<dyn NativeHost> = rule.host.clone();
-            with_host(host, || (rule.on_event)(&view));
+            let host: Rc<dyn NativeImports> = rule.host.clone();
+            with_imports(host, || (rule.on_event)(&view));
         }
     }
 

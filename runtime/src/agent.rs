@@ -5,9 +5,9 @@
 
 use crate::discovery::{Discovery, Found, Targets};
 use crate::event::{ArgList, Container, Event, File, FileAccess, Kind, Pod, Process};
-use crate::host::{Host, HostOptions, SAVE_EVERY};
 use crate::kernel_report::KernelReport;
 use crate::output::{MeteredOutput, OnError, Output, SignalOutput, WhenFull};
+use crate::rule_engine::{RuleEngine, RuleEngineOptions, SAVE_EVERY};
 use crate::time::{StableClock, Timestamp};
 use picket_probes::{Access, HostPaths, OpenEvent, Probes, Strategy};
 use std::borrow::Cow;
@@ -20,7 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     /// Rules, state and limits.
-    pub host: HostOptions,
+    pub engine: RuleEngineOptions,
     /// Where signals go.
     pub output: Output,
     /// Signals queued in front of the output; past it, new signals are dropped and counted.
@@ -53,20 +53,20 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     }
     // Each start-up step that completes counts as a turn of the loop for /healthz.
     metrics.heartbeat();
-    let (mut host, scan) = Host::start(&options.host)?;
-    host.apply(scan);
+    let (mut engine, scan) = RuleEngine::start(&options.engine)?;
+    engine.apply(scan);
     metrics.heartbeat();
     let mut probes = Probes::load_on(options.strategy, &options.host_paths)?;
     tracing::info!(strategy = %probes.strategy(), "probes attached");
     metrics.set_strategy(&probes.strategy().to_string());
     let (found_tx, mut found_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut prefilter = Prefilter::start(&host, &mut probes, move |found| {
+    let mut prefilter = Prefilter::start(&engine, &mut probes, move |found| {
         found_tx.send(found).is_ok()
     })?;
-    prefilter.sync(&host, &mut probes);
+    prefilter.sync(&engine, &mut probes);
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
-    let _watcher = host.watch(move |scan| reload_tx.send(scan).is_ok())?;
+    let _watcher = engine.watch(move |scan| reload_tx.send(scan).is_ok())?;
     let mut sink = MeteredOutput::new(
         SignalOutput::open(
             &options.output,
@@ -81,14 +81,14 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(SAVE_EVERY);
     let mut kernel_report = KernelReport::default();
-    let rules: Vec<String> = host
+    let rules: Vec<String> = engine
         .pipeline()
         .rules()
         .map(|r| r.manifest.id.clone())
         .collect();
     tracing::info!(
         rules = ?rules,
-        rules_dir = %options.host.rules.display(),
+        rules_dir = %options.engine.rules.display(),
         "agent ready"
     );
     metrics.set_ready(true);
@@ -105,16 +105,16 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
                 let ts = clock.stable(opened.ts);
                 let event = normalize(opened, ts, &options.node_name, &prefilter.found);
                 metrics.event(event.kind.as_str());
-                host.handle(&event, &mut sink);
+                engine.handle(&event, &mut sink);
             }
             Some(scan) = reload_rx.recv() => {
-                if host.apply(scan) {
-                    prefilter.sync(&host, &mut probes);
+                if engine.apply(scan) {
+                    prefilter.sync(&engine, &mut probes);
                 }
             }
             Some(found) = found_rx.recv() => prefilter.set_found(found, &mut probes),
             _ = tick.tick() => {
-                host.save();
+                engine.save();
                 sink.output_mut().report();
                 kernel_report.tick(&mut probes);
                 metrics.set_kernel_events_lost(probes.lost_events());
@@ -127,7 +127,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     tracing::info!("stopping: detaching probes and saving state");
     kernel_report.at_stop(&mut probes);
     drop(probes);
-    host.shutdown();
+    engine.shutdown();
     sink.into_output().finish(Some(OUTPUT_GRACE));
     Ok(())
 }
@@ -147,11 +147,11 @@ impl Prefilter {
     /// changes go to `deliver`, to come back through [`Prefilter::set_found`] on the agent's
     /// thread.
     fn start(
-        host: &Host,
+        engine: &RuleEngine,
         probes: &mut Probes,
         deliver: impl FnMut(Found) -> bool + Send + 'static,
     ) -> anyhow::Result<Prefilter> {
-        let targets = Targets::of_rules(host.pipeline());
+        let targets = Targets::of_rules(engine.pipeline());
         let (discovery, found) = Discovery::spawn(targets.clone(), deliver)?;
         let mut prefilter = Prefilter {
             warned_all: false,
@@ -180,17 +180,17 @@ impl Prefilter {
         }
     }
 
-    fn sync(&mut self, host: &Host, probes: &mut Probes) {
+    fn sync(&mut self, engine: &RuleEngine, probes: &mut Probes) {
         // The rules changed: an open sent before may not have reached the rules now running.
         if let Err(err) = probes.forget_repeats() {
             tracing::error!("resetting the kernel's repeat filter: {err:#}");
         }
-        let targets = Targets::of_rules(host.pipeline());
+        let targets = Targets::of_rules(engine.pipeline());
         if targets != self.targets {
             self.discovery.set_targets(targets.clone());
             self.targets = targets;
         }
-        let names = match host.basenames() {
+        let names = match engine.basenames() {
             Some(names) => names,
             None => {
                 if !self.warned_all {
@@ -200,7 +200,7 @@ impl Prefilter {
                     );
                     self.warned_all = true;
                 }
-                host.pipeline()
+                engine.pipeline()
                     .rules()
                     .flat_map(|r| r.manifest.subscription.basenames.iter().cloned())
                     .collect::<BTreeSet<String>>()
@@ -250,7 +250,7 @@ pub fn normalize(
     Event {
         ts,
         kind: Kind::Open,
-        host: Some(Cow::Owned(node_name.to_string())),
+        node_name: Some(Cow::Owned(node_name.to_string())),
         file: File {
             path: Cow::Owned(opened.path),
             access,

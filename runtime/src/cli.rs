@@ -2,10 +2,10 @@
 //! that does each command's work (agent, replay, conformance).
 
 use crate::agent::AgentOptions;
-use crate::host::HostOptions;
 use crate::output::Output;
 use crate::pipeline::{Overrides, PipelineConfig};
 use crate::replay::{ReplayOptions, Source};
+use crate::rule_engine::RuleEngineOptions;
 use crate::rules_dir::load_file;
 use crate::sandbox::{Limits, Sandbox};
 use crate::signing::Signers;
@@ -101,8 +101,8 @@ impl RuleArgs {
         Ok(Arc::new(Sandbox::new(self.limits())?))
     }
 
-    fn host_options(&self, rules: PathBuf, state: Option<PathBuf>) -> HostOptions {
-        HostOptions {
+    fn engine_options(&self, rules: PathBuf, state: Option<PathBuf>) -> RuleEngineOptions {
+        RuleEngineOptions {
             rules,
             state,
             limits: self.limits(),
@@ -236,9 +236,9 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         Output::File(args.output.clone())
     };
     crate::agent::run(AgentOptions {
-        host: args
+        engine: args
             .settings
-            .host_options(args.rules.clone(), Some(args.state.clone())),
+            .engine_options(args.rules.clone(), Some(args.state.clone())),
         output,
         output_queue: args.output_queue,
         strategy: args.probe,
@@ -259,7 +259,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         Source::File(args.input.clone())
     };
     let replayed = crate::replay::run(ReplayOptions {
-        host: args.settings.host_options(args.rules, args.state),
+        engine: args.settings.engine_options(args.rules, args.state),
         watch: args.watch,
         source,
     })?;

@@ -2,7 +2,7 @@
 //! they must raise.
 
 use crate::event::{Event, describe_path_error};
-use crate::pipeline::{Overrides, Pipeline, PipelineConfig, RuleStatus, Signal, Sink};
+use crate::pipeline::{OutputSignal, Overrides, Pipeline, PipelineConfig, RuleStatus, Sink};
 use crate::sandbox::{LoadedModule, RuleError, Sandbox};
 use crate::time::{duration_nanos, parse_duration};
 use serde::Deserialize;
@@ -235,7 +235,7 @@ struct Recorder {
 }
 
 impl Sink for Recorder {
-    fn signal(&mut self, signal: &Signal<'_>) {
+    fn signal(&mut self, signal: &OutputSignal<'_>) {
         let rule = signal.rule;
         self.observed.push(Observed {
             event: self.current,

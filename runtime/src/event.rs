@@ -17,14 +17,16 @@ pub struct Event<'a> {
     pub ts: Timestamp,
     /// What happened.
     pub kind: Kind,
-    /// Node name, when known.
+    /// Name of the node the event happened on, when known; `host` in the event JSON (a
+    /// contract, docs/).
     #[serde(
+        rename = "host",
         borrow,
         default,
         deserialize_with = "optional_text",
         skip_serializing_if = "Option::is_none"
     )]
-    pub host: Option<Cow<'a, str>>,
+    pub node_name: Option<Cow<'a, str>>,
     /// The file.
     #[serde(borrow)]
     pub file: File<'a>,
@@ -330,7 +332,7 @@ impl Event<'_> {
         EventFields {
             ts_ns: self.ts.as_nanos(),
             kind: self.kind.into(),
-            host: self.host.as_deref(),
+            node_name: self.node_name.as_deref(),
             path: &self.file.path,
             access: self.file.access.map(Access::from),
             pid: self.process.pid,

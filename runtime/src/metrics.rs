@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The event loop is unhealthy when it has not turned for this long. It turns at least every
-/// [`crate::host::SAVE_EVERY`] when idle, so only a loop that is stuck goes this long.
+/// [`crate::rule_engine::SAVE_EVERY`] when idle, so only a loop that is stuck goes this long.
 pub const STALE_AFTER: Duration = Duration::from_secs(10);
 
 /// Labels naming a rule.
@@ -63,6 +63,7 @@ pub struct Metrics {
     state_saves: Counter,
     state_save_failures: Counter,
     state_files_set_aside: Counter,
+    state_persister_restarts: Counter,
     strategy: Family<StrategyLabel, Gauge>,
     started: Instant,
     /// Milliseconds after `started` of the event loop's last turn.
@@ -129,6 +130,7 @@ impl Metrics {
             state_saves: Counter::default(),
             state_save_failures: Counter::default(),
             state_files_set_aside: Counter::default(),
+            state_persister_restarts: Counter::default(),
             strategy: Family::default(),
             registry: Registry::default(),
             started: Instant::now(),
@@ -203,6 +205,11 @@ impl Metrics {
             metrics.state_files_set_aside.clone(),
         );
         r.register(
+            "state_persister_restarts",
+            "Times the thread saving learned state was found dead and started again",
+            metrics.state_persister_restarts.clone(),
+        );
+        r.register(
             "probe_strategy",
             "The kernel hook reporting file opens (1 for the attached one)",
             metrics.strategy.clone(),
@@ -275,6 +282,11 @@ impl Metrics {
     /// A damaged or emptied state file was moved aside and a fresh one started.
     pub fn state_file_set_aside(&self) {
         self.state_files_set_aside.inc();
+    }
+
+    /// The thread saving learned state died and was started again.
+    pub fn state_persister_restarted(&self) {
+        self.state_persister_restarts.inc();
     }
 
     /// The kernel hook that was attached.

@@ -262,3 +262,117 @@ impl ModuleCache {
         write_private(path, &[mac.as_bytes(), &payload]).map_err(|err| err.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::{Limits, Sandbox, test_module};
+
+    fn open_cache(dir: &Path, key: [u8; blake3::KEY_LEN]) -> (Sandbox, ModuleCache) {
+        let sandbox = Sandbox::new(Limits::default()).unwrap();
+        let cache = ModuleCache::open(dir, sandbox.engine(), CacheKey(key)).unwrap();
+        (sandbox, cache)
+    }
+
+    fn module() -> (Vec<u8>, blake3::Hash) {
+        let bytes = test_module::rule(&test_module::manifest("cached"), &[]);
+        let hash = blake3::hash(&bytes);
+        (bytes, hash)
+    }
+
+    /// A cache in a new directory holding one compiled module.
+    fn compiled() -> (
+        tempfile::TempDir,
+        Sandbox,
+        ModuleCache,
+        Vec<u8>,
+        blake3::Hash,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (sandbox, cache) = open_cache(dir.path(), [7; 32]);
+        let (bytes, hash) = module();
+        cache
+            .get_or_compile(sandbox.engine(), &bytes, &hash)
+            .unwrap();
+        (dir, sandbox, cache, bytes, hash)
+    }
+
+    /// Where the code came from on two loads in a row.
+    fn origins(
+        sandbox: &Sandbox,
+        cache: &ModuleCache,
+        bytes: &[u8],
+        hash: &blake3::Hash,
+    ) -> [Origin; 2] {
+        [(); 2].map(|()| {
+            cache
+                .get_or_compile(sandbox.engine(), bytes, hash)
+                .unwrap()
+                .1
+        })
+    }
+
+    #[test]
+    fn a_compiled_module_is_read_back_under_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sandbox, cache) = open_cache(dir.path(), [7; 32]);
+        let (bytes, hash) = module();
+        assert_eq!(
+            origins(&sandbox, &cache, &bytes, &hash),
+            [Origin::Compiled, Origin::Cached]
+        );
+    }
+
+    #[test]
+    fn an_entry_whose_mac_does_not_match_is_refused_and_recompiled() {
+        let (dir, sandbox, cache, bytes, hash) = compiled();
+        let entry = cache.entry(&hash);
+
+        // Another agent's key: its entries are not this one's.
+        let (other_sandbox, other) = open_cache(dir.path(), [8; 32]);
+        assert_eq!(
+            other
+                .read(other_sandbox.engine(), &entry, &hash)
+                .unwrap_err(),
+            "its MAC does not match this agent's key (forged, copied from elsewhere, another \
+             module's code, or damaged); its code was not executed"
+        );
+        // One flipped payload byte under the right key.
+        let mut data = fs::read(&entry).unwrap();
+        let last = data.len() - 1;
+        data[last] ^= 1;
+        fs::write(&entry, &data).unwrap();
+        assert!(
+            cache
+                .read(sandbox.engine(), &entry, &hash)
+                .unwrap_err()
+                .contains("MAC")
+        );
+        // Torn.
+        fs::write(&entry, &data[..10]).unwrap();
+        assert!(
+            cache
+                .read(sandbox.engine(), &entry, &hash)
+                .unwrap_err()
+                .contains("torn")
+        );
+        // Refused entries are replaced by a fresh compile, which then reads back.
+        assert_eq!(
+            origins(&sandbox, &cache, &bytes, &hash),
+            [Origin::Compiled, Origin::Cached]
+        );
+    }
+
+    #[test]
+    fn another_modules_entry_is_refused() {
+        let (_dir, sandbox, cache, _, hash) = compiled();
+        let other = test_module::rule(&test_module::manifest("other"), &[]);
+        let other_hash = blake3::hash(&other);
+        // An entry copied over another module's name: the MAC binds it to its own module.
+        fs::copy(cache.entry(&hash), cache.entry(&other_hash)).unwrap();
+        let err = cache
+            .read(sandbox.engine(), &cache.entry(&other_hash), &other_hash)
+            .unwrap_err();
+        assert!(err.contains("MAC"), "{err}");
+    }
+}

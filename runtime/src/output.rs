@@ -4,7 +4,7 @@
 
 use crate::event::Event;
 use crate::metrics::RuleMetrics;
-use crate::pipeline::{RuleStatus, Signal, Sink};
+use crate::pipeline::{OutputSignal, RuleStatus, Sink};
 use crate::sandbox::{NewValue, RuleError};
 use crate::time::Timestamp;
 use serde::Serialize;
@@ -45,7 +45,7 @@ struct SignalRecord<'a> {
 }
 
 /// Writes one signal as a JSON line.
-pub fn write_signal(out: &mut impl Write, signal: &Signal<'_>) -> io::Result<()> {
+pub fn write_signal(out: &mut impl Write, signal: &OutputSignal<'_>) -> io::Result<()> {
     let record = SignalRecord {
         ts: signal.event.ts,
         rule: &signal.rule.id,
@@ -332,7 +332,7 @@ fn write_lines(
 }
 
 impl Sink for SignalOutput {
-    fn signal(&mut self, signal: &Signal<'_>) {
+    fn signal(&mut self, signal: &OutputSignal<'_>) {
         let Some(tx) = &self.tx else { return };
         let mut line = Vec::with_capacity(1024);
         write_signal(&mut line, signal).expect("writing to a Vec cannot fail");
@@ -404,7 +404,7 @@ impl MeteredOutput {
 }
 
 impl Sink for MeteredOutput {
-    fn signal(&mut self, signal: &Signal<'_>) {
+    fn signal(&mut self, signal: &OutputSignal<'_>) {
         self.metrics_of(&signal.rule.id).signal();
         self.output.signal(signal);
     }

@@ -8,11 +8,9 @@
 //! rule being replaced, quarantined or removed and added again.
 
 use crate::event::Event;
+use crate::rule_states::{RuleStates, StateId};
 use crate::sandbox::{LoadedModule, NewValue, RuleError, RuleInstance, Sandbox};
-use crate::state::{
-    DEFAULT_CAPACITY, DEFAULT_RULE_BYTES, DEFAULT_TOTAL_BYTES, RuleState, Settings,
-};
-use hashbrown::HashMap;
+use crate::state::{DEFAULT_CAPACITY, DEFAULT_RULE_BYTES, DEFAULT_TOTAL_BYTES, Settings};
 use picket_abi::{EventKind, Manifest, Subscription};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -71,9 +69,11 @@ impl Default for PipelineConfig {
     }
 }
 
-/// A signal on its way out.
+/// A signal on its way to the outputs: what a rule raised (the SDK's `Signal`, decoded by the
+/// sandbox as a `RaisedSignal`) with the rule's manifest and the event, as a signal line is
+/// written from them.
 #[derive(Clone, Copy, Debug)]
-pub struct Signal<'a> {
+pub struct OutputSignal<'a> {
     /// The manifest of the rule that raised it.
     pub rule: &'a Manifest,
     /// The new value behind it.
@@ -85,7 +85,7 @@ pub struct Signal<'a> {
 /// Where the pipeline's results go.
 pub trait Sink {
     /// A rule raised a signal.
-    fn signal(&mut self, signal: &Signal<'_>);
+    fn signal(&mut self, signal: &OutputSignal<'_>);
     /// A rule failed on an event.
     fn rule_failed(&mut self, rule: &RuleStatus, error: &RuleError, event: &Event<'_>);
     /// A rule was quarantined and will see no more events until it is replaced.
@@ -124,23 +124,16 @@ pub struct RuleStatus {
 struct Slot {
     status: RuleStatus,
     module: LoadedModule,
-    /// `None` only while quarantined after the module could not even be instantiated again;
-    /// its state then waits in `parked`.
+    /// `None` only while quarantined after the module could not even be instantiated again.
     instance: Option<RuleInstance>,
-    parked: Option<RuleState>,
+    /// Its new-value state in the pipeline's [`RuleStates`].
+    state: StateId,
 }
 
 impl Slot {
     fn wants(&self, kind: EventKind, path: &str, basename: &str) -> bool {
         self.status.quarantined.is_none()
             && subscribed(&self.status.manifest.subscription, kind, path, basename)
-    }
-
-    fn take_state(self) -> Option<RuleState> {
-        match self.instance {
-            Some(instance) => Some(instance.into_state()),
-            None => self.parked,
-        }
     }
 }
 
@@ -176,19 +169,25 @@ pub struct Pipeline {
     sandbox: Arc<Sandbox>,
     config: PipelineConfig,
     slots: Vec<Slot>,
-    /// States of rules that are not installed now, kept for when they return.
-    parked: HashMap<String, RuleState>,
+    /// Every rule's state, installed or not; lent to an instance for each call.
+    states: RuleStates,
     encoded: Vec<u8>,
 }
 
 impl Pipeline {
     /// An empty pipeline.
     pub fn new(sandbox: Arc<Sandbox>, config: PipelineConfig) -> Pipeline {
+        let states = RuleStates::new(
+            config.state_capacity,
+            config.state_rule_bytes,
+            config.state_total_bytes,
+            config.journal,
+        );
         Pipeline {
             sandbox,
             config,
             slots: Vec::new(),
-            parked: HashMap::new(),
+            states,
             encoded: Vec::with_capacity(1024),
         }
     }
@@ -203,38 +202,14 @@ impl Pipeline {
     pub fn install(&mut self, module: LoadedModule) -> Result<Installed, RuleError> {
         let id = module.manifest.id.clone();
         let settings = self.config.overrides.settings_for(&module.manifest);
-        let mut fresh = RuleState::new(settings, self.config.state_capacity);
-        if self.config.journal {
-            fresh.enable_journal();
-        }
-        let mut instance = self.sandbox.instantiate(&module, fresh)?;
+        let instance = self.sandbox.instantiate(&module)?;
         let position = self
             .slots
             .iter()
             .position(|slot| slot.status.manifest.id == id);
-        // The new instance takes over the state in place; the old version, if any, is dropped
-        // with the empty state it gets in exchange.
-        match position {
-            Some(index) => {
-                let old = &mut self.slots[index];
-                let old_state = match old.instance.as_mut() {
-                    Some(old_instance) => Some(old_instance.state_mut()),
-                    None => old.parked.as_mut(),
-                };
-                if let Some(old_state) = old_state {
-                    std::mem::swap(instance.state_mut(), old_state);
-                }
-            }
-            None => {
-                if let Some(mut parked) = self.parked.remove(&id) {
-                    std::mem::swap(instance.state_mut(), &mut parked);
-                }
-            }
-        }
-        instance.state_mut().set_settings(settings);
-        instance
-            .state_mut()
-            .set_bounds(self.config.state_capacity, self.config.state_rule_bytes);
+        // The state stays where it is, under the rule id: a new version of a running rule, or
+        // a rule that returns, finds what was learned before.
+        let state = self.states.prepare(&id, settings);
         let slot = Slot {
             status: RuleStatus {
                 manifest: Arc::clone(&module.manifest),
@@ -245,7 +220,7 @@ impl Pipeline {
             },
             module,
             instance: Some(instance),
-            parked: None,
+            state,
         };
         match position {
             Some(index) => {
@@ -267,10 +242,8 @@ impl Pipeline {
         let Some(index) = self.slots.iter().position(|s| s.status.manifest.id == id) else {
             return false;
         };
-        let slot = self.slots.remove(index);
-        if let Some(state) = slot.take_state() {
-            self.parked.insert(id.to_string(), state);
-        }
+        // Its state stays in `states`, for if it returns.
+        self.slots.remove(index);
         true
     }
 
@@ -279,68 +252,14 @@ impl Pipeline {
         self.slots.iter().map(|slot| &slot.status)
     }
 
-    /// Runs `f` on the new-value state of every rule, installed or not.
-    pub fn for_each_state(&mut self, mut f: impl FnMut(&str, &mut RuleState)) {
-        for slot in &mut self.slots {
-            let id = slot.status.manifest.id.as_str();
-            if let Some(state) = slot
-                .instance
-                .as_mut()
-                .map(RuleInstance::state_mut)
-                .or(slot.parked.as_mut())
-            {
-                f(id, state);
-            }
-        }
-        for (id, state) in &mut self.parked {
-            f(id, state);
-        }
+    /// Every rule's new-value state, installed or not.
+    pub fn states(&self) -> &RuleStates {
+        &self.states
     }
 
-    /// Bytes of keys waiting in every state's journal.
-    pub fn journal_bytes(&self) -> usize {
-        let installed = self.slots.iter().map(|slot| {
-            slot.instance
-                .as_ref()
-                .map(|i| i.state().journal_bytes())
-                .or(slot.parked.as_ref().map(RuleState::journal_bytes))
-                .unwrap_or(0)
-        });
-        installed.sum::<usize>()
-            + self
-                .parked
-                .values()
-                .map(RuleState::journal_bytes)
-                .sum::<usize>()
-    }
-
-    /// Places a state read back from a durable store; it is used when the rule is installed.
-    pub fn park_state(&mut self, id: &str, mut state: RuleState) {
-        state.set_bounds(self.config.state_capacity, self.config.state_rule_bytes);
-        self.parked.insert(id.to_string(), state);
-    }
-
-    /// Keeps all states together within the total byte budget: past it, the largest state
-    /// evicts its least recently seen values until the total is at 7/8 of the budget.
-    fn enforce_total_bytes(&mut self) {
-        let total = self.config.state_total_bytes;
-        let mut sum = 0;
-        let mut largest = 0;
-        self.for_each_state(|_, state| {
-            sum += state.bytes();
-            largest = largest.max(state.bytes());
-        });
-        if sum <= total {
-            return;
-        }
-        let target = largest.saturating_sub(sum - (total - total / 8));
-        let mut done = false;
-        self.for_each_state(|_, state| {
-            if !done && state.bytes() == largest {
-                state.shrink_to(target);
-                done = true;
-            }
-        });
+    /// Every rule's new-value state, to drain journals or place restored states.
+    pub fn states_mut(&mut self) -> &mut RuleStates {
+        &mut self.states
     }
 
     /// Basenames the installed rules subscribe to, for the kernel prefilter; `None` when some
@@ -384,12 +303,13 @@ impl Pipeline {
             };
             slot.status.stats.events += 1;
             let started = std::time::Instant::now();
-            let result = instance.handle(&self.encoded, event.ts.as_nanos());
+            let state = self.states.get_mut(slot.state);
+            let result = instance.handle(&self.encoded, event.ts.as_nanos(), state);
             sink.rule_evaluated(&slot.status, started.elapsed());
             // Signals raised before a failure are still delivered: they are real detections.
             for raised in instance.take_signals() {
                 slot.status.stats.signals += 1;
-                sink.signal(&Signal {
+                sink.signal(&OutputSignal {
                     rule: &slot.status.manifest,
                     new_value: raised.new_value.as_ref(),
                     event,
@@ -406,7 +326,7 @@ impl Pipeline {
             }
         }
         if encoded {
-            self.enforce_total_bytes();
+            self.states.enforce_total_bytes();
         }
     }
 
@@ -426,22 +346,150 @@ impl Pipeline {
             .as_ref()
             .is_some_and(RuleInstance::is_poisoned)
         {
-            let mut old = slot.instance.take().expect("checked above");
-            let scratch = RuleState::new(old.state().settings(), 2);
-            match sandbox.instantiate(&slot.module, scratch) {
-                Ok(mut instance) => {
-                    std::mem::swap(instance.state_mut(), old.state_mut());
-                    slot.instance = Some(instance);
-                }
-                Err(err) => {
-                    slot.parked = Some(old.into_state());
-                    reason = Some(format!("could not be instantiated again: {err}"));
-                }
+            // The state was only lent to the failed call: it is still in `states`, untouched.
+            slot.instance = None;
+            match sandbox.instantiate(&slot.module) {
+                Ok(instance) => slot.instance = Some(instance),
+                Err(err) => reason = Some(format!("could not be instantiated again: {err}")),
             }
         }
         if let Some(reason) = reason {
             slot.status.quarantined = Some(reason.clone());
             sink.rule_quarantined(&slot.status, &reason);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::parse_event;
+    use crate::sandbox::{Limits, test_module};
+    use crate::state::Verdict;
+
+    /// What the sink was told, in order.
+    #[derive(Default)]
+    struct Record {
+        said: Vec<String>,
+    }
+
+    impl Sink for Record {
+        fn signal(&mut self, signal: &OutputSignal<'_>) {
+            self.said.push(format!("signal {}", signal.rule.id));
+        }
+        fn rule_failed(&mut self, rule: &RuleStatus, _: &RuleError, _: &Event<'_>) {
+            self.said.push(format!("failed {}", rule.manifest.id));
+        }
+        fn rule_quarantined(&mut self, rule: &RuleStatus, _: &str) {
+            self.said.push(format!("quarantined {}", rule.manifest.id));
+        }
+    }
+
+    const EVENT: &str = r#"{"ts":"2026-11-22T10:00:00Z","kind":"open","file":{"path":"/x"},"process":{"pid":1,"exe":"/bin/x"}}"#;
+
+    fn pipeline(config: PipelineConfig) -> Pipeline {
+        Pipeline::new(Arc::new(Sandbox::new(Limits::default()).unwrap()), config)
+    }
+
+    fn load(pipeline: &Pipeline, id: &str, trap_on: &[u32]) -> LoadedModule {
+        let bytes = test_module::rule(&test_module::manifest(id), trap_on);
+        pipeline.sandbox().load(id, &bytes).unwrap()
+    }
+
+    fn run(pipeline: &mut Pipeline, events: usize) -> Vec<String> {
+        let event = parse_event(EVENT).unwrap();
+        let mut sink = Record::default();
+        for _ in 0..events {
+            pipeline.handle(&event, &mut sink);
+        }
+        sink.said
+    }
+
+    fn known(pipeline: &mut Pipeline, id: &str, value: &str) -> bool {
+        let settings = pipeline.states().get(id).unwrap().settings();
+        let state = pipeline.states_mut().prepare(id, settings);
+        let state = pipeline.states_mut().get_mut(state);
+        state.check(i64::MAX / 2, "s", "g", value).unwrap() == Verdict::Known
+    }
+
+    #[test]
+    fn a_failed_rule_is_rebuilt_and_keeps_what_it_learned() {
+        let mut pipeline = pipeline(PipelineConfig::default());
+        let module = load(&pipeline, "flaky", &[2]);
+        assert_eq!(pipeline.install(module).unwrap(), Installed::Added);
+        // 1: learns a. 2: b is new (signal), then traps. 3: a rebuilt instance asks about a
+        // again, known: nothing. 4: b, known: nothing, but it traps again.
+        assert_eq!(
+            run(&mut pipeline, 4),
+            ["signal flaky", "failed flaky", "failed flaky"]
+        );
+        let status = pipeline.rules().next().unwrap();
+        assert_eq!(status.stats.events, 4);
+        assert_eq!(status.stats.failures, 2);
+        assert_eq!(status.quarantined, None);
+        assert!(known(&mut pipeline, "flaky", "b"));
+    }
+
+    #[test]
+    fn a_rule_failing_in_a_row_is_quarantined_and_sees_no_more_events() {
+        let config = PipelineConfig {
+            max_consecutive_failures: 2,
+            ..PipelineConfig::default()
+        };
+        let mut pipeline = pipeline(config);
+        let module = load(&pipeline, "broken", &[1]);
+        pipeline.install(module).unwrap();
+        assert_eq!(
+            run(&mut pipeline, 4),
+            ["failed broken", "failed broken", "quarantined broken"]
+        );
+        let status = pipeline.rules().next().unwrap();
+        assert_eq!(status.stats.events, 2);
+        assert!(
+            status
+                .quarantined
+                .as_deref()
+                .unwrap()
+                .contains("2 events in a row")
+        );
+        assert_eq!(pipeline.basenames(), Some(BTreeSet::new()));
+    }
+
+    #[test]
+    fn state_belongs_to_the_rule_id_across_replace_and_remove() {
+        let mut pipeline = pipeline(PipelineConfig::default());
+        let module = load(&pipeline, "kept", &[]);
+        pipeline.install(module.clone()).unwrap();
+        run(&mut pipeline, 2);
+        assert!(known(&mut pipeline, "kept", "b"));
+
+        // A new version (a fresh instance, its counter at a): a and b are known, c is new.
+        assert_eq!(
+            pipeline.install(module.clone()).unwrap(),
+            Installed::Replaced
+        );
+        assert_eq!(run(&mut pipeline, 3), ["signal kept"]);
+
+        assert!(pipeline.remove("kept"));
+        assert!(!pipeline.remove("kept"));
+        assert_eq!(pipeline.rules().count(), 0);
+        assert!(run(&mut pipeline, 1).is_empty());
+        assert!(known(&mut pipeline, "kept", "c"), "kept while removed");
+
+        assert_eq!(pipeline.install(module).unwrap(), Installed::Added);
+        assert_eq!(run(&mut pipeline, 4), ["signal kept"], "only d is new");
+        assert_eq!(pipeline.states().len(), 1);
+    }
+
+    #[test]
+    fn rules_run_in_id_order() {
+        let mut pipeline = pipeline(PipelineConfig::default());
+        for id in ["b-rule", "a-rule"] {
+            let module = load(&pipeline, id, &[]);
+            pipeline.install(module).unwrap();
+        }
+        let ids: Vec<_> = pipeline.rules().map(|r| r.manifest.id.clone()).collect();
+        assert_eq!(ids, ["a-rule", "b-rule"]);
+        assert_eq!(run(&mut pipeline, 2), ["signal a-rule", "signal b-rule"]);
     }
 }

@@ -3,7 +3,7 @@
 //! slow, fed through the rules, with signals to stdout.
 
 use crate::event::parse_event;
-use crate::host::{Host, HostOptions};
+use crate::rule_engine::{RuleEngine, RuleEngineOptions};
 use crate::output::{OnError, Output, SignalOutput, WhenFull};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -14,7 +14,7 @@ use std::time::Duration;
 /// What to replay, and with which rules.
 pub struct ReplayOptions {
     /// Rules, state and limits.
-    pub host: HostOptions,
+    pub engine: RuleEngineOptions,
     /// Reload rules while replaying, as modules change in the rules directory.
     pub watch: bool,
     /// Where the events come from.
@@ -44,15 +44,15 @@ impl Replayed {
 /// Replays `options.source` through the rules to the end of the input; signals go to stdout.
 /// Fails when the input cannot be read or signals cannot be written.
 pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
-    let (mut host, scan) = Host::start(&options.host)?;
+    let (mut engine, scan) = RuleEngine::start(&options.engine)?;
     let unusable_rules = !scan.errors.is_empty();
-    host.apply(scan);
-    if host.pipeline().rules().next().is_none() {
-        tracing::warn!("no rules loaded from {}", options.host.rules.display());
+    engine.apply(scan);
+    if engine.pipeline().rules().next().is_none() {
+        tracing::warn!("no rules loaded from {}", options.engine.rules.display());
     }
     let (reload_tx, reload_rx) = mpsc::channel();
     let _watcher = if options.watch {
-        Some(host.watch(move |scan| reload_tx.send(scan).is_ok())?)
+        Some(engine.watch(move |scan| reload_tx.send(scan).is_ok())?)
     } else {
         None
     };
@@ -67,14 +67,14 @@ pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
     loop {
         // Reloads land between batches of events, so each event meets one version of a rule.
         while let Ok(scan) = reload_rx.try_recv() {
-            host.apply(scan);
+            engine.apply(scan);
         }
         match input.recv_timeout(Duration::from_millis(50)) {
             Ok(Input::Lines(lines)) => {
                 for line in lines {
                     let parsed = line.text.and_then(|text| {
                         parse_event(&text)
-                            .map(|event| host.handle(&event, &mut sink))
+                            .map(|event| engine.handle(&event, &mut sink))
                             .map_err(|err| err.to_string())
                     });
                     match parsed {
@@ -93,14 +93,14 @@ pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
         if let Some(err) = sink.error() {
             anyhow::bail!("writing signals: {err}");
         }
-        host.save_if_due();
+        engine.save_if_due();
     }
     let delivery = sink.finish(None);
     if delivery.undelivered > 0 {
         anyhow::bail!("{} signal(s) could not be written", delivery.undelivered);
     }
     tracing::info!(events, rejected, signals = delivery.written, "replay done");
-    for rule in host.pipeline().rules() {
+    for rule in engine.pipeline().rules() {
         if rule.stats.failures > 0 {
             tracing::warn!(
                 rule = %rule.manifest.id,
@@ -110,7 +110,7 @@ pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
             );
         }
     }
-    host.shutdown();
+    engine.shutdown();
     Ok(Replayed {
         events,
         rejected,

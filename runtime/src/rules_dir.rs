@@ -391,3 +391,109 @@ pub fn apply(pipeline: &mut Pipeline, scan: Scan) -> bool {
     crate::metrics::global().reloaded(applied, refused);
     changed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::PipelineConfig;
+    use crate::sandbox::{Limits, test_module};
+
+    fn write(dir: &Path, file: &str, id: &str, trap_on: &[u32]) {
+        let bytes = test_module::rule(&test_module::manifest(id), trap_on);
+        std::fs::write(dir.join(file), bytes).unwrap();
+    }
+
+    /// A rules directory holding `file`, for rule id `rule`, installed in a pipeline.
+    fn running(file: &str) -> (tempfile::TempDir, Arc<Sandbox>, Pipeline, RuleDirectory) {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Arc::new(Sandbox::new(Limits::default()).unwrap());
+        let mut pipeline = Pipeline::new(Arc::clone(&sandbox), PipelineConfig::default());
+        write(dir.path(), file, "rule", &[]);
+        let mut rules = RuleDirectory::new(dir.path());
+        assert!(apply(&mut pipeline, rules.scan(&sandbox).unwrap()));
+        (dir, sandbox, pipeline, rules)
+    }
+
+    fn installed(scan: &Scan) -> Vec<String> {
+        scan.updates
+            .iter()
+            .map(|update| match update {
+                Update::Install(module) => format!("install {}", module.manifest.id),
+                Update::Remove { id, .. } => format!("remove {id}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn modules_claiming_one_id_at_start_are_all_refused_until_one_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Arc::new(Sandbox::new(Limits::default()).unwrap());
+        write(dir.path(), "one.wasm", "same", &[]);
+        write(dir.path(), "two.wasm", "same", &[1]);
+        write(dir.path(), "other.wasm", "other", &[]);
+        std::fs::write(dir.path().join("notes.txt"), "not a module").unwrap();
+        let mut rules = RuleDirectory::new(dir.path());
+
+        let scan = rules.scan(&sandbox).unwrap();
+        assert_eq!(installed(&scan), ["install other"]);
+        assert_eq!(scan.errors.len(), 2, "each claimant is reported");
+        for error in &scan.errors {
+            assert!(
+                error.message.contains("rule id `same` is also claimed by"),
+                "{error}"
+            );
+        }
+        // Nothing changed: not reported again.
+        assert!(rules.scan(&sandbox).unwrap().is_empty());
+
+        std::fs::remove_file(dir.path().join("two.wasm")).unwrap();
+        let scan = rules.scan(&sandbox).unwrap();
+        assert_eq!(installed(&scan), ["install same"]);
+        assert!(scan.errors.is_empty());
+    }
+
+    #[test]
+    fn a_running_rules_id_is_not_taken_over_and_a_gone_module_is_removed() {
+        let (dir, sandbox, mut pipeline, mut rules) = running("a.wasm");
+
+        write(dir.path(), "b.wasm", "rule", &[]);
+        let scan = rules.scan(&sandbox).unwrap();
+        assert!(scan.updates.is_empty());
+        assert!(
+            scan.errors[0].message.contains("already loaded from"),
+            "{}",
+            scan.errors[0]
+        );
+        assert!(!apply(&mut pipeline, scan));
+        assert_eq!(
+            pipeline.rules().next().unwrap().source.as_ref(),
+            dir.path().join("a.wasm").display().to_string()
+        );
+
+        // With the owner gone, the other claimant takes its place in the same look.
+        std::fs::remove_file(dir.path().join("a.wasm")).unwrap();
+        let scan = rules.scan(&sandbox).unwrap();
+        assert_eq!(installed(&scan), ["remove rule", "install rule"]);
+        assert!(apply(&mut pipeline, scan));
+        let source = dir.path().join("b.wasm").display().to_string();
+        assert_eq!(pipeline.rules().next().unwrap().source.as_ref(), source);
+    }
+
+    #[test]
+    fn a_broken_module_is_refused_and_does_not_replace_a_working_one() {
+        let (dir, sandbox, mut pipeline, mut rules) = running("r.wasm");
+
+        std::fs::write(dir.path().join("r.wasm"), b"\0asm\x01\0\0\0garbage").unwrap();
+        let scan = rules.scan(&sandbox).unwrap();
+        assert!(scan.updates.is_empty());
+        assert!(
+            scan.errors[0]
+                .message
+                .contains("not a valid WebAssembly module"),
+            "{}",
+            scan.errors[0]
+        );
+        assert!(!apply(&mut pipeline, scan));
+        assert_eq!(pipeline.rules().count(), 1, "the running version stays");
+    }
+}

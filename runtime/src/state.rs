@@ -151,8 +151,12 @@ impl std::fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
-/// Most distinct state names a rule may use.
-pub const MAX_STATES: usize = 64;
+/// One change, attributed to the id of the rule whose state made it: what the durable store
+/// is handed.
+pub type RuleChange = (String, Change);
+
+/// Most distinct state names a rule may use (an ABI limit).
+pub const MAX_STATES: usize = picket_abi::MAX_STATES_PER_RULE;
 
 /// Default bound on a rule's entries (values plus groups).
 pub const DEFAULT_CAPACITY: usize = 1 << 20;

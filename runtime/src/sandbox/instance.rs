@@ -1,12 +1,13 @@
 //! One running rule: a wasmtime store and instance, and the calls that hand it events.
 
-use super::imports::HostError;
+use super::host_functions::HostError;
 use super::{Limits, Sandbox};
 use crate::state::RuleState;
 use picket_abi::{EXPORT_ALLOC, EXPORT_MEMORY, EXPORT_ON_EVENT, HANDLER_BAD_EVENT, HANDLER_OK};
 use std::fmt;
+use std::ptr::NonNull;
 use std::sync::Arc;
-use wasmtime::{Instance, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc};
+use wasmtime::{Instance, InstancePre, Memory, ResourceLimiter, Store, Trap, TypedFunc};
 
 /// The new value behind a raised signal; serialized as the signal's `new_value` (docs/signals.md).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -74,11 +75,36 @@ pub(super) struct RuleCtx {
     pub(super) limits: Arc<Limits>,
     pub(super) limiter: MemoryCap,
     pub(super) memory: Option<Memory>,
-    pub(super) state: RuleState,
+    pub(super) state: LentState,
     pub(super) ts_ns: i64,
     pub(super) signals: Vec<RaisedSignal>,
     pub(super) logs_this_event: u32,
     pub(super) panic_message: Option<String>,
+}
+
+/// The rule's new-value state while it is lent to the instance for one call; empty otherwise.
+///
+/// The state stays with its owner (`RuleStates`): only a pointer to it enters the wasmtime
+/// store, for the length of [`RuleInstance::lending`], so a trap or a panic cannot lose it and
+/// no placeholder state is ever swapped in.
+#[derive(Default)]
+pub(super) struct LentState(Option<NonNull<RuleState>>);
+
+// SAFETY: the pointer is set only inside `RuleInstance::lending`, which holds the `&mut RuleState`
+// it came from for as long as the pointer is set, on the thread that makes the call; moving the
+// store to another thread between calls moves only an empty `LentState`.
+unsafe impl Send for LentState {}
+// SAFETY: as above; the state is reached only through `&mut LentState`.
+unsafe impl Sync for LentState {}
+
+impl LentState {
+    /// The lent state, if a call is under way.
+    pub(super) fn get(&mut self) -> Option<&mut RuleState> {
+        // SAFETY: non-null only while `RuleInstance::lending` holds the exclusive borrow of the
+        // state (see the `Send` impl); the returned borrow is tied to `&mut self`, so no two
+        // borrows of the state exist at once.
+        self.0.map(|mut state| unsafe { state.as_mut() })
+    }
 }
 
 /// Caps linear memory and tables, recording what was refused for the error message.
@@ -148,12 +174,12 @@ pub struct RuleInstance {
 }
 
 impl RuleInstance {
-    /// Instantiates `module` for the rule `rule_id`, with `state` as its new-value state.
+    /// Instantiates a module whose imports were resolved ahead of time (`pre`) for the rule
+    /// `rule_id`.
     pub(super) fn new(
         sandbox: &Sandbox,
-        module: &Module,
+        pre: &InstancePre<RuleCtx>,
         rule_id: Arc<str>,
-        state: RuleState,
     ) -> Result<RuleInstance, RuleError> {
         let limits = Arc::clone(&sandbox.limits);
         let ctx = RuleCtx {
@@ -164,7 +190,7 @@ impl RuleInstance {
             },
             limits,
             memory: None,
-            state,
+            state: LentState::default(),
             ts_ns: 0,
             signals: Vec::new(),
             logs_this_event: 0,
@@ -175,7 +201,7 @@ impl RuleInstance {
         let deadline_ticks = sandbox.deadline_ticks();
         let timeout = sandbox.limits.timeout;
         store.set_epoch_deadline(deadline_ticks);
-        let instance = match sandbox.linker.instantiate(&mut store, module) {
+        let instance = match pre.instantiate(&mut store) {
             Ok(instance) => instance,
             Err(err) => return Err(classify(&mut store, &err, timeout)),
         };
@@ -215,19 +241,32 @@ impl RuleInstance {
         Ok((memory, alloc, on_event))
     }
 
-    /// Calls a `() -> R` export under the deadline (the ABI version and manifest exports,
-    /// called once per load).
+    /// Calls a `() -> R` export under the deadline, with `state` lent for the call (the ABI
+    /// version and manifest exports, called once per load).
     pub(super) fn call_nullary<R: wasmtime::WasmResults>(
         &mut self,
         name: &str,
+        state: &mut RuleState,
     ) -> Result<R, RuleError> {
         let func = self
             .instance
             .get_typed_func::<(), R>(&mut self.store, name)
             .map_err(|err| RuleError::Host(format!("export `{name}`: {err}")))?;
         self.store.set_epoch_deadline(self.deadline_ticks);
-        func.call(&mut self.store, ())
-            .map_err(|err| classify(&mut self.store, &err, self.timeout))
+        self.lending(state, |this| {
+            func.call(&mut this.store, ())
+                .map_err(|err| classify(&mut this.store, &err, this.timeout))
+        })
+    }
+
+    /// Runs `call` with `state` lent to the imports, and takes it back however `call` ends: a
+    /// trap returns normally, and a panic is caught just long enough to clear the loan. This is
+    /// the one place a state enters the store.
+    fn lending<R>(&mut self, state: &mut RuleState, call: impl FnOnce(&mut Self) -> R) -> R {
+        self.store.data_mut().state = LentState(Some(NonNull::from(state)));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&mut *self)));
+        self.store.data_mut().state = LentState(None);
+        result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     /// The bytes of the module's memory (to read what an export returned).
@@ -235,15 +274,21 @@ impl RuleInstance {
         self.memory.data(&self.store)
     }
 
-    /// Handles one encoded event at event time `ts_ns`. Signals raised, even by a call that then
-    /// failed, are left for [`RuleInstance::take_signals`].
-    pub fn handle(&mut self, event: &[u8], ts_ns: i64) -> Result<(), RuleError> {
+    /// Handles one encoded event at event time `ts_ns`, with the rule's new-value `state` lent
+    /// to it for the call and back with the caller afterwards, whatever happened. Signals
+    /// raised, even by a call that then failed, are left for [`RuleInstance::take_signals`].
+    pub fn handle(
+        &mut self,
+        event: &[u8],
+        ts_ns: i64,
+        state: &mut RuleState,
+    ) -> Result<(), RuleError> {
         let ctx = self.store.data_mut();
         ctx.ts_ns = ts_ns;
         ctx.logs_this_event = 0;
         ctx.panic_message = None;
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let result = self.deliver(event);
+        let result = self.lending(state, |this| this.deliver(event));
         if let Err(error) = result {
             self.poisoned = true;
             return Err(error);
@@ -296,21 +341,6 @@ impl RuleInstance {
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
     }
-
-    /// The rule's new-value state.
-    pub fn state(&self) -> &RuleState {
-        &self.store.data().state
-    }
-
-    /// The rule's new-value state, to change settings or drain its journal.
-    pub fn state_mut(&mut self) -> &mut RuleState {
-        &mut self.store.data_mut().state
-    }
-
-    /// Ends the instance, handing back its state.
-    pub fn into_state(self) -> RuleState {
-        self.store.into_data().state
-    }
 }
 
 /// Turns a wasmtime error into why the rule failed.
@@ -334,5 +364,72 @@ pub(super) fn classify(
         Some(Trap::UnreachableCodeReached) => RuleError::Panic(ctx.panic_message.take()),
         Some(trap) => RuleError::Trap(trap.to_string()),
         None => RuleError::Trap(format!("{err:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::test_module;
+    use crate::state::{Settings, Verdict};
+
+    fn state() -> RuleState {
+        let settings = Settings {
+            learning_period_ns: 0,
+            forget_after_ns: u64::MAX,
+        };
+        RuleState::new(settings, 100)
+    }
+
+    fn sandbox() -> Sandbox {
+        Sandbox::new(Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn the_state_is_lent_for_the_call_and_back_after_a_trap() {
+        let sandbox = sandbox();
+        let bytes = test_module::rule(&test_module::manifest("lender"), &[2]);
+        let module = sandbox.load("lender.wasm", &bytes).unwrap();
+        let mut instance = sandbox.instantiate(&module).unwrap();
+        let mut state = state();
+
+        // First event: "a" starts the group, learned silently.
+        instance.handle(b"event", 1, &mut state).unwrap();
+        assert_eq!(instance.take_signals().count(), 0);
+        assert!(!instance.is_poisoned());
+
+        // Second event: "b" is new (a signal), then the module traps.
+        let err = instance.handle(b"event", 2, &mut state).unwrap_err();
+        assert_eq!(err, RuleError::Panic(None));
+        assert!(instance.is_poisoned());
+        let raised: Vec<_> = instance.take_signals().collect();
+        assert_eq!(raised.len(), 1, "a signal raised before the trap is kept");
+        // What the trapped call learned is in the caller's state, which it still holds.
+        assert_eq!(state.check(3, "s", "g", "b").unwrap(), Verdict::Known);
+        assert_eq!(state.entries(), 3, "group g with values a and b");
+        assert!(instance.store.data_mut().state.get().is_none());
+    }
+
+    #[test]
+    fn a_rebuilt_instance_starts_afresh_on_the_same_state() {
+        let sandbox = sandbox();
+        let bytes = test_module::rule(&test_module::manifest("rebuilt"), &[2]);
+        let module = sandbox.load("rebuilt.wasm", &bytes).unwrap();
+        let mut state = state();
+        let mut instance = sandbox.instantiate(&module).unwrap();
+        instance.handle(b"e", 1, &mut state).unwrap();
+        instance.handle(b"e", 2, &mut state).unwrap_err();
+
+        let mut again = sandbox.instantiate(&module).unwrap();
+        assert!(!again.is_poisoned());
+        // Its counter is back at "a", which the state knows: no signal, no trap.
+        again.handle(b"e", 3, &mut state).unwrap();
+        assert_eq!(again.take_signals().count(), 0);
+        // "b" too; the third event asks about "c", which is new.
+        again.handle(b"e", 4, &mut state).unwrap_err();
+        let mut third = sandbox.instantiate(&module).unwrap();
+        third.handle(b"e", 5, &mut state).unwrap();
+        third.handle(b"e", 6, &mut state).unwrap_err();
+        assert_eq!(third.take_signals().count(), 0, "b was learned before");
     }
 }

@@ -2,17 +2,18 @@
 //! its manifest. Each refusal names the module and says what is wrong.
 
 use super::Sandbox;
-use super::imports::ALLOWED;
-use super::instance::{RuleError, RuleInstance};
+use super::host_functions::matches;
+use super::instance::{RuleCtx, RuleError, RuleInstance};
 use crate::module_cache::Origin;
 use crate::state::{RuleState, Settings};
 use picket_abi::{
-    ABI_VERSION, EXPORT_ABI_VERSION, EXPORT_ALLOC, EXPORT_MANIFEST, EXPORT_MEMORY, EXPORT_ON_EVENT,
-    IMPORT_MODULE, MAX_MANIFEST_BYTES, Manifest,
+    ABI_VERSION, EXPORT_ABI_VERSION, EXPORT_MANIFEST, EXPORT_MEMORY, EXPORTS, IMPORT_MODULE,
+    IMPORTS, MAX_BASENAME_BYTES, MAX_BASENAMES, MAX_MANIFEST_BYTES, MAX_PATH_PREFIX_BYTES,
+    MAX_PATH_PREFIXES, MAX_RULE_ID_BYTES, Manifest,
 };
 use std::fmt;
 use std::sync::Arc;
-use wasmtime::{ExternType, FuncType, Module};
+use wasmtime::{ExternType, FuncType, InstancePre, Module};
 
 /// A module that compiled, links against picket's imports and has a valid manifest.
 #[derive(Clone)]
@@ -27,6 +28,9 @@ pub struct LoadedModule {
     pub hash: blake3::Hash,
     /// Whether the code was compiled now or read from the module cache.
     pub origin: Origin,
+    /// The module with its imports resolved against picket's, once: every instance (the
+    /// first, and each one rebuilt after a trap) starts from it without linking again.
+    pre: InstancePre<RuleCtx>,
 }
 
 /// Why a module was refused.
@@ -46,13 +50,8 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// The exports a module must have, with their signatures.
-const REQUIRED_FUNCS: [(&str, &str); 4] = [
-    (EXPORT_ABI_VERSION, "() -> (i32)"),
-    (EXPORT_MANIFEST, "() -> (i64)"),
-    (EXPORT_ALLOC, "(i32) -> (i32)"),
-    (EXPORT_ON_EVENT, "(i32, i32) -> (i32)"),
-];
+// The kernel prefilter must hold every basename a manifest may subscribe to.
+const _: () = assert!(MAX_BASENAME_BYTES <= picket_probes_common::MAX_BASENAME);
 
 impl Sandbox {
     /// Compiles and checks a module, and reads its manifest.
@@ -71,7 +70,11 @@ impl Sandbox {
             .map_err(|err| refuse(format!("is not a valid WebAssembly module: {err:#}")))?;
         check_imports(&module).map_err(refuse)?;
         check_exports(&module).map_err(refuse)?;
-        let manifest = self.read_manifest(&module).map_err(refuse)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|err| refuse(format!("cannot be linked against picket's imports: {err}")))?;
+        let manifest = self.read_manifest(&pre).map_err(refuse)?;
         validate_manifest(&manifest).map_err(|err| refuse(format!("manifest: {err}")))?;
         Ok(LoadedModule {
             source: source.into(),
@@ -79,36 +82,30 @@ impl Sandbox {
             module,
             hash,
             origin,
+            pre,
         })
     }
 
-    /// Instantiates a loaded module with `state` as its new-value state. Callers that must not
-    /// lose a state on failure pass a fresh one and swap the real one in afterwards.
-    pub fn instantiate(
-        &self,
-        module: &LoadedModule,
-        state: RuleState,
-    ) -> Result<RuleInstance, RuleError> {
-        RuleInstance::new(
-            self,
-            &module.module,
-            module.manifest.id.as_str().into(),
-            state,
-        )
+    /// Instantiates a loaded module. Its new-value state is lent to each call
+    /// ([`RuleInstance::handle`]), so an instance holds none.
+    pub fn instantiate(&self, module: &LoadedModule) -> Result<RuleInstance, RuleError> {
+        RuleInstance::new(self, &module.pre, module.manifest.id.as_str().into())
     }
 
-    fn read_manifest(&self, module: &Module) -> Result<Manifest, String> {
-        let scratch = RuleState::new(
+    fn read_manifest(&self, pre: &InstancePre<RuleCtx>) -> Result<Manifest, String> {
+        // A module may ask about new values while building its manifest; what it learns there
+        // goes to a scratch state that is dropped.
+        let mut scratch = RuleState::new(
             Settings {
                 learning_period_ns: 0,
                 forget_after_ns: 0,
             },
             2,
         );
-        let mut instance = RuleInstance::new(self, module, "(loading)".into(), scratch)
+        let mut instance = RuleInstance::new(self, pre, "(loading)".into())
             .map_err(|err| format!("could not be instantiated: {err}"))?;
         let version: i32 = instance
-            .call_nullary(EXPORT_ABI_VERSION)
+            .call_nullary(EXPORT_ABI_VERSION, &mut scratch)
             .map_err(|err| format!("`{EXPORT_ABI_VERSION}` failed: {err}"))?;
         if version as u32 != ABI_VERSION {
             return Err(format!(
@@ -117,7 +114,7 @@ impl Sandbox {
             ));
         }
         let packed: i64 = instance
-            .call_nullary(EXPORT_MANIFEST)
+            .call_nullary(EXPORT_MANIFEST, &mut scratch)
             .map_err(|err| format!("`{EXPORT_MANIFEST}` failed: {err}"))?;
         let (ptr, len) = picket_abi::unpack_ptr_len(packed);
         let (ptr, len) = (ptr as usize, len as usize);
@@ -175,27 +172,23 @@ fn check_imports(module: &Module) -> Result<(), String> {
     for import in module.imports() {
         let name = format!("{}.{}", import.module(), import.name());
         let expected = (import.module() == IMPORT_MODULE)
-            .then(|| {
-                ALLOWED
-                    .iter()
-                    .find(|(allowed, _)| *allowed == import.name())
-            })
+            .then(|| IMPORTS.iter().find(|sig| sig.name == import.name()))
             .flatten();
-        let Some((_, expected_sig)) = expected else {
+        let Some(expected) = expected else {
             return Err(format!(
                 "imports `{name}`, which picket does not provide; a rule may import only {}",
-                ALLOWED
+                IMPORTS
                     .iter()
-                    .map(|(n, _)| format!("{IMPORT_MODULE}.{n}"))
+                    .map(|sig| format!("{IMPORT_MODULE}.{}", sig.name))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
         };
         match import.ty() {
-            ExternType::Func(ty) if signature(&ty) == *expected_sig => {}
+            ExternType::Func(ty) if matches(&ty, expected) => {}
             ExternType::Func(ty) => {
                 return Err(format!(
-                    "imports `{name}` as {}, but picket provides {expected_sig}",
+                    "imports `{name}` as {}, but picket provides {expected}",
                     signature(&ty)
                 ));
             }
@@ -223,9 +216,10 @@ fn check_exports(module: &Module) -> Result<(), String> {
             ));
         }
     }
-    for (name, expected) in REQUIRED_FUNCS {
+    for expected in EXPORTS {
+        let name = expected.name;
         match module.get_export(name) {
-            Some(ExternType::Func(ty)) if signature(&ty) == expected => {}
+            Some(ExternType::Func(ty)) if matches(&ty, expected) => {}
             Some(ExternType::Func(ty)) => {
                 return Err(format!(
                     "export `{name}` has the signature {}, but picket calls it as {expected}",
@@ -247,14 +241,15 @@ fn check_exports(module: &Module) -> Result<(), String> {
 pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
     let id = &manifest.id;
     let id_ok = !id.is_empty()
-        && id.len() <= 64
+        && id.len() <= MAX_RULE_ID_BYTES
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !id.starts_with('-');
     if !id_ok {
         return Err(format!(
-            "id `{}` must be 1 to 64 characters of a-z, 0-9 and '-', not starting with '-'",
+            "id `{}` must be 1 to {MAX_RULE_ID_BYTES} characters of a-z, 0-9 and '-', not \
+             starting with '-'",
             crate::output::escape_controls(id)
         ));
     }
@@ -275,25 +270,32 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
     if subscription.kinds.is_empty() {
         return Err("subscribes to no event kind".into());
     }
-    if subscription.basenames.len() > 64 {
-        return Err("subscribes to more than 64 basenames".into());
+    if subscription.basenames.len() > MAX_BASENAMES {
+        return Err(format!("subscribes to more than {MAX_BASENAMES} basenames"));
     }
     for name in &subscription.basenames {
-        // The kernel prefilter holds names of up to 63 bytes.
-        if name.is_empty() || name.len() > 63 || name.contains('/') || name.contains('\0') {
+        if name.is_empty()
+            || name.len() > MAX_BASENAME_BYTES
+            || name.contains('/')
+            || name.contains('\0')
+        {
             return Err(format!(
-                "basename `{}` must be 1 to 63 bytes without '/' or NUL",
+                "basename `{}` must be 1 to {MAX_BASENAME_BYTES} bytes without '/' or NUL",
                 name.escape_debug()
             ));
         }
     }
-    if subscription.path_prefixes.len() > 64 {
-        return Err("subscribes to more than 64 path prefixes".into());
+    if subscription.path_prefixes.len() > MAX_PATH_PREFIXES {
+        return Err(format!(
+            "subscribes to more than {MAX_PATH_PREFIXES} path prefixes"
+        ));
     }
     for prefix in &subscription.path_prefixes {
-        if !prefix.starts_with('/') || prefix.len() > 4096 || prefix.contains('\0') {
+        if !prefix.starts_with('/') || prefix.len() > MAX_PATH_PREFIX_BYTES || prefix.contains('\0')
+        {
             return Err(format!(
-                "path prefix `{}` must be an absolute path of at most 4096 bytes without NUL",
+                "path prefix `{}` must be an absolute path of at most {MAX_PATH_PREFIX_BYTES} \
+                 bytes without NUL",
                 prefix.escape_debug()
             ));
         }
@@ -304,6 +306,47 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::{Limits, test_module};
+    use picket_abi::{FuncSig, ValType};
+
+    /// A module whose only import is `sig`, as loading reports it.
+    fn refusal(sig: FuncSig) -> String {
+        let sandbox = Sandbox::new(Limits::default()).unwrap();
+        let wat = test_module::wat_importing(&[sig]);
+        let bytes = wat::parse_str(&wat).unwrap();
+        sandbox.load("bad.wasm", &bytes).err().unwrap().to_string()
+    }
+
+    #[test]
+    fn a_bad_import_is_named_before_anything_runs() {
+        let unknown = FuncSig {
+            name: "exec",
+            params: &[],
+            results: &[],
+        };
+        assert_eq!(
+            refusal(unknown),
+            "bad.wasm: imports `picket.exec`, which picket does not provide; a rule may import \
+             only picket.new_value, picket.emit_signal, picket.log"
+        );
+        let mut wrong = picket_abi::IMPORTS[2];
+        wrong.params = &[ValType::I32];
+        assert_eq!(
+            refusal(wrong),
+            "bad.wasm: imports `picket.log` as (i32) -> (), but picket provides \
+             (i32, i32, i32) -> ()"
+        );
+    }
+
+    #[test]
+    fn a_module_built_like_the_sdks_loads() {
+        let sandbox = Sandbox::new(Limits::default()).unwrap();
+        let manifest = test_module::manifest("fine");
+        let module = sandbox
+            .load("fine.wasm", &test_module::rule(&manifest, &[]))
+            .unwrap();
+        assert_eq!(*module.manifest, manifest);
+    }
 
     #[test]
     fn headers() {

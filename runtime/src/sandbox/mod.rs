@@ -2,12 +2,14 @@
 //!
 //! One wasmtime engine compiles every module; each rule gets its own store and instance, with
 //! its memory capped, every call bounded by an epoch deadline, and only picket's three imports
-//! (docs/abi.md). Nothing a module does can reach the host beyond those imports, and every
+//! (`picket_abi::IMPORTS`, docs/abi.md), linked once per module ahead of time. Nothing a module does can reach the host beyond those imports, and every
 //! pointer it hands them is bounds-checked.
 
-mod imports;
+mod host_functions;
 mod instance;
 mod load;
+#[cfg(test)]
+pub(crate) mod test_module;
 
 pub use instance::{NewValue, RaisedSignal, RuleError, RuleInstance};
 pub use load::{LoadError, LoadedModule};
@@ -40,7 +42,7 @@ impl Default for Limits {
         Limits {
             memory_bytes: 16 << 20,
             timeout: Duration::from_millis(50),
-            max_signals_per_event: 16,
+            max_signals_per_event: picket_abi::DEFAULT_MAX_SIGNALS_PER_EVENT,
             max_logs_per_event: 8,
             max_module_bytes: 16 << 20,
             compile_timeout: Duration::from_secs(30),
@@ -69,8 +71,8 @@ impl Sandbox {
             .cranelift_opt_level(OptLevel::Speed)
             .max_wasm_stack(512 << 10);
         let engine = Engine::new(&config).map_err(|err| anyhow::anyhow!("{err}"))?;
-        let linker = imports::linker(&engine)?;
-        let ticker = EpochTicker::start(&engine);
+        let linker = host_functions::linker(&engine)?;
+        let ticker = EpochTicker::start(&engine)?;
         Ok(Sandbox {
             engine,
             linker,
@@ -116,7 +118,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: &Engine) -> EpochTicker {
+    fn start(engine: &Engine) -> anyhow::Result<EpochTicker> {
         let alive = Arc::new(());
         let watch: Weak<()> = Arc::downgrade(&alive);
         let engine = engine.weak();
@@ -131,7 +133,9 @@ impl EpochTicker {
                     }
                 }
             })
-            .expect("spawning the epoch thread");
-        EpochTicker { _alive: alive }
+            .map_err(|err| {
+                anyhow::anyhow!("cannot start the thread that bounds rule run times: {err}")
+            })?;
+        Ok(EpochTicker { _alive: alive })
     }
 }

@@ -1,4 +1,5 @@
-//! The host functions a rule may import (docs/abi.md): `new_value`, `emit_signal`, `log`.
+//! The host functions: what the host provides for the imports a rule may declare
+//! (`picket_abi::IMPORTS`, docs/abi.md): `new_value`, `emit_signal`, `log`.
 //!
 //! Every pointer and length a module passes is checked against its memory before it is read, and
 //! every string against a size bound; a bad one becomes a trap with a message naming the import
@@ -7,18 +8,12 @@
 use super::instance::{NewValue, RaisedSignal, RuleCtx};
 use crate::state::Verdict;
 use picket_abi::{
-    IMPORT_EMIT_SIGNAL, IMPORT_LOG, IMPORT_MODULE, IMPORT_NEW_VALUE, LogLevel, MAX_SIGNAL_BYTES,
-    NEW_VALUE_NEW, NEW_VALUE_NOT_NEW, SignalRequest,
+    FuncSig, IMPORT_EMIT_SIGNAL, IMPORT_LOG, IMPORT_MODULE, IMPORT_NEW_VALUE, LogLevel,
+    MAX_LOG_LINE_BYTES as MAX_LOG_LINE, MAX_SIGNAL_BYTES, MAX_STATE_NAME_BYTES as MAX_STATE_NAME,
+    MAX_STRING_BYTES as MAX_STRING, NEW_VALUE_NEW, NEW_VALUE_NOT_NEW, SignalRequest, ValType,
 };
 use std::fmt;
-use wasmtime::{Caller, Engine, Linker};
-
-/// Longest state name accepted.
-const MAX_STATE_NAME: usize = 128;
-/// Longest group, value or signal field accepted (Linux's PATH_MAX).
-const MAX_STRING: usize = 4096;
-/// Longest log line kept; longer ones are cut.
-const MAX_LOG_LINE: usize = 4096;
+use wasmtime::{Caller, Engine, FuncType, Linker};
 
 /// A rule misused an import; the call traps with this message.
 #[derive(Debug)]
@@ -48,12 +43,17 @@ pub(super) fn linker(engine: &Engine) -> anyhow::Result<Linker<RuleCtx>> {
     Ok(linker)
 }
 
-/// The imports a module may declare, with their signatures as `(params) -> results`.
-pub(super) const ALLOWED: [(&str, &str); 3] = [
-    (IMPORT_NEW_VALUE, "(i32, i32, i32, i32, i32, i32) -> (i32)"),
-    (IMPORT_EMIT_SIGNAL, "(i32, i32) -> (i32)"),
-    (IMPORT_LOG, "(i32, i32, i32) -> ()"),
-];
+/// Whether a wasm function type is the ABI's signature `sig`.
+pub(super) fn matches(ty: &FuncType, sig: &FuncSig) -> bool {
+    fn same(engine: impl ExactSizeIterator<Item = wasmtime::ValType>, abi: &[ValType]) -> bool {
+        engine.len() == abi.len()
+            && engine.zip(abi).all(|(ty, abi)| match abi {
+                ValType::I32 => matches!(ty, wasmtime::ValType::I32),
+                ValType::I64 => matches!(ty, wasmtime::ValType::I64),
+            })
+    }
+    same(ty.params(), sig.params) && same(ty.results(), sig.results)
+}
 
 fn new_value(
     mut caller: Caller<'_, RuleCtx>,
@@ -72,7 +72,13 @@ fn new_value(
     let state = arg(state_ptr, state_len, "state name", MAX_STATE_NAME)?;
     let group = arg(group_ptr, group_len, "group", MAX_STRING)?;
     let value = arg(value_ptr, value_len, "value", MAX_STRING)?;
-    match ctx.state.check_bytes(ctx.ts_ns, state, group, value) {
+    let Some(rule_state) = ctx.state.get() else {
+        return Err(HostError(format!(
+            "{IMPORT_NEW_VALUE} was called outside a call from the host (from a start function?)"
+        ))
+        .into());
+    };
+    match rule_state.check_bytes(ctx.ts_ns, state, group, value) {
         Ok(Verdict::New) => Ok(NEW_VALUE_NEW),
         Ok(Verdict::Known | Verdict::Learning) => Ok(NEW_VALUE_NOT_NEW),
         Err(err) => Err(HostError(format!("{IMPORT_NEW_VALUE}: {err}")).into()),
@@ -204,6 +210,39 @@ fn guest_bytes<'m>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::test_module;
+
+    /// The functions defined here are the ABI's imports, with its signatures: a module that
+    /// imports all of them as `picket_abi::IMPORTS` says links, and one with a signature off
+    /// by one parameter does not.
+    #[test]
+    fn the_linker_provides_the_abi_imports() {
+        let engine = Engine::default();
+        let linker = linker(&engine).unwrap();
+        let wat = test_module::wat_importing(picket_abi::IMPORTS);
+        let module = wasmtime::Module::new(&engine, wat::parse_str(&wat).unwrap()).unwrap();
+        linker.instantiate_pre(&module).unwrap();
+        for import in module.imports() {
+            let sig = picket_abi::IMPORTS.iter().find(|s| s.name == import.name());
+            let ty = import.ty().func().cloned().unwrap();
+            assert!(matches(&ty, sig.unwrap()), "{}", import.name());
+        }
+
+        let mut wrong = picket_abi::IMPORTS[1];
+        wrong.params = &[ValType::I32];
+        let wat = test_module::wat_importing(&[wrong]);
+        let module = wasmtime::Module::new(&engine, wat::parse_str(&wat).unwrap()).unwrap();
+        assert!(linker.instantiate_pre(&module).is_err());
+        let ty = module
+            .imports()
+            .next()
+            .unwrap()
+            .ty()
+            .func()
+            .cloned()
+            .unwrap();
+        assert!(!matches(&ty, &picket_abi::IMPORTS[1]));
+    }
 
     #[test]
     fn pointers_are_checked_against_memory() {

@@ -1,5 +1,6 @@
-//! The running host: the pipeline with its rules, fed from the rules directory, with its
-//! learned state saved to the state directory. `picket replay` and `picket run` both drive one.
+//! The rule engine: the pipeline with its rules, fed from the rules directory (and its watch),
+//! with its learned state restored from and saved to the state directory. `picket replay` and
+//! `picket run` both drive one.
 
 use crate::admission::Admission;
 use crate::event::Event;
@@ -26,9 +27,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Journaled key bytes past which changes go to the persister before [`SAVE_EVERY`] is up.
 const SAVE_AT_JOURNAL_BYTES: usize = 4 << 20;
 
-/// Where the host's inputs and outputs live.
+/// Where the rule engine's inputs and outputs live.
 #[derive(Clone, Debug)]
-pub struct HostOptions {
+pub struct RuleEngineOptions {
     /// Directory of rule modules.
     pub rules: PathBuf,
     /// Directory for learned state and the compiled-module cache; nothing is kept without it.
@@ -41,8 +42,8 @@ pub struct HostOptions {
     pub trusted_keys: Vec<PathBuf>,
 }
 
-/// The pipeline and what feeds and saves it.
-pub struct Host {
+/// The pipeline and what feeds and saves it: the rules directory and the state persister.
+pub struct RuleEngine {
     sandbox: Arc<Sandbox>,
     pipeline: Pipeline,
     directory: Option<RuleDirectory>,
@@ -53,11 +54,11 @@ pub struct Host {
     last_report: Option<Instant>,
 }
 
-impl Host {
+impl RuleEngine {
     /// Opens the state directory (restoring what was learned), then loads the rules directory.
-    /// The first scan's errors are returned with the host: bad modules are reported, the good
+    /// The first scan's errors are returned with the engine: bad modules are reported, the good
     /// ones run. A state or rules directory that others could write is refused (strict modes).
-    pub fn start(options: &HostOptions) -> anyhow::Result<(Host, Scan)> {
+    pub fn start(options: &RuleEngineOptions) -> anyhow::Result<(RuleEngine, Scan)> {
         let signers = Signers::load(&options.trusted_keys)?;
         if let Some(signers) = &signers {
             tracing::info!(keys = ?signers, "only rule modules signed by a trusted key are loaded");
@@ -83,7 +84,7 @@ impl Host {
                 started.elapsed()
             );
             restored = Some(states);
-            persister = Some(Persister::start(state_store));
+            persister = Some(Persister::start(state_store)?);
             config.journal = true;
             let cache = state_dir.join(CACHE_DIR);
             let key = CacheKey::load_or_create(state_dir).map_err(anyhow::Error::msg)?;
@@ -94,7 +95,7 @@ impl Host {
         let sandbox = Arc::new(sandbox);
         let mut pipeline = Pipeline::new(Arc::clone(&sandbox), config);
         if let Some(states) = restored {
-            store::restore(&mut pipeline, states);
+            pipeline.states_mut().restore(states);
         }
         let admission = Admission::new(signers.map(Arc::new));
         admission.check_dir(&options.rules)?;
@@ -102,7 +103,7 @@ impl Host {
         let scan = directory
             .scan(&sandbox)
             .map_err(|err| anyhow::anyhow!("rules directory {}: {err}", options.rules.display()))?;
-        let host = Host {
+        let host = RuleEngine {
             sandbox,
             pipeline,
             directory: Some(directory),
@@ -115,7 +116,7 @@ impl Host {
     }
 
     /// Starts watching the rules directory; each scan after a change goes to `deliver`, which
-    /// returns `false` once nobody listens any more. Apply the scans with [`Host::apply`].
+    /// returns `false` once nobody listens any more. Apply the scans with [`RuleEngine::apply`].
     pub fn watch(
         &mut self,
         deliver: impl FnMut(Scan) -> bool + Send + 'static,
@@ -138,7 +139,9 @@ impl Host {
     /// changes handed to the persister early, so that they never pile up in memory.
     pub fn handle(&mut self, event: &Event<'_>, sink: &mut dyn Sink) {
         self.pipeline.handle(event, sink);
-        if self.persister.is_some() && self.pipeline.journal_bytes() > SAVE_AT_JOURNAL_BYTES {
+        if self.persister.is_some()
+            && self.pipeline.states().journal_bytes() > SAVE_AT_JOURNAL_BYTES
+        {
             self.save();
         }
     }
@@ -153,14 +156,14 @@ impl Host {
     /// Hands learned values to the persister now, and reports rules whose state is full.
     pub fn save(&mut self) {
         self.last_save = Instant::now();
-        if let Some(persister) = &self.persister {
-            persister.send(store::drain(&mut self.pipeline));
+        if let Some(persister) = &mut self.persister {
+            persister.send(self.pipeline.states_mut().take_changes());
         }
         // The metrics follow every save; the log only at most every REPORT_EVERY.
         let metrics = crate::metrics::global();
-        self.pipeline.for_each_state(|rule, state| {
+        for (rule, state) in self.pipeline.states().iter() {
             metrics.rule_state(rule, state.entries(), state.stats().evicted);
-        });
+        }
         self.report_state(false);
     }
 
@@ -176,7 +179,7 @@ impl Host {
         }
         self.last_report = Some(Instant::now());
         let reported = &mut self.reported;
-        self.pipeline.for_each_state(|rule, state| {
+        for (rule, state) in self.pipeline.states().iter() {
             let now = state.stats();
             let before = reported.entry(rule.to_string()).or_default();
             if now.evicted > before.evicted {
@@ -202,7 +205,7 @@ impl Host {
                 );
             }
             *before = now;
-        });
+        }
     }
 
     /// Basenames the rules subscribe to (`None`: some rule wants every file).

@@ -1,0 +1,108 @@
+//! Opening the state file at start, and setting a damaged one aside rather than failing.
+
+use super::{StateStore, StoreError, db::STATE_FILE};
+use crate::state::RuleState;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A state file opened and read back by [`open_and_load`].
+pub struct Restored {
+    /// The store, for the persister.
+    pub store: StateStore,
+    /// Every rule's state, by rule id.
+    pub states: HashMap<String, RuleState>,
+    /// Values read.
+    pub values: usize,
+    /// Where a damaged file was moved, if one was.
+    pub set_aside: Option<PathBuf>,
+}
+
+/// Opens `dir/state.redb` and reads it back. A damaged file (redb refuses it as corrupt, or
+/// panics on it) or an emptied one (present but 0 bytes: it was truncated, since redb never
+/// leaves one) is never fatal and never silent: it is moved aside as
+/// `state.redb.damaged-<unix seconds>` for whoever investigates, an error names both paths, and
+/// a fresh file is started, so the agent keeps detecting rather than crash-looping. Other
+/// failures (the file locked by another process, a foreign or newer file, no permission) are
+/// returned: those are for the operator to decide, and moving the file would hide them.
+pub fn open_and_load(dir: &Path, capacity: usize) -> Result<Restored, StoreError> {
+    let path = dir.join(STATE_FILE);
+    let mut set_aside = None;
+    if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        set_aside = Some(move_aside(
+            &path,
+            "it is empty (0 bytes): it was truncated",
+        )?);
+    }
+    match guarded(|| open_loaded(dir, capacity)) {
+        Ok(mut restored) => {
+            restored.set_aside = set_aside;
+            return Ok(restored);
+        }
+        Err(err) if !err.is_damage() => return Err(err),
+        Err(err) => set_aside = Some(move_aside(&path, &err.to_string())?),
+    }
+    let mut restored = guarded(|| open_loaded(dir, capacity))?;
+    restored.set_aside = set_aside;
+    Ok(restored)
+}
+
+fn open_loaded(dir: &Path, capacity: usize) -> Result<Restored, StoreError> {
+    let store = StateStore::open(dir)?;
+    let (states, values) = store.load(capacity)?;
+    Ok(Restored {
+        store,
+        states,
+        values,
+        set_aside: None,
+    })
+}
+
+/// Runs `f`, turning a panic inside it (redb's, on a file it cannot make sense of) into an
+/// error about a damaged file.
+pub(super) fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(StoreError::damage(format!(
+            "the state database panicked reading it: {}",
+            panic_message(&*panic)
+        )))
+    })
+}
+
+/// The text of a panic payload.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Renames a damaged state file to `<name>.damaged-<unix seconds>` and says so.
+fn move_aside(path: &Path, why: &str) -> Result<PathBuf, StoreError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
+    for n in 1.. {
+        if !aside.exists() {
+            break;
+        }
+        aside = PathBuf::from(format!("{}.damaged-{stamp}.{n}", path.display()));
+    }
+    std::fs::rename(path, &aside).map_err(|err| {
+        StoreError::new(format!(
+            "state file {} is damaged ({why}) and cannot be moved aside to {}: {err}",
+            path.display(),
+            aside.display()
+        ))
+    })?;
+    crate::metrics::global().state_file_set_aside();
+    tracing::error!(
+        file = %path.display(),
+        moved_to = %aside.display(),
+        "state file damaged: moved aside and starting with an empty state; what it held is \
+         learned again (values are silent while their group learns, new ones raise signals). \
+         Cause: {why}"
+    );
+    Ok(aside)
+}
