@@ -200,7 +200,8 @@ impl Prefilter {
                     );
                     self.warned_all = true;
                 }
-                engine.pipeline()
+                engine
+                    .pipeline()
                     .rules()
                     .flat_map(|r| r.manifest.subscription.basenames.iter().cloned())
                     .collect::<BTreeSet<String>>()

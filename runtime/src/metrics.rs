@@ -339,8 +339,8 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn encodes_what_was_counted() {
+    /// Metrics with every family touched once, so each one has a sample to show.
+    fn counted() -> Metrics {
         let metrics = Metrics::new();
         metrics.event("open");
         metrics.event("open");
@@ -354,7 +354,12 @@ mod tests {
         metrics.state_saved(true);
         metrics.state_file_set_aside();
         metrics.set_strategy("tracepoint");
-        let text = metrics.encode();
+        metrics
+    }
+
+    #[test]
+    fn encodes_what_was_counted() {
+        let text = counted().encode();
         for line in [
             r#"picket_events_total{kind="open"} 2"#,
             r#"picket_signals_total{rule="k8s-sa-token"} 1"#,
@@ -379,6 +384,31 @@ mod tests {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    /// Operators read docs/cli.md to know what each metric means: a metric added here without
+    /// its line there fails this test, naming it.
+    #[test]
+    fn every_metric_is_documented() {
+        let docs = include_str!("../../docs/cli.md");
+        let text = counted().encode();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.len() > 10, "too few metrics parsed from\n{text}");
+        for name in names {
+            // Counters are exposed with `_total`; the docs use the exposed name.
+            let exposed = match text.contains(&format!("{name}_total")) {
+                true => format!("{name}_total"),
+                false => name.to_string(),
+            };
+            assert!(
+                docs.contains(&format!("`{exposed}`")),
+                "metric {exposed} is not described in docs/cli.md"
             );
         }
     }

@@ -3,8 +3,8 @@
 //! slow, fed through the rules, with signals to stdout.
 
 use crate::event::parse_event;
-use crate::rule_engine::{RuleEngine, RuleEngineOptions};
 use crate::output::{OnError, Output, SignalOutput, WhenFull};
+use crate::rule_engine::{RuleEngine, RuleEngineOptions};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
