@@ -401,11 +401,13 @@ mod tests {
             .collect();
         assert!(names.len() > 10, "too few metrics parsed from\n{text}");
         for name in names {
-            // Counters are exposed with `_total`; the docs use the exposed name.
-            let exposed = match text.contains(&format!("{name}_total")) {
-                true => format!("{name}_total"),
-                false => name.to_string(),
-            };
+            // Counters are exposed with `_total` and infos with `_info`; the docs use the
+            // exposed name (a histogram keeps its family name).
+            let exposed = ["_total", "_info"]
+                .iter()
+                .map(|suffix| format!("{name}{suffix}"))
+                .find(|sample| text.contains(&format!("\n{sample}")))
+                .unwrap_or_else(|| name.to_string());
             assert!(
                 docs.contains(&format!("`{exposed}`")),
                 "metric {exposed} is not described in docs/cli.md"
