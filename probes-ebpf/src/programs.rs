@@ -31,11 +31,11 @@ use aya_ebpf::{
 };
 use picket_probes_common::{
     ARGS_LEN, BASENAME_KEY_LEN, BasenameKey, CGROUP_NAME_LEN, COMM_LEN, EXE_BYTES, EXE_DEPTH,
-    EventHeader, EventKind, ExecEvent, ExitEvent, FMODE_PATH, FMODE_READ, FMODE_WRITE, FileIdKey,
-    FileIdentity, Filter, ForkEvent, IDENTITY_CAPACITY, INODE_FILTER_BITS, IORING_OP_OPENAT,
-    IORING_OP_OPENAT2, InodeFilter, LOST_CGROUP_ENTRIES, MAX_BASENAME, MAX_RECORD_DATA, NAME_READ,
-    Offsets, OpenEvent, OpenSource, PATH_ABSENT, PATH_BYTES, PATH_COMPLETE, PATH_DEPTH,
-    PATH_READ_ERROR, PATH_TOO_DEEP, PATH_TOO_LONG, PREFIX_ANY, PathInfo, REPEAT_ENTRIES,
+    ExecRecord, ExitRecord, FMODE_PATH, FMODE_READ, FMODE_WRITE, FileIdKey, FileIdentity, Filter,
+    ForkRecord, IDENTITY_CAPACITY, INODE_FILTER_BITS, IORING_OP_OPENAT, IORING_OP_OPENAT2,
+    InodeFilter, LOST_CGROUP_ENTRIES, MAX_BASENAME, MAX_RECORD_DATA, NAME_READ, Offsets,
+    OpenRecord, OpenSource, PATH_ABSENT, PATH_BYTES, PATH_COMPLETE, PATH_DEPTH, PATH_READ_ERROR,
+    PATH_TOO_DEEP, PATH_TOO_LONG, PREFIX_ANY, PathInfo, REPEAT_ENTRIES, RecordHeader, RecordKind,
     RepeatConfig, RepeatEntry, RepeatKey, TaskInfo,
 };
 
@@ -68,7 +68,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Room for a record's fixed part (`OpenEvent`, `ExecEvent`) at the start of a [`Scratch`].
+/// Room for a record's fixed part (`OpenRecord`, `ExecRecord`) at the start of a [`Scratch`].
 const HEADER_ROOM: usize = 128;
 /// Mask applied to data positions where they address a [`Scratch`]. Above every real position
 /// (`MAX_RECORD_DATA`), so it never changes one; it bounds them for the verifier.
@@ -79,7 +79,7 @@ const ARGS_MASK: u64 = 4095;
 const _: () = {
     assert!(MAX_RECORD_DATA <= DATA_MASK as usize);
     assert!(CGROUP_NAME_LEN + EXE_BYTES + NAME_READ - 1 <= ARGS_MASK as usize);
-    assert!(size_of::<OpenEvent>() <= HEADER_ROOM && size_of::<ExecEvent>() <= HEADER_ROOM);
+    assert!(size_of::<OpenRecord>() <= HEADER_ROOM && size_of::<ExecRecord>() <= HEADER_ROOM);
     assert!(ARGS_MASK as usize + ARGS_LEN <= DATA_MASK as usize + NAME_READ);
     assert!(NAME_READ.is_power_of_two() && CGROUP_NAME_LEN <= NAME_READ);
 };
@@ -486,14 +486,14 @@ fn emit_open(
         fixed: event,
         data,
         cursor,
-    }) = scratch_for::<OpenEvent>(scratch)
+    }) = scratch_for::<OpenRecord>(scratch)
     else {
         return false;
     };
     // SAFETY: event and data point into this CPU's scratch buffer, which nothing else uses while
     // this program runs; every write is in bounds (see `walk`).
     unsafe {
-        (*event).header = header(EventKind::Open);
+        (*event).header = header(RecordKind::Open);
         let pos = fill_task(&raw mut (*event).task, task, data);
         (*event).source = source as u32;
         (*event).f_mode = f_mode;
@@ -523,8 +523,8 @@ fn emit_open(
 }
 
 #[inline(always)]
-fn header(kind: EventKind) -> EventHeader {
-    EventHeader {
+fn header(kind: RecordKind) -> RecordHeader {
+    RecordHeader {
         kind: kind as u32,
         _pad: 0,
         // SAFETY: no preconditions.
@@ -709,7 +709,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         fixed: event,
         data,
         cursor,
-    }) = scratch_for::<ExecEvent>(&SCRATCH)
+    }) = scratch_for::<ExecRecord>(&SCRATCH)
     else {
         return 0;
     };
@@ -717,7 +717,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     // this program runs; every write is in bounds.
     unsafe {
         let task = bpf_get_current_task();
-        (*event).header = header(EventKind::Exec);
+        (*event).header = header(RecordKind::Exec);
         let pos = fill_task(&raw mut (*event).task, task, data);
         let (root_dentry, root_mnt) = task_root(task);
         let (pos, exe) = walk_exe(data, cursor, pos, task, root_dentry, root_mnt);
@@ -761,14 +761,14 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if child_pid != child_tgid {
         return 0;
     }
-    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
         count_lost();
         return 0;
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: event points at a reservation of size_of::<ForkEvent>() that only we write.
+    // SAFETY: event points at a reservation of size_of::<ForkRecord>() that only we write.
     unsafe {
-        (*event).header = header(EventKind::Fork);
+        (*event).header = header(RecordKind::Fork);
         (*event).parent_tgid = read_u32(parent + off!(task_tgid));
         (*event).child_tgid = child_tgid;
     }
@@ -785,14 +785,14 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     if read_u32(signal + off!(signal_live)) != 0 {
         return 0;
     }
-    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
         count_lost();
         return 0;
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: event points at a reservation of size_of::<ExitEvent>() that only we write.
+    // SAFETY: event points at a reservation of size_of::<ExitRecord>() that only we write.
     unsafe {
-        (*event).header = header(EventKind::Exit);
+        (*event).header = header(RecordKind::Exit);
         (*event).tgid = read_u32(task + off!(task_tgid));
         (*event)._pad = 0;
     }

@@ -2,20 +2,9 @@
 
 use std::time::SystemTime;
 
-use crate::{FileId, Pod};
+use picket_abi::Access;
 
-/// How the file was opened, from `file->f_mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Readable only.
-    Read,
-    /// Writable only.
-    Write,
-    /// Readable and writable.
-    ReadWrite,
-    /// Neither (`O_RDONLY|O_WRONLY`, used for ioctl-only opens of devices).
-    Neither,
-}
+use crate::{FileId, Pod};
 
 /// The process that opened a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +48,9 @@ pub struct OpenEvent {
     pub path: String,
     /// The path is incomplete: too deep, a name too long, or a kernel read failed.
     pub path_truncated: bool,
-    /// Read and/or write.
-    pub access: Access,
+    /// Read and/or write, from `file->f_mode`; `None` when neither (`O_RDONLY|O_WRONLY`, used
+    /// for ioctl-only opens of devices).
+    pub access: Option<Access>,
     /// The `O_*` flags of the open file (`file->f_flags`).
     pub flags: u32,
     /// Thread id of the opener.
