@@ -4,7 +4,6 @@
 //! Everything here is `#[repr(C)]` with explicit padding so both sides agree on the layout byte for
 //! byte; the kernel writes these structs into the ring buffer and user space reads them back.
 #![no_std]
-#![warn(missing_docs)]
 
 /// Walk steps (dentry names and mount crossings) for the path of an opened file.
 pub const PATH_DEPTH: usize = 32;
