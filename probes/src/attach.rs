@@ -40,6 +40,8 @@ pub(crate) fn attach_open_hook(
     }
 }
 
+/// Loads and attaches the exec, fork and exit programs that keep the process cache current;
+/// every strategy needs them.
 pub(crate) fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
     let exec: &mut TracePoint = program(ebpf, programs::SCHED_EXEC)?;
     exec.load()
@@ -63,6 +65,8 @@ pub(crate) fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
 /// (`open_tree` also returns one, but only as an `O_PATH`-like mount handle.)
 const OPEN_SYSCALLS: [&str; 5] = ["open", "openat", "openat2", "creat", "open_by_handle_at"];
 
+/// Loads and attaches the open hook of one strategy (not `Auto`); an LSM or fentry program that
+/// loads but does not attach is unloaded, so the next strategy can be tried.
 fn attach_open(ebpf: &mut Ebpf, strategy: Strategy, btf: &aya::Btf, io_uring: bool) -> Result<()> {
     match strategy {
         Strategy::Auto => bail!("Auto is not a hook"),
@@ -148,6 +152,7 @@ fn load_sys_exit_open(ebpf: &mut Ebpf) -> Result<&'static str> {
     }
 }
 
+/// The program `name` of the object, as the program type `T` its hook needs.
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+/// The current time of `clock`, in nanoseconds.
 fn clock_ns(clock: libc::clockid_t) -> u128 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -81,6 +81,8 @@ fn split<'a, const N: usize>(
     Ok(out)
 }
 
+/// Decodes one ring buffer record, checking every length it gives against its limit and
+/// against the record's size.
 pub(crate) fn parse(bytes: &[u8]) -> Result<Record> {
     let (header, _) = read::<RecordHeader>(bytes)?;
     Ok(match RecordKind::from_u32(header.kind) {
