@@ -80,20 +80,24 @@ impl Ring {
             // AsyncFd registration panics outside a runtime; fail instead.
             tokio::runtime::Handle::try_current()
                 .context("Probes::next_event must run inside a tokio runtime")?;
-            let State::Plain(ring) = std::mem::replace(&mut self.state, State::Taken) else {
-                unreachable!("checked above");
-            };
-            // SAFETY: the RingBuf owns its map fd, keeps it open until dropped (which only the
-            // AsyncFd can do now) and always returns that same fd from as_raw_fd.
-            match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
-                Ok(fd) => self.state = State::Async(fd),
-                Err(err) => {
-                    let (ring, cause) = err.into_parts();
-                    self.state = State::Plain(ring);
-                    return Err(cause).context("registering the ring buffer with tokio");
+        }
+        self.state = match std::mem::replace(&mut self.state, State::Taken) {
+            State::Plain(ring) => {
+                // SAFETY: the RingBuf owns its map fd, keeps it open until dropped (which only
+                // the AsyncFd can do now) and always returns that same fd from as_raw_fd.
+                let registered =
+                    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
+                match registered {
+                    Ok(fd) => State::Async(fd),
+                    Err(err) => {
+                        let (ring, cause) = err.into_parts();
+                        self.state = State::Plain(ring);
+                        return Err(cause).context("registering the ring buffer with tokio");
+                    }
                 }
             }
-        }
+            other => other,
+        };
         match &mut self.state {
             State::Async(fd) => Ok(fd),
             _ => bail!("ring buffer lost after a failed registration"),
