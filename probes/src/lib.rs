@@ -24,7 +24,6 @@
 //! `n` (so nothing is reported), to measure what each step costs; see `probes/NOTES.md`.
 //! `PICKET_PROBES_DROP_REPEATS=off` sends every approved open, repeats included (to measure what
 //! dropping them saves).
-
 //!
 //! Layout: [`Probes`] (`probes.rs`) loads and owns everything; `attach.rs` attaches the programs
 //! and falls back from one [`Strategy`] to the next; `maps.rs` writes the approvers and reads the
