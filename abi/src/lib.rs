@@ -254,8 +254,13 @@ impl Severity {
     }
 }
 
-/// Kinds of events a rule can subscribe to.
+/// Kinds of events: what a rule subscribes to, and an event's `kind` in JSON (`open`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Encode, Decode)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum EventKind {
     /// A file was opened.
     #[default]
@@ -271,8 +276,16 @@ impl EventKind {
     }
 }
 
-/// How a file was opened.
+/// How a file was opened: the rule ABI's byte, an event's `file.access` in JSON (`read`,
+/// `write`, `read_write`), and what the probes report. An open that is neither readable nor
+/// writable (`O_RDONLY|O_WRONLY`, ioctl-only opens of devices) has no `Access`: the probes report
+/// `None` and the JSON has no `access`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Access {
     /// Opened for reading only.
     Read,

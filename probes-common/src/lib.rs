@@ -4,7 +4,6 @@
 //! Everything here is `#[repr(C)]` with explicit padding so both sides agree on the layout byte for
 //! byte; the kernel writes these structs into the ring buffer and user space reads them back.
 #![no_std]
-#![warn(missing_docs)]
 
 /// Walk steps (dentry names and mount crossings) for the path of an opened file.
 pub const PATH_DEPTH: usize = 32;
@@ -96,21 +95,21 @@ pub mod programs {
     pub const SCHED_EXIT: &str = "sched_process_exit";
 }
 
-/// What follows an [`EventHeader`] in the ring buffer.
+/// What follows a [`RecordHeader`] in the ring buffer.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    /// [`OpenEvent`].
+pub enum RecordKind {
+    /// [`OpenRecord`].
     Open = 1,
-    /// [`ExecEvent`].
+    /// [`ExecRecord`].
     Exec = 2,
-    /// [`ForkEvent`].
+    /// [`ForkRecord`].
     Fork = 3,
-    /// [`ExitEvent`].
+    /// [`ExitRecord`].
     Exit = 4,
 }
 
-impl EventKind {
+impl RecordKind {
     /// Maps the raw header value back; `None` for a kind this build does not know.
     pub fn from_u32(kind: u32) -> Option<Self> {
         match kind {
@@ -140,8 +139,8 @@ pub enum OpenSource {
 /// Starts every ring buffer record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct EventHeader {
-    /// An [`EventKind`] value.
+pub struct RecordHeader {
+    /// A [`RecordKind`] value.
     pub kind: u32,
     /// Reserved, zero.
     pub _pad: u32,
@@ -201,9 +200,9 @@ pub const PATH_TOO_LONG: u32 = 16;
 /// sends only the bytes used (`bpf_ringbuf_output`), so most records are a few hundred bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct OpenEvent {
-    /// `kind == EventKind::Open`.
-    pub header: EventHeader,
+pub struct OpenRecord {
+    /// `kind == RecordKind::Open`.
+    pub header: RecordHeader,
     /// The opening task.
     pub task: TaskInfo,
     /// An [`OpenSource`] value.
@@ -235,9 +234,9 @@ pub struct OpenEvent {
 /// `exe.len` bytes of the executable's path and `args_len` bytes of arguments.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ExecEvent {
-    /// `kind == EventKind::Exec`.
-    pub header: EventHeader,
+pub struct ExecRecord {
+    /// `kind == RecordKind::Exec`.
+    pub header: RecordHeader,
     /// The task after the exec (new comm).
     pub task: TaskInfo,
     /// Bytes of the NUL-separated argument strings, read from `mm->arg_start..arg_end`.
@@ -251,9 +250,9 @@ pub struct ExecEvent {
 /// A new process (not a thread) was created.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ForkEvent {
-    /// `kind == EventKind::Fork`.
-    pub header: EventHeader,
+pub struct ForkRecord {
+    /// `kind == RecordKind::Fork`.
+    pub header: RecordHeader,
     /// The parent's tgid.
     pub parent_tgid: u32,
     /// The child's tgid.
@@ -263,9 +262,9 @@ pub struct ForkEvent {
 /// A process (its whole thread group) exited.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ExitEvent {
-    /// `kind == EventKind::Exit`.
-    pub header: EventHeader,
+pub struct ExitRecord {
+    /// `kind == RecordKind::Exit`.
+    pub header: RecordHeader,
     /// The process that exited.
     pub tgid: u32,
     /// Reserved, zero.
@@ -564,4 +563,33 @@ mod pod {
     unsafe impl aya::Pod for super::RepeatEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RepeatConfig {}
+    // SAFETY: as above; the ring buffer records and their parts, which user space copies out of
+    // the ring buffer's bytes (the sizes are pinned below, so no padding hides in them).
+    unsafe impl aya::Pod for super::RecordHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PathInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OpenRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExecRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ForkRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExitRecord {}
 }
+
+// The fixed parts of the ring buffer records, byte for byte: a change here changes the wire
+// format between the eBPF object and the loader, and these sizes (the sums of the fields, so no
+// implicit padding) say so at compile time.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<RecordHeader>() == 16);
+    assert!(size_of::<TaskInfo>() == 24 + COMM_LEN);
+    assert!(size_of::<PathInfo>() == 8);
+    assert!(size_of::<OpenRecord>() == 16 + 40 + 16 + 2 * 8 + 8 + 8);
+    assert!(size_of::<ExecRecord>() == 16 + 40 + 8 + 8);
+    assert!(size_of::<ForkRecord>() == 16 + 8);
+    assert!(size_of::<ExitRecord>() == 16 + 8);
+};

@@ -31,11 +31,11 @@ use aya_ebpf::{
 };
 use picket_probes_common::{
     ARGS_LEN, BASENAME_KEY_LEN, BasenameKey, CGROUP_NAME_LEN, COMM_LEN, EXE_BYTES, EXE_DEPTH,
-    EventHeader, EventKind, ExecEvent, ExitEvent, FMODE_PATH, FMODE_READ, FMODE_WRITE, FileIdKey,
-    FileIdentity, Filter, ForkEvent, IDENTITY_CAPACITY, INODE_FILTER_BITS, IORING_OP_OPENAT,
-    IORING_OP_OPENAT2, InodeFilter, LOST_CGROUP_ENTRIES, MAX_BASENAME, MAX_RECORD_DATA, NAME_READ,
-    Offsets, OpenEvent, OpenSource, PATH_ABSENT, PATH_BYTES, PATH_COMPLETE, PATH_DEPTH,
-    PATH_READ_ERROR, PATH_TOO_DEEP, PATH_TOO_LONG, PREFIX_ANY, PathInfo, REPEAT_ENTRIES,
+    ExecRecord, ExitRecord, FMODE_PATH, FMODE_READ, FMODE_WRITE, FileIdKey, FileIdentity, Filter,
+    ForkRecord, IDENTITY_CAPACITY, INODE_FILTER_BITS, IORING_OP_OPENAT, IORING_OP_OPENAT2,
+    InodeFilter, LOST_CGROUP_ENTRIES, MAX_BASENAME, MAX_RECORD_DATA, NAME_READ, Offsets,
+    OpenRecord, OpenSource, PATH_ABSENT, PATH_BYTES, PATH_COMPLETE, PATH_DEPTH, PATH_READ_ERROR,
+    PATH_TOO_DEEP, PATH_TOO_LONG, PREFIX_ANY, PathInfo, REPEAT_ENTRIES, RecordHeader, RecordKind,
     RepeatConfig, RepeatEntry, RepeatKey, TaskInfo,
 };
 
@@ -68,7 +68,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Room for a record's fixed part (`OpenEvent`, `ExecEvent`) at the start of a [`Scratch`].
+/// Room for a record's fixed part (`OpenRecord`, `ExecRecord`) at the start of a [`Scratch`].
 const HEADER_ROOM: usize = 128;
 /// Mask applied to data positions where they address a [`Scratch`]. Above every real position
 /// (`MAX_RECORD_DATA`), so it never changes one; it bounds them for the verifier.
@@ -79,7 +79,7 @@ const ARGS_MASK: u64 = 4095;
 const _: () = {
     assert!(MAX_RECORD_DATA <= DATA_MASK as usize);
     assert!(CGROUP_NAME_LEN + EXE_BYTES + NAME_READ - 1 <= ARGS_MASK as usize);
-    assert!(size_of::<OpenEvent>() <= HEADER_ROOM && size_of::<ExecEvent>() <= HEADER_ROOM);
+    assert!(size_of::<OpenRecord>() <= HEADER_ROOM && size_of::<ExecRecord>() <= HEADER_ROOM);
     assert!(ARGS_MASK as usize + ARGS_LEN <= DATA_MASK as usize + NAME_READ);
     assert!(NAME_READ.is_power_of_two() && CGROUP_NAME_LEN <= NAME_READ);
 };
@@ -472,6 +472,10 @@ unsafe fn output<T>(record: *mut T, data_len: u64) -> bool {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each hook passes what it has in registers; a struct would go through the stack, whose 512 bytes the verifier counts"
+)]
 fn emit_open(
     task: u64,
     file: u64,
@@ -486,14 +490,14 @@ fn emit_open(
         fixed: event,
         data,
         cursor,
-    }) = scratch_for::<OpenEvent>(scratch)
+    }) = scratch_for::<OpenRecord>(scratch)
     else {
         return false;
     };
     // SAFETY: event and data point into this CPU's scratch buffer, which nothing else uses while
     // this program runs; every write is in bounds (see `walk`).
     unsafe {
-        (*event).header = header(EventKind::Open);
+        (*event).header = header(RecordKind::Open);
         let pos = fill_task(&raw mut (*event).task, task, data);
         (*event).source = source as u32;
         (*event).f_mode = f_mode;
@@ -523,8 +527,8 @@ fn emit_open(
 }
 
 #[inline(always)]
-fn header(kind: EventKind) -> EventHeader {
-    EventHeader {
+fn header(kind: RecordKind) -> RecordHeader {
+    RecordHeader {
         kind: kind as u32,
         _pad: 0,
         // SAFETY: no preconditions.
@@ -630,6 +634,10 @@ unsafe fn walk_exe(
 /// `data` and `cursor` must come from the same [`scratch_for`], and `start + budget` must be at
 /// most `MAX_RECORD_DATA - NAME_READ + 1`, so that every name lands below `DATA_MASK`.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the walk's state stays in registers; a struct would go through the stack, whose 512 bytes the verifier counts"
+)]
 unsafe fn walk<const DEPTH: usize>(
     data: *mut u8,
     cursor: *mut u64,
@@ -709,7 +717,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         fixed: event,
         data,
         cursor,
-    }) = scratch_for::<ExecEvent>(&SCRATCH)
+    }) = scratch_for::<ExecRecord>(&SCRATCH)
     else {
         return 0;
     };
@@ -717,7 +725,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     // this program runs; every write is in bounds.
     unsafe {
         let task = bpf_get_current_task();
-        (*event).header = header(EventKind::Exec);
+        (*event).header = header(RecordKind::Exec);
         let pos = fill_task(&raw mut (*event).task, task, data);
         let (root_dentry, root_mnt) = task_root(task);
         let (pos, exe) = walk_exe(data, cursor, pos, task, root_dentry, root_mnt);
@@ -761,14 +769,14 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if child_pid != child_tgid {
         return 0;
     }
-    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
         count_lost();
         return 0;
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: event points at a reservation of size_of::<ForkEvent>() that only we write.
+    // SAFETY: event points at a reservation of size_of::<ForkRecord>() that only we write.
     unsafe {
-        (*event).header = header(EventKind::Fork);
+        (*event).header = header(RecordKind::Fork);
         (*event).parent_tgid = read_u32(parent + off!(task_tgid));
         (*event).child_tgid = child_tgid;
     }
@@ -785,14 +793,14 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     if read_u32(signal + off!(signal_live)) != 0 {
         return 0;
     }
-    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
         count_lost();
         return 0;
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: event points at a reservation of size_of::<ExitEvent>() that only we write.
+    // SAFETY: event points at a reservation of size_of::<ExitRecord>() that only we write.
     unsafe {
-        (*event).header = header(EventKind::Exit);
+        (*event).header = header(RecordKind::Exit);
         (*event).tgid = read_u32(task + off!(task_tgid));
         (*event)._pad = 0;
     }
@@ -909,10 +917,10 @@ fn is_repeat(task: u64, file: u64, f_mode: u32, source: OpenSource) -> bool {
         };
         // A time after `now` (another CPU sent it since) wraps to a large age: not a repeat.
         // Last, the slot must still be ours, or the key looked up may have been another run's.
-        // SAFETY: as above.
         if entry_tag == tag
             && entry_epoch == epoch
             && now.wrapping_sub(sent) < window
+            // SAFETY: as above.
             && unsafe { core::ptr::read_volatile(&raw const (*pending).owner) } == me
         {
             if let Some(dropped) = REPEATS_DROPPED.get_ptr_mut(0) {
@@ -1001,7 +1009,7 @@ unsafe fn fill_file_identity(id: *mut FileIdentity, file: u64) {
 #[inline(always)]
 fn repeat_tag(key: &RepeatKey) -> u64 {
     const WORDS: usize = size_of::<RepeatKey>() / 8;
-    const _: () = assert!(size_of::<RepeatKey>() % 8 == 0);
+    const _: () = assert!(size_of::<RepeatKey>().is_multiple_of(8));
     let words = (key as *const RepeatKey).cast::<u64>();
     let mut hash = 0u64;
     for i in 0..WORDS {
@@ -1029,7 +1037,7 @@ fn count_lost_in_cgroup() {
 }
 
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     // SAFETY: the verifier rejects any program with a reachable panic path, so this is never run.
     unsafe { core::hint::unreachable_unchecked() }
 }

@@ -155,7 +155,7 @@ fn read_passwd(root: &OwnedFd) -> Option<String> {
             root.as_raw_fd(),
             name.as_ptr(),
             &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
+            size_of::<libc::open_how>(),
         )
     };
     if fd < 0 {

@@ -371,7 +371,7 @@ fn kubelet_token_reads_resolve_to_the_timestamped_file() {
         let event = got[0];
         assert_eq!(&event.path, path, "xcat {arg}");
         assert!(!event.path_truncated);
-        assert_eq!(event.access, Access::Read);
+        assert_eq!(event.access, Some(Access::Read));
         assert_eq!(event.tid, pid);
         let p = &event.process;
         assert_eq!(p.pid, pid);
@@ -399,12 +399,12 @@ fn kubelet_token_reads_resolve_to_the_timestamped_file() {
     let written = by_pid(writer);
     assert_eq!(written.len(), 1, "{written:?}");
     assert_eq!(written[0].path, k8s_token);
-    assert_eq!(written[0].access, Access::Write);
+    assert_eq!(written[0].access, Some(Access::Write));
     assert_ne!(written[0].flags & libc::O_APPEND as u32, 0);
     let rw = by_pid(read_write);
     assert_eq!(rw.len(), 1, "{rw:?}");
     assert_eq!(rw[0].path, eks_token);
-    assert_eq!(rw[0].access, Access::ReadWrite);
+    assert_eq!(rw[0].access, Some(Access::ReadWrite));
     assert_eq!(probes.lost_events(), 0);
 }
 
@@ -726,7 +726,7 @@ fn io_uring_opens_are_seen_by_the_tracepoint_strategy() {
         vec![format!("{EKS_DIR}/{EKS_TS}/token")],
         "{events:?}"
     );
-    assert_eq!(events[0].access, Access::Read);
+    assert_eq!(events[0].access, Some(Access::Read));
 }
 
 /// Runs `program args...` to completion (in `cgroup`, if given) and returns its pid.
@@ -828,8 +828,8 @@ fn repeats_are_dropped_but_never_hide_another_reader() {
     );
     let exe_of = |i: usize| events[i].process.exe.as_str();
     assert_eq!(exe_of(3), xsh.to_str().unwrap());
-    assert_eq!(events[3].access, Access::Read);
-    assert_eq!(events[4].access, Access::ReadWrite);
+    assert_eq!(events[3].access, Some(Access::Read));
+    assert_eq!(events[4].access, Some(Access::ReadWrite));
     assert_eq!(exe_of(2), hard_link.to_str().unwrap());
     assert_eq!(events[6].path, "/run/bound/token");
 }
@@ -878,7 +878,7 @@ fn files_approved_by_identity_are_reported_under_any_name() {
     assert_eq!(linked[0].process.exe, scratch.xcat_str());
     let written = by_pid(writer);
     assert_eq!(written.len(), 1, "{written:?}");
-    assert_eq!(written[0].access, Access::Write);
+    assert_eq!(written[0].access, Some(Access::Write));
     assert!(by_pid(by_cert_link).is_empty(), "ca.crt was not approved");
     assert!(
         by_pid(after_clear).is_empty(),

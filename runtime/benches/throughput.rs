@@ -13,7 +13,7 @@ use picket::event::{Event, parse_event};
 use picket::pipeline::{OutputSignal, Pipeline, PipelineConfig, RuleStatus, Sink, subscribed};
 use picket::sandbox::{Limits, RuleError, Sandbox};
 use picket::state::{DEFAULT_CAPACITY, RuleState, Verdict};
-use picket_abi::{EventKind, LogLevel, Manifest, SignalRequest};
+use picket_abi::{LogLevel, Manifest, SignalRequest};
 use picket_rule_sdk::native::{NativeImports, with_imports};
 use std::cell::{Cell, RefCell};
 use std::hint::black_box;
@@ -98,7 +98,7 @@ impl NativePipeline {
     }
 
     fn handle(&mut self, event: &Event<'_>) {
-        let kind = EventKind::from(event.kind);
+        let kind = event.kind;
         let basename = event.basename();
         let mut encoded = false;
         for rule in &self.rules {

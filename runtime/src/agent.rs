@@ -4,12 +4,13 @@
 //! between events.
 
 use crate::discovery::{Discovery, Found, Targets};
-use crate::event::{ArgList, Container, Event, File, FileAccess, Kind, Pod, Process};
+use crate::event::{ArgList, Container, Event, File, Pod, Process};
 use crate::kernel_report::KernelReport;
 use crate::output::{MeteredOutput, OnError, Output, SignalOutput, WhenFull};
 use crate::rule_engine::{RuleEngine, RuleEngineOptions, SAVE_EVERY};
 use crate::time::{StableClock, Timestamp};
-use picket_probes::{Access, HostPaths, OpenEvent, Probes, Strategy};
+use picket_abi::EventKind;
+use picket_probes::{HostPaths, OpenEvent, Probes, Strategy};
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -229,12 +230,6 @@ pub fn normalize(
         .path_of(&opened.file)
         .map(|path| Cow::Owned(path.to_string()));
     let process = opened.process;
-    let access = match opened.access {
-        Access::Read => Some(FileAccess::Read),
-        Access::Write => Some(FileAccess::Write),
-        Access::ReadWrite => Some(FileAccess::ReadWrite),
-        Access::Neither => None,
-    };
     let container = (process.container_id.is_some()
         || process.container_image.is_some()
         || process.container_name.is_some())
@@ -250,11 +245,11 @@ pub fn normalize(
     });
     Event {
         ts,
-        kind: Kind::Open,
+        kind: EventKind::Open,
         node_name: Some(Cow::Owned(node_name.to_string())),
         file: File {
             path: Cow::Owned(opened.path),
-            access,
+            access: opened.access,
             dev: Some(opened.file.dev),
             ino: Some(opened.file.ino),
             canonical_path,

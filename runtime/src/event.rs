@@ -16,9 +16,9 @@ pub struct Event<'a> {
     /// When it happened.
     pub ts: Timestamp,
     /// What happened.
-    pub kind: Kind,
+    pub kind: EventKind,
     /// Name of the node the event happened on, when known; `host` in the event JSON (a
-    /// contract, docs/).
+    /// contract, docs/events.md).
     #[serde(
         rename = "host",
         borrow,
@@ -41,53 +41,6 @@ pub struct Event<'a> {
     pub pod: Option<Pod<'a>>,
 }
 
-/// Event kinds in JSON.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// A file was opened.
-    Open,
-}
-
-impl Kind {
-    /// The kind as it is spelled in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Open => "open",
-        }
-    }
-}
-
-impl From<Kind> for EventKind {
-    fn from(kind: Kind) -> EventKind {
-        match kind {
-            Kind::Open => EventKind::Open,
-        }
-    }
-}
-
-/// How a file was opened, in JSON.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FileAccess {
-    /// Read only.
-    Read,
-    /// Write only.
-    Write,
-    /// Read and write.
-    ReadWrite,
-}
-
-impl From<FileAccess> for Access {
-    fn from(access: FileAccess) -> Access {
-        match access {
-            FileAccess::Read => Access::Read,
-            FileAccess::Write => Access::Write,
-            FileAccess::ReadWrite => Access::ReadWrite,
-        }
-    }
-}
-
 /// The file an event is about.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +50,7 @@ pub struct File<'a> {
     pub path: Cow<'a, str>,
     /// How it was opened, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access: Option<FileAccess>,
+    pub access: Option<Access>,
     /// Device of the file, as `stat(2)`'s `st_dev` (`stat -c %d`); given with `ino`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<u64>,
@@ -331,10 +284,10 @@ impl Event<'_> {
     pub fn fields(&self) -> EventFields<'_> {
         EventFields {
             ts_ns: self.ts.as_nanos(),
-            kind: self.kind.into(),
+            kind: self.kind,
             node_name: self.node_name.as_deref(),
             path: &self.file.path,
-            access: self.file.access.map(Access::from),
+            access: self.file.access,
             pid: self.process.pid,
             ppid: self.process.ppid,
             uid: self.process.uid,
@@ -555,5 +508,24 @@ mod tests {
         let args = ArgList::from_nul_terminated(b"cat\0/run/x\0");
         assert_eq!(args.iter().collect::<Vec<_>>(), ["cat", "/run/x"]);
         assert_eq!(ArgList::from_nul_terminated(b"").iter().count(), 0);
+    }
+
+    #[test]
+    fn access_and_kind_are_spelled_in_json_as_the_abi_names_them() {
+        for access in [Access::Read, Access::Write, Access::ReadWrite] {
+            let line = LINE.replace(
+                r#""access": "read""#,
+                &format!(r#""access": "{}""#, access.as_str()),
+            );
+            let event = parse_event(&line).unwrap();
+            assert_eq!(event.file.access, Some(access));
+            assert_eq!(event.fields().access, Some(access));
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["file"]["access"], access.as_str());
+        }
+        let json = serde_json::to_value(parse_event(LINE).unwrap()).unwrap();
+        assert_eq!(json["kind"], EventKind::Open.as_str());
+        let bad = LINE.replace(r#""access": "read""#, r#""access": "neither""#);
+        assert!(parse_event(&bad).unwrap_err().contains("file.access"));
     }
 }

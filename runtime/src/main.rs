@@ -1,3 +1,5 @@
+//! The `picket` command: the CLI of [`picket::cli`].
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

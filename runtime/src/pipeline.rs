@@ -278,7 +278,7 @@ impl Pipeline {
 
     /// Evaluates one event with every rule subscribed to it.
     pub fn handle(&mut self, event: &Event<'_>, sink: &mut dyn Sink) {
-        let kind = EventKind::from(event.kind);
+        let kind = event.kind;
         let basename = event.basename();
         // A file known by identity is also offered under the path the agent found it at, so
         // that a hard link's or a chrooted reader's path reaches the rules of that file.

@@ -8,24 +8,24 @@ use std::mem::size_of;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use picket_probes_common::{
-    ARGS_LEN, CGROUP_NAME_LEN, EXE_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, FMODE_READ,
-    FMODE_WRITE, ForkEvent, NAME_READ, OpenEvent, PATH_BYTES, PATH_COMPLETE, PATH_READ_ERROR,
-    PATH_TOO_DEEP, PATH_TOO_LONG, PathInfo,
+    ARGS_LEN, CGROUP_NAME_LEN, EXE_BYTES, ExecRecord, ExitRecord, FMODE_READ, FMODE_WRITE,
+    ForkRecord, NAME_READ, OpenRecord, PATH_BYTES, PATH_COMPLETE, PATH_READ_ERROR, PATH_TOO_DEEP,
+    PATH_TOO_LONG, PathInfo, RecordHeader, RecordKind,
 };
 
-use crate::Access;
+use picket_abi::Access;
 
 /// One decoded record.
 pub(crate) enum Record {
     Open(Open),
     Exec(Exec),
-    Fork(ForkEvent),
-    Exit(ExitEvent),
+    Fork(ForkRecord),
+    Exit(ExitRecord),
 }
 
 /// An open record: its fixed part and its decoded strings.
 pub(crate) struct Open {
-    pub raw: OpenEvent,
+    pub raw: OpenRecord,
     /// Leaf name of the task's cgroup (v2).
     pub cgroup: String,
     /// The file's path, and whether it is incomplete.
@@ -36,25 +36,22 @@ pub(crate) struct Open {
 
 /// An exec record: its fixed part and its decoded strings.
 pub(crate) struct Exec {
-    pub raw: ExecEvent,
+    pub raw: ExecRecord,
     pub cgroup: String,
     pub exe: String,
     pub args: Vec<String>,
 }
 
 /// Copies a `T` out of the start of `bytes`; returns it and the bytes after it.
-///
-/// # Safety
-/// `T` must be valid for any bit pattern (the `#[repr(C)]` integer structs of picket-probes-common).
-unsafe fn read<T>(bytes: &[u8]) -> Result<(T, &[u8])> {
+fn read<T: aya::Pod>(bytes: &[u8]) -> Result<(T, &[u8])> {
     ensure!(
         bytes.len() >= size_of::<T>(),
         "record of {} bytes, expected at least {}",
         bytes.len(),
         size_of::<T>()
     );
-    // SAFETY: length checked above; read_unaligned copes with the ring buffer's 8-byte alignment
-    // and any T is valid for any bytes (caller).
+    // SAFETY: the length is checked above; read_unaligned copes with the ring buffer's 8-byte
+    // alignment; and a Pod is valid for any bytes.
     let value = unsafe { bytes.as_ptr().cast::<T>().read_unaligned() };
     Ok((value, &bytes[size_of::<T>()..]))
 }
@@ -84,13 +81,13 @@ fn split<'a, const N: usize>(
     Ok(out)
 }
 
+/// Decodes one ring buffer record, checking every length it gives against its limit and
+/// against the record's size.
 pub(crate) fn parse(bytes: &[u8]) -> Result<Record> {
-    // SAFETY (every read below): the record types are the plain integer structs of
-    // picket-probes-common, valid for any bytes; read checks the length.
-    let (header, _) = unsafe { read::<EventHeader>(bytes)? };
-    Ok(match EventKind::from_u32(header.kind) {
-        Some(EventKind::Open) => {
-            let (raw, data) = unsafe { read::<OpenEvent>(bytes)? };
+    let (header, _) = read::<RecordHeader>(bytes)?;
+    Ok(match RecordKind::from_u32(header.kind) {
+        Some(RecordKind::Open) => {
+            let (raw, data) = read::<OpenRecord>(bytes)?;
             let [cgroup, path, exe] = split(
                 data,
                 [
@@ -107,8 +104,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Record> {
                 raw,
             })
         }
-        Some(EventKind::Exec) => {
-            let (raw, data) = unsafe { read::<ExecEvent>(bytes)? };
+        Some(RecordKind::Exec) => {
+            let (raw, data) = read::<ExecRecord>(bytes)?;
             let [cgroup, exe, args] = split(
                 data,
                 [
@@ -125,8 +122,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Record> {
                 raw,
             })
         }
-        Some(EventKind::Fork) => Record::Fork(unsafe { read(bytes)?.0 }),
-        Some(EventKind::Exit) => Record::Exit(unsafe { read(bytes)?.0 }),
+        Some(RecordKind::Fork) => Record::Fork(read(bytes)?.0),
+        Some(RecordKind::Exit) => Record::Exit(read(bytes)?.0),
         None => bail!("unknown event kind {}", header.kind),
     })
 }
@@ -160,12 +157,14 @@ pub(crate) fn path_string(names: &[u8], info: PathInfo) -> (String, bool) {
     (path, truncated)
 }
 
-pub(crate) fn access(f_mode: u32) -> Access {
+/// How a file was opened, from its `f_mode`: the one place a kernel mode becomes an [`Access`];
+/// `None` when it is neither readable nor writable.
+pub(crate) fn access(f_mode: u32) -> Option<Access> {
     match (f_mode & FMODE_READ != 0, f_mode & FMODE_WRITE != 0) {
-        (true, true) => Access::ReadWrite,
-        (true, false) => Access::Read,
-        (false, true) => Access::Write,
-        (false, false) => Access::Neither,
+        (true, true) => Some(Access::ReadWrite),
+        (true, false) => Some(Access::Read),
+        (false, true) => Some(Access::Write),
+        (false, false) => None,
     }
 }
 
@@ -241,10 +240,10 @@ mod tests {
     }
 
     /// An open record as the kernel writes it.
-    fn open_record(cgroup: &[u8], path: &[u8], exe: &[u8]) -> (OpenEvent, Vec<u8>) {
-        let raw = OpenEvent {
-            header: EventHeader {
-                kind: EventKind::Open as u32,
+    fn open_record(cgroup: &[u8], path: &[u8], exe: &[u8]) -> (OpenRecord, Vec<u8>) {
+        let raw = OpenRecord {
+            header: RecordHeader {
+                kind: RecordKind::Open as u32,
                 _pad: 0,
                 ts_boot_ns: 1,
             },
@@ -262,12 +261,12 @@ mod tests {
         (raw, [cgroup, path, exe].concat())
     }
 
-    fn bytes_of(raw: &OpenEvent, data: &[u8]) -> Vec<u8> {
-        // SAFETY: OpenEvent is a plain integer struct without padding.
+    fn bytes_of(raw: &OpenRecord, data: &[u8]) -> Vec<u8> {
+        // SAFETY: OpenRecord is a plain integer struct without padding.
         let fixed = unsafe {
             std::slice::from_raw_parts(
-                (raw as *const OpenEvent).cast::<u8>(),
-                size_of::<OpenEvent>(),
+                (raw as *const OpenRecord).cast::<u8>(),
+                size_of::<OpenRecord>(),
             )
         };
         [fixed, data].concat()
@@ -299,7 +298,7 @@ mod tests {
         ] {
             assert!(parse(bytes).is_err());
         }
-        assert!(parse(&good[..size_of::<OpenEvent>() - 1]).is_err());
+        assert!(parse(&good[..size_of::<OpenRecord>() - 1]).is_err());
         // Lengths beyond their limits, or beyond the record, however they add up.
         let mut bad = raw;
         bad.task.cgroup_len = CGROUP_NAME_LEN as u32 + 1;
@@ -325,10 +324,10 @@ mod tests {
 
     #[test]
     fn access_from_f_mode() {
-        assert_eq!(access(1), Access::Read);
-        assert_eq!(access(2), Access::Write);
-        assert_eq!(access(3 | 0x20), Access::ReadWrite);
-        assert_eq!(access(0), Access::Neither);
+        assert_eq!(access(1), Some(Access::Read));
+        assert_eq!(access(2), Some(Access::Write));
+        assert_eq!(access(3 | 0x20), Some(Access::ReadWrite));
+        assert_eq!(access(0), None);
     }
 
     #[test]
