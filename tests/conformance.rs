@@ -182,6 +182,38 @@ fn unusable_cases_exit_2_naming_file_line_and_field() {
     assert!(out.stdout.contains("line "), "{}", out.stdout);
 }
 
+/// A case fixes its own timing and starts from empty state: `test` takes the sandbox's options
+/// and refuses the state's, rather than accepting them and doing nothing.
+#[test]
+fn test_takes_the_sandbox_options_and_refuses_the_state_ones() {
+    let cases = workspace().join("rules/k8s-sa-token/cases");
+    let out = run(
+        picket()
+            .args(["test", "--rule-timeout", "1s", "--rule-memory", "8"])
+            .arg(rule_wasm("k8s-sa-token"))
+            .arg(&cases),
+        "",
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("passed, 0 failed"), "{}", out.stdout);
+    for option in ["--learning-period", "--forget-after", "--state-capacity"] {
+        let value = if option == "--state-capacity" {
+            "10"
+        } else {
+            "1h"
+        };
+        let out = run(
+            picket()
+                .args(["test", option, value])
+                .arg(rule_wasm("k8s-sa-token"))
+                .arg(&cases),
+            "",
+        );
+        assert_eq!(out.code, Some(2), "{option}: {}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(option), "{option}: {}", out.stderr);
+    }
+}
+
 #[test]
 fn a_file_that_is_not_a_module_exits_2() {
     let dir = temp_dir();

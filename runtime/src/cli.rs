@@ -47,15 +47,10 @@ enum Command {
     Inspect(InspectArgs),
 }
 
-/// Settings for running rules, shared by the commands that run them.
+/// How rule modules are loaded and run: shared by every command that runs rules, `test`
+/// included.
 #[derive(Debug, Args)]
-struct RuleArgs {
-    /// Learning period for every rule, instead of each manifest's default (e.g. 0s, 90m, 7d).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    learning_period: Option<Duration>,
-    /// Forget values unseen for this long, instead of each manifest's default (e.g. 28d).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    forget_after: Option<Duration>,
+struct SandboxArgs {
     /// Longest a rule may take on one event before it is interrupted.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "50ms")]
     rule_timeout: Duration,
@@ -69,24 +64,13 @@ struct RuleArgs {
     /// Largest memory a rule module may use, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     rule_memory: usize,
-    /// Most new-value entries kept per rule; the least recently seen are evicted past it.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY)]
-    state_capacity: usize,
-    /// Most bytes of new-value state kept per rule (keys plus a fixed overhead per entry, e.g.
-    /// 16MiB); the least recently seen values are evicted past it, counted and reported.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MiB")]
-    state_bytes_per_rule: usize,
-    /// Most bytes of new-value state kept for all rules together; past it the largest rule's
-    /// state evicts its least recently seen values.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
-    state_bytes_total: usize,
     /// minisign public key (repeatable): when given, a module loads only with a valid signature
     /// by one of these keys in MODULE.wasm.minisig beside it.
     #[arg(long = "trusted-key", value_name = "FILE")]
     trusted_keys: Vec<PathBuf>,
 }
 
-impl RuleArgs {
+impl SandboxArgs {
     fn limits(&self) -> Limits {
         Limits {
             memory_bytes: self.rule_memory.saturating_mul(1 << 20),
@@ -100,14 +84,42 @@ impl RuleArgs {
     fn sandbox(&self) -> anyhow::Result<Arc<Sandbox>> {
         Ok(Arc::new(Sandbox::new(self.limits())?))
     }
+}
 
+/// Settings for running rules over a stream of events (`run`, `replay`): the sandbox's, and
+/// the new-value state's. `test` takes only the sandbox's: a case fixes its own timing and
+/// starts from empty state, so state flags there would be accepted and do nothing.
+#[derive(Debug, Args)]
+struct RuleArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    /// Learning period for every rule, instead of each manifest's default (e.g. 0s, 90m, 7d).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    learning_period: Option<Duration>,
+    /// Forget values unseen for this long, instead of each manifest's default (e.g. 28d).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    forget_after: Option<Duration>,
+    /// Most new-value entries kept per rule; the least recently seen are evicted past it.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY)]
+    state_capacity: usize,
+    /// Most bytes of new-value state kept per rule (keys plus a fixed overhead per entry, e.g.
+    /// 16MiB); the least recently seen values are evicted past it, counted and reported.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MiB")]
+    state_bytes_per_rule: usize,
+    /// Most bytes of new-value state kept for all rules together; past it the largest rule's
+    /// state evicts its least recently seen values.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
+    state_bytes_total: usize,
+}
+
+impl RuleArgs {
     fn engine_options(&self, rules: PathBuf, state: Option<PathBuf>) -> RuleEngineOptions {
         RuleEngineOptions {
             rules,
             state,
-            limits: self.limits(),
+            limits: self.sandbox.limits(),
             pipeline: self.pipeline_config(),
-            trusted_keys: self.trusted_keys.clone(),
+            trusted_keys: self.sandbox.trusted_keys.clone(),
         }
     }
 
@@ -184,7 +196,7 @@ struct ReplayArgs {
 #[derive(Debug, Args)]
 struct TestArgs {
     #[command(flatten)]
-    settings: RuleArgs,
+    settings: SandboxArgs,
     /// The rule module.
     #[arg(value_name = "RULE.wasm")]
     module: PathBuf,
