@@ -136,14 +136,11 @@ macro_rules! for_each_import {
 /// Every function a rule may import from [`IMPORT_MODULE`], with its signature.
 pub const IMPORTS: &[FuncSig] = for_each_import!(__func_table);
 
-/// Import: `(state_ptr, state_len, group_ptr, group_len, value_ptr, value_len: i32) -> i32`,
-/// asks whether `value` is new for `group` in the named new-value state; returns
-/// [`NEW_VALUE_NEW`] or [`NEW_VALUE_NOT_NEW`]. All three are UTF-8 strings.
+/// The name of the `new_value` import; its signature and meaning are in [`for_each_import!`].
 pub const IMPORT_NEW_VALUE: &str = IMPORTS[0].name;
-/// Import: `(ptr: i32, len: i32) -> i32`, raise the encoded [`SignalRequest`] for the event
-/// being handled; returns 0.
+/// The name of the `emit_signal` import; its signature and meaning are in [`for_each_import!`].
 pub const IMPORT_EMIT_SIGNAL: &str = IMPORTS[1].name;
-/// Import: `(level: i32, ptr: i32, len: i32)`, a UTF-8 log line; level is a [`LogLevel`].
+/// The name of the `log` import; its signature and meaning are in [`for_each_import!`].
 pub const IMPORT_LOG: &str = IMPORTS[2].name;
 
 /// Export: `() -> i32`, the [`ABI_VERSION`] the module was built against.

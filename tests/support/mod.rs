@@ -322,26 +322,24 @@ impl Streaming {
 
     /// Waits until stderr contains `text`, up to `timeout`.
     pub fn wait_for_log(&self, text: &str, timeout: std::time::Duration) -> bool {
-        let start = std::time::Instant::now();
-        while start.elapsed() < timeout {
-            if self.stderr().contains(text) {
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        false
+        self.wait_for_stderr(timeout, |stderr| stderr.contains(text))
     }
 
     /// Waits for one log line that contains every one of `parts` (a message and the module it
     /// names, say: a single substring could match an earlier line about the same module).
     pub fn wait_for_log_line(&self, parts: &[&str], timeout: std::time::Duration) -> bool {
-        let start = std::time::Instant::now();
-        while start.elapsed() < timeout {
-            if self
-                .stderr()
+        self.wait_for_stderr(timeout, |stderr| {
+            stderr
                 .lines()
                 .any(|line| parts.iter().all(|part| line.contains(part)))
-            {
+        })
+    }
+
+    /// Polls what picket logged until `found` holds, up to `timeout`.
+    fn wait_for_stderr(&self, timeout: std::time::Duration, found: impl Fn(&str) -> bool) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if found(&self.stderr()) {
                 return true;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
