@@ -233,8 +233,28 @@ fn main() {
     );
     assert!(total > 0.0);
 
-    // 4. Agents joining at once, each loading the baseline of section 3.
-    let agents = if quick { 20 } else { 1000 };
+    // 4. Agents joining at once, each loading a cluster's baseline: 2,000 groups (two rules,
+    //    1,000 workloads) of 10 readers each.
+    let (agents, groups, per_group) = if quick { (20, 100, 10) } else { (1000, 2000, 10) };
+    runtime.block_on(async {
+        let mut store = SharedStore::connect(&options(&server, "join")).await.unwrap();
+        for g in 0..groups {
+            let batch: Vec<(String, Sighting, i64)> = (0..per_group)
+                .map(|v| {
+                    let sighting = Sighting {
+                        state: "process.exe".into(),
+                        group: format!("registry.example/team-{}/service", g / 2).into(),
+                        started_ns: 0,
+                        value: format!("/usr/local/lib/reader-{v:06}/bin/tool").into(),
+                        seen_ns: 1_000_000_000,
+                    };
+                    let rule = if g % 2 == 0 { "eks-token" } else { "k8s-sa-token" };
+                    (rule.to_string(), sighting, 1_000_000_000)
+                })
+                .collect();
+            store.push("bench-node", &batch, false).await.unwrap();
+        }
+    });
     let cpu = |server: &RedisServer| -> f64 {
         let info = server.cli(&["INFO", "cpu"]);
         ["used_cpu_sys:", "used_cpu_user:"]
@@ -251,7 +271,7 @@ fn main() {
     let mut joined: Vec<f64> = runtime.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..agents {
-            let options = options(&server, "memory");
+            let options = options(&server, "join");
             tasks.spawn(async move {
                 let mut store = SharedStore::connect(&options).await.unwrap();
                 let mut loaded = 0usize;

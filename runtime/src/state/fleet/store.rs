@@ -41,7 +41,7 @@ pub const DEFAULT_MAX_VALUES_PER_GROUP: usize = 4096;
 /// Default bound on groups in the store.
 pub const DEFAULT_MAX_GROUPS: usize = 1 << 20;
 /// Entries kept in the log (approximately: Redis trims by whole nodes of the stream).
-const LOG_LENGTH: usize = 1_000_000;
+const LOG_LENGTH: usize = 100_000;
 
 /// A connection to a single server or to a cluster; both reconnect by themselves.
 #[derive(Clone)]

@@ -222,6 +222,12 @@ impl Fleet {
     }
 }
 
+/// A value's place: rule, state, group, value.
+type ValueKey = (String, Box<str>, Box<str>, Box<str>);
+
+/// A claim's round trip as it ends: its id, rule and sighting, the answer, the time it took.
+type ClaimDone = (u64, String, Sighting, Result<(ClaimAnswer, i64), String>, Duration);
+
 /// What the worker keeps between rounds.
 struct Worker {
     options: FleetOptions,
@@ -230,7 +236,7 @@ struct Worker {
     cursor: String,
     /// Sightings waiting for the store, one per (rule, state, group, value): the latest, with
     /// the first sighting folded into it.
-    waiting: HashMap<(String, Box<str>, Box<str>, Box<str>), (Sighting, i64)>,
+    waiting: HashMap<ValueKey, (Sighting, i64)>,
     dropped: u64,
     settings: HashMap<String, Settings>,
     updates: mpsc::UnboundedSender<Update>,
@@ -267,13 +273,7 @@ async fn work(
             let _ = ready.send(Err(why));
         }
     }
-    let mut claims: JoinSet<(
-        u64,
-        String,
-        Sighting,
-        Result<(ClaimAnswer, i64), String>,
-        Duration,
-    )> = JoinSet::new();
+    let mut claims: JoinSet<ClaimDone> = JoinSet::new();
     let mut tick = tokio::time::interval(PUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
