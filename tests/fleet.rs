@@ -7,7 +7,7 @@
 mod support;
 
 use std::time::Duration;
-use support::redis::{PASSWORD, RedisServer};
+use support::redis::{PASSWORD, RedisCluster, RedisServer};
 use support::{EKS_TOKEN, Streaming, picket, rule_wasm, run, temp_dir};
 
 const APP: &str = "registry.example/app";
@@ -510,4 +510,37 @@ fn a_state_directory_can_be_shown_exported_imported_allowed_and_forgotten() {
     );
     assert_eq!(refused.code, Some(2), "{}", refused.stderr);
     assert!(refused.stderr.contains(":1:"), "{}", refused.stderr);
+}
+
+#[test]
+fn a_redis_cluster_keeps_each_group_atomic_on_its_own_slot() {
+    let cluster = RedisCluster::start();
+    let rules = bundled_rules();
+    let url = cluster.url();
+    // Groups on different slots (so on different nodes of the cluster).
+    let other = "registry.example/other";
+    let mut week = routine();
+    week.push(read(1, 5, "/usr/bin/node", other));
+    assert!(replay_with(&rules, &url, &[], &week).signals().is_empty());
+    let day_ten = [
+        read(10, 0, "/usr/bin/aws", APP),
+        read(10, 1, "/tmp/.x/kubectl", APP),
+        read(10, 2, "/usr/bin/node", other),
+        read(10, 3, "/tmp/.x/kubectl", other),
+    ];
+    let joined = replay_with(&rules, &url, &[], &day_ten);
+    assert!(joined.stderr.contains("cluster=true"), "{}", joined.stderr);
+    assert_eq!(
+        values(&joined.signals()),
+        ["/tmp/.x/kubectl", "/tmp/.x/kubectl"]
+    );
+    let later = replay_with(&rules, &url, &[], &day_ten);
+    assert!(later.signals().is_empty(), "{}", later.stdout);
+    // Every key of a group is on one node: the scripts stayed on one slot.
+    let tag = picket::state::fleet::keys::tag("eks-token", "process.exe", APP);
+    let slot = |key: &str| cluster.nodes[0].cli(&["CLUSTER", "KEYSLOT", key]);
+    assert_eq!(
+        slot(&format!("picket:g:{{{tag}}}")),
+        slot(&format!("picket:v:{{{tag}}}"))
+    );
 }

@@ -235,9 +235,15 @@ fn main() {
 
     // 4. Agents joining at once, each loading a cluster's baseline: 2,000 groups (two rules,
     //    1,000 workloads) of 10 readers each.
-    let (agents, groups, per_group) = if quick { (20, 100, 10) } else { (1000, 2000, 10) };
+    let (agents, groups, per_group) = if quick {
+        (20, 100, 10)
+    } else {
+        (1000, 2000, 10)
+    };
     runtime.block_on(async {
-        let mut store = SharedStore::connect(&options(&server, "join")).await.unwrap();
+        let mut store = SharedStore::connect(&options(&server, "join"))
+            .await
+            .unwrap();
         for g in 0..groups {
             let batch: Vec<(String, Sighting, i64)> = (0..per_group)
                 .map(|v| {
@@ -248,7 +254,11 @@ fn main() {
                         value: format!("/usr/local/lib/reader-{v:06}/bin/tool").into(),
                         seen_ns: 1_000_000_000,
                     };
-                    let rule = if g % 2 == 0 { "eks-token" } else { "k8s-sa-token" };
+                    let rule = if g % 2 == 0 {
+                        "eks-token"
+                    } else {
+                        "k8s-sa-token"
+                    };
                     (rule.to_string(), sighting, 1_000_000_000)
                 })
                 .collect();

@@ -54,6 +54,10 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
+        self.launch_with(&[]);
+    }
+
+    fn launch_with(&mut self, extra: &[&str]) {
         let dir = self.dir.path();
         let mut command = Command::new("redis-server");
         command
@@ -83,6 +87,7 @@ impl RedisServer {
             command.args(["--port", &self.port.to_string()]);
         }
         let child = command
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -248,4 +253,70 @@ fn make_certificates(dir: &Path) {
         "-extfile",
         "san.cnf",
     ]);
+}
+
+/// A Redis Cluster of three primaries on loopback (as ElastiCache or MemoryDB in cluster mode
+/// present themselves), each with the password.
+pub struct RedisCluster {
+    /// The nodes; the first one's URL is what an agent is given.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three nodes in cluster mode and joins them, slots spread over the three.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let dir = tempfile::tempdir().expect("a directory for redis");
+                // The cluster bus listens on port + 10000: keep both in range and free.
+                let port = loop {
+                    let port = free_port();
+                    if port < 55_000
+                        && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+                    {
+                        break port;
+                    }
+                };
+                let mut server = RedisServer {
+                    child: None,
+                    dir,
+                    port,
+                    tls: false,
+                };
+                server.launch_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ]);
+                server
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let mut create = vec!["--cluster", "create"];
+        create.extend(addresses.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        nodes[0].cli(&create);
+        let started = Instant::now();
+        while !nodes
+            .iter()
+            .all(|node| node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the cluster did not come up: {}",
+                nodes[0].cli(&["CLUSTER", "INFO"])
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The URL an agent is given: one node, which the agent asks for the others.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
 }

@@ -334,7 +334,7 @@ impl SharedStore {
             entry.0 = entry.0.min(sighting.started_ns);
             entry.1.push((sighting, *first));
         }
-        let mut pipe = redis::pipe();
+        let mut merges = Vec::new();
         let mut order = Vec::new();
         for ((rule, state, group), (started, sightings)) in &groups {
             let tag = keys::tag(rule, state, group);
@@ -351,15 +351,12 @@ impl SharedStore {
                     .arg(keys::time(*first))
                     .arg(keys::time(sighting.seen_ns));
             }
-            pipe.add_command(invocation);
+            merges.push(invocation);
             order.push((*rule, *state, *group, tag, *started));
         }
-        let replies: Vec<(u64, u64, u64)> = pipe
-            .query_async(&mut self.connection)
-            .await
-            .map_err(|err| self.error(err))?;
+        let replies: Vec<(u64, u64, u64)> = self.run_all(merges).await?;
         let mut pushed = Pushed::default();
-        let mut follow = redis::pipe();
+        let mut follow = Vec::new();
         for ((rule, state, group, tag, started), (created, added, full)) in
             order.iter().zip(&replies)
         {
@@ -367,27 +364,68 @@ impl SharedStore {
             pushed.values_added += added;
             pushed.refused += full;
             if *created == 1 && !index_full {
-                follow
-                    .cmd("HSETNX")
-                    .arg(self.keys.index())
-                    .arg(tag)
-                    .arg(keys::index_entry(rule, state, group))
-                    .ignore();
+                follow.push(self.index_entry(rule, state, group, tag));
             }
             for (sighting, _) in &groups[&(*rule, *state, *group)].1 {
-                self.log_entry(&mut follow, node, "v", rule, state, group, *started)
+                let mut entry = self.log_entry(node, "v", rule, state, group, *started);
+                entry
                     .arg("v")
                     .arg(&*sighting.value)
                     .arg("l")
-                    .arg(keys::time(sighting.seen_ns))
-                    .ignore();
+                    .arg(keys::time(sighting.seen_ns));
+                follow.push(entry);
             }
         }
-        follow
-            .query_async::<()>(&mut self.connection)
-            .await
-            .map_err(|err| self.error(err))?;
+        self.run_all::<Value>(follow).await?;
         Ok(pushed)
+    }
+
+    /// Runs commands together: as one pipeline on a single server; on a cluster, where a
+    /// pipeline may not cross hash slots, as concurrent commands on its multiplexed
+    /// connections. Answers come back in the commands' order.
+    async fn run_all<T: redis::FromRedisValue + Send + 'static>(
+        &mut self,
+        commands: Vec<Cmd>,
+    ) -> StoreResult<Vec<T>> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.connection {
+            Connection::Single(_) => {
+                let mut pipe = redis::pipe();
+                for command in commands {
+                    pipe.add_command(command);
+                }
+                pipe.query_async(&mut self.connection)
+                    .await
+                    .map_err(|err| self.error(err))
+            }
+            Connection::Cluster(connection) => {
+                let count = commands.len();
+                let mut tasks = tokio::task::JoinSet::new();
+                for (at, command) in commands.into_iter().enumerate() {
+                    let mut connection = connection.clone();
+                    tasks.spawn(
+                        async move { (at, command.query_async::<T>(&mut connection).await) },
+                    );
+                }
+                let mut answers: Vec<Option<T>> = (0..count).map(|_| None).collect();
+                while let Some(joined) = tasks.join_next().await {
+                    let (at, answer) = joined.map_err(|err| format!("shared state: {err}"))?;
+                    answers[at] = Some(answer.map_err(|err| self.error(err))?);
+                }
+                Ok(answers.into_iter().flatten().collect())
+            }
+        }
+    }
+
+    /// The index entry of a group, set if it is not there.
+    fn index_entry(&self, rule: &str, state: &str, group: &str, tag: &str) -> Cmd {
+        let mut cmd = redis::cmd("HSETNX");
+        cmd.arg(self.keys.index())
+            .arg(tag)
+            .arg(keys::index_entry(rule, state, group));
+        cmd
     }
 
     /// A script invocation on one group's two keys. EVAL, not EVALSHA: the server caches the
@@ -402,19 +440,19 @@ impl SharedStore {
         cmd
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn log_entry<'p>(
+    /// A log entry: who (`node`), what (`kind`: `v` seen, `x` value forgotten, `X` group
+    /// forgotten), where, and the group's learning start; the caller adds the value's fields.
+    fn log_entry(
         &self,
-        pipe: &'p mut Pipeline,
         node: &str,
         kind: &str,
         rule: &str,
         state: &str,
         group: &str,
         started: i64,
-    ) -> &'p mut Pipeline {
-        pipe.cmd("XADD")
-            .arg(self.keys.log())
+    ) -> Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.keys.log())
             .arg("MAXLEN")
             .arg("~")
             .arg(LOG_LENGTH)
@@ -430,7 +468,8 @@ impl SharedStore {
             .arg("g")
             .arg(group)
             .arg("t")
-            .arg(keys::time(started))
+            .arg(keys::time(started));
+        cmd
     }
 
     /// Asks the fleet whether a value this node found new is new for the fleet.
@@ -468,31 +507,18 @@ impl SharedStore {
             _ => ClaimAnswer::Learning,
         };
         // Every node hears of the value (it is learned now, whatever the answer).
-        let mut log = redis::pipe();
+        let mut follow = vec![self.index_entry(rule, &sighting.state, &sighting.group, &tag)];
         if verdict != 3 {
-            self.log_entry(
-                &mut log,
-                node,
-                "v",
-                rule,
-                &sighting.state,
-                &sighting.group,
-                started,
-            )
-            .arg("v")
-            .arg(&*sighting.value)
-            .arg("l")
-            .arg(keys::time(ts))
-            .ignore();
+            let mut entry =
+                self.log_entry(node, "v", rule, &sighting.state, &sighting.group, started);
+            entry
+                .arg("v")
+                .arg(&*sighting.value)
+                .arg("l")
+                .arg(keys::time(ts));
+            follow.push(entry);
         }
-        log.cmd("HSETNX")
-            .arg(self.keys.index())
-            .arg(&tag)
-            .arg(keys::index_entry(rule, &sighting.state, &sighting.group))
-            .ignore();
-        log.query_async::<()>(&mut self.connection)
-            .await
-            .map_err(|err| self.error(err))?;
+        self.run_all::<Value>(follow).await?;
         Ok((answer, started))
     }
 
@@ -557,12 +583,16 @@ impl SharedStore {
                 .await
                 .map_err(|err| self.error(err))?;
             let mut names = Vec::new();
-            let mut pipe = redis::pipe();
+            let mut reads = Vec::new();
             for (tag, entry) in pairs {
                 match keys::parse_index_entry(&tag, &entry) {
                     Ok(name) if rule.is_none_or(|r| r == name.rule) => {
-                        pipe.cmd("HGETALL").arg(self.keys.meta(&tag));
-                        pipe.cmd("HGETALL").arg(self.keys.values(&tag));
+                        let mut meta = redis::cmd("HGETALL");
+                        meta.arg(self.keys.meta(&tag));
+                        let mut values = redis::cmd("HGETALL");
+                        values.arg(self.keys.values(&tag));
+                        reads.push(meta);
+                        reads.push(values);
                         names.push(name);
                     }
                     Ok(_) => {}
@@ -573,10 +603,7 @@ impl SharedStore {
                 }
             }
             if !names.is_empty() {
-                let replies: Vec<HashMap<String, Vec<u8>>> = pipe
-                    .query_async(&mut self.connection)
-                    .await
-                    .map_err(|err| self.error(err))?;
+                let replies: Vec<HashMap<String, Vec<u8>>> = self.run_all(reads).await?;
                 for (name, pair) in names.into_iter().zip(replies.chunks(2)) {
                     malformed += self.visit_group(name, &pair[0], &pair[1], &mut visit);
                 }
@@ -745,27 +772,29 @@ impl SharedStore {
         value: Option<&str>,
     ) -> StoreResult<bool> {
         let tag = keys::tag(&name.rule, &name.state, &name.group);
-        let mut pipe = redis::pipe();
-        match value {
+        let remove = match value {
             Some(value) => {
-                pipe.cmd("HDEL").arg(self.keys.values(&tag)).arg(value);
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(self.keys.values(&tag)).arg(value);
+                cmd
             }
             None => {
-                pipe.cmd("DEL")
-                    .arg(self.keys.meta(&tag))
-                    .arg(self.keys.values(&tag));
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(self.keys.meta(&tag)).arg(self.keys.values(&tag));
+                cmd
             }
-        }
-        let removed: (u64,) = pipe
+        };
+        let removed: u64 = remove
             .query_async(&mut self.connection)
             .await
             .map_err(|err| self.error(err))?;
-        let mut log = redis::pipe();
+        let mut follow = Vec::new();
         if value.is_none() {
-            log.cmd("HDEL").arg(self.keys.index()).arg(&tag).ignore();
+            let mut unindex = redis::cmd("HDEL");
+            unindex.arg(self.keys.index()).arg(&tag);
+            follow.push(unindex);
         }
-        self.log_entry(
-            &mut log,
+        let mut entry = self.log_entry(
             node,
             if value.is_some() { "x" } else { "X" },
             &name.rule,
@@ -774,13 +803,11 @@ impl SharedStore {
             0,
         );
         if let Some(value) = value {
-            log.arg("v").arg(value);
+            entry.arg("v").arg(value);
         }
-        log.ignore();
-        log.query_async::<()>(&mut self.connection)
-            .await
-            .map_err(|err| self.error(err))?;
-        Ok(removed.0 > 0)
+        follow.push(entry);
+        self.run_all::<Value>(follow).await?;
+        Ok(removed > 0)
     }
 
     /// Writes raw fields into a group's records, bypassing every check: for tests of what a

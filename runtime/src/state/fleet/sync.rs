@@ -226,7 +226,13 @@ impl Fleet {
 type ValueKey = (String, Box<str>, Box<str>, Box<str>);
 
 /// A claim's round trip as it ends: its id, rule and sighting, the answer, the time it took.
-type ClaimDone = (u64, String, Sighting, Result<(ClaimAnswer, i64), String>, Duration);
+type ClaimDone = (
+    u64,
+    String,
+    Sighting,
+    Result<(ClaimAnswer, i64), String>,
+    Duration,
+);
 
 /// What the worker keeps between rounds.
 struct Worker {
@@ -337,7 +343,19 @@ async fn work(
     }
     // Stopping: what this node learned last goes out if the store answers in time.
     if worker.down.is_none() && !worker.waiting.is_empty() {
-        let _ = tokio::time::timeout(FINAL_PUSH, worker.push()).await;
+        let pushed = tokio::time::timeout(FINAL_PUSH, worker.push()).await;
+        let failed = match pushed {
+            Ok(Ok(())) => None,
+            Ok(Err(why)) => Some(why),
+            Err(_) => Some(format!("no answer within {FINAL_PUSH:?}")),
+        };
+        if let Some(why) = failed {
+            tracing::error!(
+                values = worker.waiting.len(),
+                "fleet: what this node learned last could not be pushed before stopping (it is \
+                 in its state file, and pushed at its next start): {why}"
+            );
+        }
     }
 }
 
