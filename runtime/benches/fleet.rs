@@ -153,6 +153,10 @@ fn main() {
         s / a
     );
 
+    if std::env::args().any(|a| a == "--replay-only") {
+        return;
+    }
+
     // 2. Claim latency: values new to the fleet, one at a time, as signals ask for them.
     let claims = if quick { 200 } else { 10_000 };
     let mut latencies = runtime.block_on(async {

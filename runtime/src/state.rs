@@ -229,6 +229,9 @@ pub struct RuleState {
     /// What this node decided that the fleet should hear of, when the state is shared
     /// (`--shared-state`); `None` otherwise.
     outbox: Option<Outbox>,
+    /// Sightings of known values go to the fleet once per bucket of this many ns: coarser
+    /// than the journal's, since the store only needs them to keep forget-after right.
+    outbox_granularity_ns: i64,
 }
 
 /// Shortest event-time interval between sweeps of expired values.
@@ -253,6 +256,7 @@ impl RuleState {
             journal_bytes: 0,
             journal_granularity_ns: 0,
             outbox: None,
+            outbox_granularity_ns: 1,
         };
         state.set_settings(settings);
         state
@@ -269,6 +273,8 @@ impl RuleState {
         self.settings = settings;
         let forget = clamp_i64(settings.forget_after_ns);
         self.journal_granularity_ns = (forget / 64).clamp(1, 3_600 * 1_000_000_000);
+        // Forget-after stays right within a sixteenth of it across the fleet.
+        self.outbox_granularity_ns = (forget / 16).max(1);
     }
 
     /// Starts recording every change; take them with [`RuleState::take_changes`].
@@ -394,6 +400,7 @@ impl RuleState {
         let learning_period = clamp_i64(self.settings.learning_period_ns);
         let forget_after = clamp_i64(self.settings.forget_after_ns);
         let granularity = self.journal_granularity_ns;
+        let outbox_granularity = self.outbox_granularity_ns;
         let states = self.states.len();
         let groups = match self.states.entry_ref(state) {
             hashbrown::hash_map::EntryRef::Occupied(entry) => entry.into_mut(),
@@ -457,8 +464,9 @@ impl RuleState {
                         if ts_ns > *last_seen {
                             if ts_ns / granularity != *last_seen / granularity {
                                 journal.value(state, group, value, ts_ns, false);
-                                refreshed = true;
                             }
+                            refreshed =
+                                ts_ns / outbox_granularity != *last_seen / outbox_granularity;
                             *last_seen = ts_ns;
                         }
                         false
