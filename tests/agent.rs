@@ -271,6 +271,11 @@ wait $agent
 /// Runs `steps` after [`SETUP`] in a private mount namespace, with the named rule modules in
 /// the rules directory, and returns the work directory. Fails without root.
 fn scenario(steps: &str, rules: &[&str]) -> tempfile::TempDir {
+    scenario_with_env(steps, rules, &[])
+}
+
+/// [`scenario`] with more environment for the script (and the agents it starts).
+fn scenario_with_env(steps: &str, rules: &[&str], env: &[(&str, &str)]) -> tempfile::TempDir {
     // Probes see the whole machine: two agents at once would each see the other's readers.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = ONE_AT_A_TIME
@@ -290,6 +295,7 @@ fn scenario(steps: &str, rules: &[&str]) -> tempfile::TempDir {
         .env("PICKET", env!("CARGO_BIN_EXE_picket"))
         .env("WORK", work.path())
         .env("EKS_MODULE", rule_wasm("eks-token"))
+        .envs(env.iter().copied())
         .output()
         .expect("running unshare");
     let logs: String = ["agent.log", "agent1.log", "agent2.log"]
@@ -606,4 +612,59 @@ fn assert_state_remembers(work: &Path, rules: &[&str], signals: &[serde_json::Va
     expected.sort();
     expected.dedup();
     assert_eq!(seen, expected, "{}", replayed.stderr);
+}
+
+/// A running agent in a fleet: its learned state seen and edited through its control socket
+/// while it runs, and its signals confirmed by the store.
+const LIVE_STATE: &str = r#"
+start_agent "$WORK/agent.log"
+wait_for "$WORK/agent.log" "joined the fleet"
+node=$(cat /proc/sys/kernel/hostname)
+cat "$K8S" >/dev/null                      # the host group's baseline
+# Approved while the agent runs: through its control socket (it holds the state file).
+"$PICKET" state allow --state "$WORK/state" k8s-sa-token "$node" "$WORK/bin/ycat" 2>"$WORK/allow.log"
+"$WORK/bin/ycat" "$K8S" >/dev/null         # approved: nothing
+"$WORK/bin/xcat" "$K8S" >/dev/null         # unfamiliar: one signal, confirmed by the fleet
+signals 1
+"$PICKET" state show --state "$WORK/state" --rule k8s-sa-token >"$WORK/shown.jsonl"
+kill -TERM $agent
+wait $agent
+"#;
+
+#[test]
+#[ignore = "needs root: BPF and mounts (./run-tests runs it)"]
+fn a_running_agent_in_a_fleet_is_seen_and_edited_through_its_control_socket() {
+    let server = support::redis::RedisServer::start();
+    // The agent reads the store's URL from the environment, as the DaemonSet passes it.
+    let url = server.url();
+    let work = scenario_with_env(
+        LIVE_STATE,
+        &["k8s-sa-token"],
+        &[("PICKET_SHARED_STATE", url.as_str())],
+    );
+    let xcat = work.path().join("bin/xcat").display().to_string();
+    let ycat = work.path().join("bin/ycat").display().to_string();
+    let signals = read_signals(work.path());
+    let raised: Vec<&str> = signals
+        .iter()
+        .map(|s| s["new_value"]["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(raised, [xcat.as_str()]);
+    assert_eq!(signals[0]["fleet"]["confirmed"], true, "{}", signals[0]);
+    let allow = std::fs::read_to_string(work.path().join("allow.log")).unwrap();
+    assert!(allow.contains("allowed"), "{allow}");
+    let shown = std::fs::read_to_string(work.path().join("shown.jsonl")).unwrap();
+    let group: serde_json::Value = serde_json::from_str(shown.lines().next().unwrap()).unwrap();
+    assert_eq!(group["rule"], "k8s-sa-token");
+    assert_eq!(group["status"], "detecting", "{group}");
+    let values: Vec<&str> = group["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["value"].as_str().unwrap())
+        .collect();
+    assert!(
+        values.contains(&ycat.as_str()) && values.contains(&xcat.as_str()),
+        "{shown}"
+    );
 }

@@ -73,13 +73,9 @@ enum StateCommand {
 /// when one listens there), or the fleet store.
 #[derive(Debug, Args)]
 struct StateTarget {
-    /// The agent's state directory (the running agent's, through its control socket).
-    #[arg(
-        long,
-        value_name = "DIR",
-        required_unless_present = "shared_state",
-        conflicts_with = "shared_state"
-    )]
+    /// The agent's state directory (the running agent's, through its control socket); wins
+    /// over a `PICKET_SHARED_STATE` in the environment (as inside the agent's own pod).
+    #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
     #[command(flatten)]
     fleet: FleetArgs,
@@ -520,7 +516,8 @@ fn state(command: StateCommand) -> anyhow::Result<u8> {
     };
     let now = crate::time::Timestamp::from_system_time(std::time::SystemTime::now());
     let outcome = match (&target.state, target.fleet.options()) {
-        (_, Some(fleet)) => tokio::runtime::Builder::new_current_thread()
+        (Some(dir), _) => state_in_dir(dir, op, now)?,
+        (None, Some(fleet)) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
             .block_on(crate::state::admin::apply_fleet(
@@ -529,8 +526,10 @@ fn state(command: StateCommand) -> anyhow::Result<u8> {
                 op,
                 now,
             )),
-        (Some(dir), None) => state_in_dir(dir, op, now)?,
-        (None, None) => anyhow::bail!("say where: --state DIR or --shared-state URL"),
+        (None, None) => {
+            eprintln!("error: say where: --state DIR or --shared-state URL");
+            return Ok(EXIT_UNUSABLE);
+        }
     };
     match outcome {
         Ok(outcome) => {
@@ -565,6 +564,13 @@ fn state_in_dir(
 ) -> anyhow::Result<Result<crate::state::admin::Outcome, String>> {
     if let Some(answer) = crate::control::ask(dir, &op) {
         return Ok(answer);
+    }
+    let file = dir.join(crate::store::STATE_FILE);
+    if !file.is_file() {
+        anyhow::bail!(
+            "{}: no learned state there (no agent has run on it)",
+            file.display()
+        );
     }
     let mut store = crate::store::StateStore::open(dir).map_err(|err| {
         anyhow::anyhow!(
