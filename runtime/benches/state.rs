@@ -78,6 +78,7 @@ fn reload_latencies(rounds: usize, cached: bool) -> Vec<f64> {
             ..PipelineConfig::default()
         },
         trusted_keys: Vec::new(),
+        fleet: None,
     };
     let (mut host, scan) = RuleEngine::start(&options).unwrap();
     host.apply(scan);

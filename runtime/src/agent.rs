@@ -36,6 +36,9 @@ pub struct AgentOptions {
     pub listen: Option<SocketAddr>,
 }
 
+/// How long a stopping agent waits for the fleet's answers on held signals.
+const FLEET_GRACE: Duration = Duration::from_secs(1);
+
 /// How long the output may take, at shutdown, to write what is queued.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
@@ -66,6 +69,13 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     })?;
     prefilter.sync(&engine, &mut probes);
 
+    let mut control = match &options.engine.state {
+        Some(dir) => Some(
+            crate::control::listen(dir)
+                .map_err(|err| anyhow::anyhow!("control socket in {}: {err}", dir.display()))?,
+        ),
+        None => None,
+    };
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = engine.watch(move |scan| reload_tx.send(scan).is_ok())?;
     let mut sink = MeteredOutput::new(
@@ -114,6 +124,10 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
                 }
             }
             Some(found) = found_rx.recv() => prefilter.set_found(found, &mut probes),
+            update = engine.next_fleet_update() => engine.apply_fleet(update, &mut sink),
+            Some(request) = next_request(&mut control) => {
+                let _ = request.reply.send(engine.control(request.op));
+            }
             _ = tick.tick() => {
                 engine.save();
                 sink.output_mut().report();
@@ -128,9 +142,21 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     tracing::info!("stopping: detaching probes and saving state");
     kernel_report.at_stop(&mut probes);
     drop(probes);
+    // Signals waiting for the fleet's answer go out, confirmed or not: none is lost.
+    engine.release_held(FLEET_GRACE, &mut sink);
     engine.shutdown();
     sink.into_output().finish(Some(OUTPUT_GRACE));
     Ok(())
+}
+
+/// The control socket's next request; never comes without one.
+async fn next_request(
+    control: &mut Option<tokio::sync::mpsc::Receiver<crate::control::Request>>,
+) -> Option<crate::control::Request> {
+    match control {
+        Some(control) => control.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Keeps the kernel's approvers equal to what the rules subscribe to: their basenames, and the

@@ -45,6 +45,95 @@ enum Command {
     Test(TestArgs),
     /// Print a rule module's manifest as JSON.
     Inspect(InspectArgs),
+    /// See and edit what the rules learned: in a state directory, a running agent, or the
+    /// fleet store.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+/// `picket state` subcommands (docs/cli.md).
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Print each group (rule, state, group) as a JSON line: learning or detecting (and until
+    /// when), its values with when they were seen.
+    Show(StateShowArgs),
+    /// Print every group as JSON lines, for `import` elsewhere (a baseline from staging).
+    Export(StateTarget),
+    /// Merge groups from JSON lines (as `export` prints them): learning starts at the earliest,
+    /// values are seen at the latest.
+    Import(StateImportArgs),
+    /// Make VALUE known in GROUP, from now on (approve a reader ahead of time).
+    Allow(StateAllowArgs),
+    /// Make VALUE, or the whole GROUP, be forgotten: new again when it returns (a whole group
+    /// learns again from its next event).
+    Forget(StateForgetArgs),
+}
+
+/// Where `picket state` works: a state directory (through the running agent's control socket
+/// when one listens there), or the fleet store.
+#[derive(Debug, Args)]
+struct StateTarget {
+    /// The agent's state directory (the running agent's, through its control socket).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "shared_state",
+        conflicts_with = "shared_state"
+    )]
+    state: Option<PathBuf>,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+#[derive(Debug, Args)]
+struct StateShowArgs {
+    #[command(flatten)]
+    target: StateTarget,
+    /// Only this rule.
+    #[arg(long, value_name = "RULE")]
+    rule: Option<String>,
+    /// Only this group.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct StateImportArgs {
+    #[command(flatten)]
+    target: StateTarget,
+    /// JSON lines as `export` prints them, or - for stdin.
+    #[arg(value_name = "FILE|-")]
+    input: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct StateAllowArgs {
+    #[command(flatten)]
+    target: StateTarget,
+    /// The state the rule learns in (the bundled rules' is process.exe).
+    #[arg(long = "name", value_name = "STATE", default_value = "process.exe")]
+    state_name: String,
+    /// The rule id.
+    rule: String,
+    /// The group (for the bundled rules, the image repository, or the node's name).
+    group: String,
+    /// The value to allow (for the bundled rules, an executable's path).
+    value: String,
+}
+
+#[derive(Debug, Args)]
+struct StateForgetArgs {
+    #[command(flatten)]
+    target: StateTarget,
+    /// The state the rule learns in (the bundled rules' is process.exe).
+    #[arg(long = "name", value_name = "STATE", default_value = "process.exe")]
+    state_name: String,
+    /// The rule id.
+    rule: String,
+    /// The group.
+    group: String,
+    /// The value to forget; without it, the whole group.
+    value: Option<String>,
 }
 
 /// How rule modules are loaded and run: shared by every command that runs rules, `test`
@@ -110,6 +199,56 @@ struct RuleArgs {
     /// state evicts its least recently seen values.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
     state_bytes_total: usize,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+/// Fleet learning: the new-value state shared with every agent using the same store.
+#[derive(Debug, Args)]
+struct FleetArgs {
+    /// Share what the rules learn with every agent using this Redis, Valkey or Redis Cluster
+    /// store: redis://[USER[:PASSWORD]@]HOST:PORT or rediss:// for TLS (docs/new-value.md).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PICKET_SHARED_STATE",
+        hide_env_values = true
+    )]
+    shared_state: Option<String>,
+    /// Read the store's password from the first line of FILE (instead of the URL).
+    #[arg(long, value_name = "FILE", requires = "shared_state")]
+    shared_state_password_file: Option<PathBuf>,
+    /// Trust the CA certificates in this PEM file for rediss:// (instead of the system's).
+    #[arg(long, value_name = "FILE", requires = "shared_state")]
+    shared_state_ca: Option<PathBuf>,
+    /// Prefix of every key in the store: one per cluster of nodes that learn together.
+    #[arg(long, value_name = "PREFIX", default_value = "picket")]
+    shared_state_prefix: String,
+    /// Longest the store may take to answer; past it the agent decides alone (and raises).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "250ms")]
+    shared_state_timeout: Duration,
+    /// Most values the store keeps per group (a flood fills only its own group).
+    #[arg(long, value_name = "N", default_value_t = crate::state::fleet::DEFAULT_MAX_VALUES_PER_GROUP)]
+    shared_state_max_values: usize,
+}
+
+impl FleetArgs {
+    fn options(&self) -> Option<crate::state::fleet::FleetOptions> {
+        let url = self.shared_state.clone()?;
+        Some(crate::state::fleet::FleetOptions {
+            store: crate::state::fleet::StoreOptions {
+                url,
+                password_file: self.shared_state_password_file.clone(),
+                ca_file: self.shared_state_ca.clone(),
+                prefix: self.shared_state_prefix.clone(),
+                timeout: self.shared_state_timeout,
+                max_values_per_group: self.shared_state_max_values,
+                max_groups: crate::state::fleet::DEFAULT_MAX_GROUPS,
+            },
+            node: crate::state::fleet::node_id(&crate::agent::node_name()),
+            start_timeout: self.shared_state_timeout.max(Duration::from_secs(10)),
+        })
+    }
 }
 
 impl RuleArgs {
@@ -120,6 +259,7 @@ impl RuleArgs {
             limits: self.sandbox.limits(),
             pipeline: self.pipeline_config(),
             trusted_keys: self.sandbox.trusted_keys.clone(),
+            fleet: self.fleet.options(),
         }
     }
 
@@ -220,6 +360,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Replay(args) => replay(args),
         Command::Test(args) => test(args),
         Command::Inspect(args) => inspect(args),
+        Command::State(command) => state(command),
     };
     match status {
         Ok(code) => ExitCode::from(code),
@@ -312,6 +453,135 @@ fn test(args: TestArgs) -> anyhow::Result<u8> {
     } else {
         EXIT_OK
     })
+}
+
+fn state(command: StateCommand) -> anyhow::Result<u8> {
+    use crate::state::admin::{GroupRecord, Op};
+    let (target, op, groups_only) = match command {
+        StateCommand::Show(args) => (
+            args.target,
+            Op::Show {
+                rule: args.rule,
+                group: args.group,
+            },
+            false,
+        ),
+        StateCommand::Export(target) => (
+            target,
+            Op::Show {
+                rule: None,
+                group: None,
+            },
+            true,
+        ),
+        StateCommand::Import(args) => {
+            let name = args.input.display().to_string();
+            let text = if args.input.as_os_str() == "-" {
+                io::read_to_string(io::stdin())
+            } else {
+                std::fs::read_to_string(&args.input)
+            }
+            .map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
+            let mut groups = Vec::new();
+            for (number, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match GroupRecord::parse(line) {
+                    Ok(group) => groups.push(group),
+                    Err(err) => {
+                        eprintln!("error: {name}:{}: {err}", number + 1);
+                        return Ok(EXIT_UNUSABLE);
+                    }
+                }
+            }
+            (args.target, Op::Import { groups }, false)
+        }
+        StateCommand::Allow(args) => (
+            args.target,
+            Op::Allow {
+                rule: args.rule,
+                state: args.state_name,
+                group: args.group,
+                value: args.value,
+            },
+            false,
+        ),
+        StateCommand::Forget(args) => (
+            args.target,
+            Op::Forget {
+                rule: args.rule,
+                state: args.state_name,
+                group: args.group,
+                value: args.value,
+            },
+            false,
+        ),
+    };
+    let now = crate::time::Timestamp::from_system_time(std::time::SystemTime::now());
+    let outcome = match (&target.state, target.fleet.options()) {
+        (_, Some(fleet)) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::state::admin::apply_fleet(
+                &fleet.store,
+                &fleet.node,
+                op,
+                now,
+            )),
+        (Some(dir), None) => state_in_dir(dir, op, now)?,
+        (None, None) => anyhow::bail!("say where: --state DIR or --shared-state URL"),
+    };
+    match outcome {
+        Ok(outcome) => {
+            let mut out = io::stdout().lock();
+            for group in &outcome.groups {
+                let mut group = group.clone();
+                if groups_only {
+                    group.status = None;
+                    group.learning_until = None;
+                }
+                serde_json::to_writer(&mut out, &group)?;
+                io::Write::write_all(&mut out, b"\n")?;
+            }
+            if let Some(message) = outcome.message {
+                eprintln!("{message}");
+            }
+            Ok(EXIT_OK)
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            Ok(EXIT_FAILED)
+        }
+    }
+}
+
+/// `picket state` on a state directory: through the running agent's control socket when one
+/// answers, else on the state file itself.
+fn state_in_dir(
+    dir: &std::path::Path,
+    op: crate::state::admin::Op,
+    now: crate::time::Timestamp,
+) -> anyhow::Result<Result<crate::state::admin::Outcome, String>> {
+    if let Some(answer) = crate::control::ask(dir, &op) {
+        return Ok(answer);
+    }
+    let mut store = crate::store::StateStore::open(dir).map_err(|err| {
+        anyhow::anyhow!(
+            "{err} (is an agent running on {} without its control socket?)",
+            dir.display()
+        )
+    })?;
+    let settings = store.settings().map_err(anyhow::Error::msg)?;
+    let (states, _) = store.load(DEFAULT_CAPACITY).map_err(anyhow::Error::msg)?;
+    let mut rule_states =
+        crate::rule_states::RuleStates::new(usize::MAX, usize::MAX, usize::MAX, true);
+    rule_states.restore(states);
+    let outcome = crate::state::admin::apply_local(&mut rule_states, &settings, op, now);
+    store
+        .apply(&rule_states.take_changes())
+        .map_err(anyhow::Error::msg)?;
+    Ok(outcome)
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<u8> {

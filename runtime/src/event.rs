@@ -314,6 +314,46 @@ impl Event<'_> {
         }
     }
 
+    /// The event with every string owned, to keep beyond the input it was parsed from (a
+    /// signal held while the fleet confirms it).
+    pub fn into_owned(self) -> Event<'static> {
+        fn own(text: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
+            text.map(|text| Cow::Owned(text.into_owned()))
+        }
+        Event {
+            ts: self.ts,
+            kind: self.kind,
+            node_name: own(self.node_name),
+            file: File {
+                path: Cow::Owned(self.file.path.into_owned()),
+                access: self.file.access,
+                dev: self.file.dev,
+                ino: self.file.ino,
+                canonical_path: own(self.file.canonical_path),
+            },
+            process: Process {
+                pid: self.process.pid,
+                ppid: self.process.ppid,
+                uid: self.process.uid,
+                gid: self.process.gid,
+                user: own(self.process.user),
+                comm: own(self.process.comm),
+                exe: Cow::Owned(self.process.exe.into_owned()),
+                args: self.process.args,
+            },
+            container: self.container.map(|c| Container {
+                id: own(c.id),
+                image: own(c.image),
+                name: own(c.name),
+            }),
+            pod: self.pod.map(|p| Pod {
+                name: own(p.name),
+                namespace: own(p.namespace),
+                uid: own(p.uid),
+            }),
+        }
+    }
+
     /// The basename of the file, which rules subscribe by.
     pub fn basename(&self) -> &str {
         let path: &str = &self.file.path;

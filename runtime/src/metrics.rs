@@ -65,6 +65,8 @@ pub struct Metrics {
     state_files_set_aside: Counter,
     state_persister_restarts: Counter,
     strategy: Family<StrategyLabel, Gauge>,
+    /// The fleet store's instruments, and the groups learning and detecting.
+    pub fleet: crate::state::fleet::FleetMetrics,
     started: Instant,
     /// Milliseconds after `started` of the event loop's last turn.
     last_turn_ms: AtomicU64,
@@ -132,6 +134,7 @@ impl Metrics {
             state_files_set_aside: Counter::default(),
             state_persister_restarts: Counter::default(),
             strategy: Family::default(),
+            fleet: crate::state::fleet::FleetMetrics::new(),
             registry: Registry::default(),
             started: Instant::now(),
             last_turn_ms: AtomicU64::new(0),
@@ -214,6 +217,7 @@ impl Metrics {
             "The kernel hook reporting file opens (1 for the attached one)",
             metrics.strategy.clone(),
         );
+        metrics.fleet.register(r);
         r.register(
             "build",
             "The running picket",

@@ -4,7 +4,7 @@
 
 use crate::event::Event;
 use crate::metrics::RuleMetrics;
-use crate::pipeline::{OutputSignal, RuleStatus, Sink};
+use crate::pipeline::{FleetMark, OutputSignal, RuleStatus, Sink};
 use crate::sandbox::{NewValue, RuleError};
 use crate::time::Timestamp;
 use serde::Serialize;
@@ -41,6 +41,8 @@ struct SignalRecord<'a> {
     technique: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     new_value: Option<&'a NewValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet: Option<&'a FleetMark>,
     event: &'a Event<'a>,
 }
 
@@ -54,6 +56,7 @@ pub fn write_signal(out: &mut impl Write, signal: &OutputSignal<'_>) -> io::Resu
         tactic: &signal.rule.tactic,
         technique: &signal.rule.technique,
         new_value: signal.new_value,
+        fleet: signal.fleet,
         event: signal.event,
     };
     serde_json::to_writer(&mut *out, &record)?;

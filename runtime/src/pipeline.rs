@@ -80,6 +80,20 @@ pub struct OutputSignal<'a> {
     pub new_value: Option<&'a NewValue>,
     /// The event that raised it.
     pub event: &'a Event<'a>,
+    /// What the fleet said of it, when the state is shared (`None`: not shared, or the rule
+    /// raised it without asking about a new value).
+    pub fleet: Option<&'a FleetMark>,
+}
+
+/// Whether the fleet confirmed the new value behind a signal (docs/signals.md, `fleet`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FleetMark {
+    /// `true`: the fleet store confirmed the value new for the whole fleet. `false`: the store
+    /// did not answer in time, and this node decided alone.
+    pub confirmed: bool,
+    /// Why it is not confirmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Where the pipeline's results go.
@@ -313,6 +327,7 @@ impl Pipeline {
                     rule: &slot.status.manifest,
                     new_value: raised.new_value.as_ref(),
                     event,
+                    fleet: None,
                 });
             }
             match result {

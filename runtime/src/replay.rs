@@ -90,11 +90,15 @@ pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
+        engine.poll_fleet(&mut sink);
         if let Some(err) = sink.error() {
             anyhow::bail!("writing signals: {err}");
         }
         engine.save_if_due();
     }
+    // Signals raised on values the fleet must confirm wait for its answers (each comes within
+    // --shared-state-timeout, or unconfirmed).
+    engine.release_held(FLEET_GRACE, &mut sink);
     let delivery = sink.finish(None);
     if delivery.undelivered > 0 {
         anyhow::bail!("{} signal(s) could not be written", delivery.undelivered);
@@ -118,6 +122,9 @@ pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
         unusable_rules,
     })
 }
+
+/// Longest a replay waits, at its end, for the fleet's answers on held signals.
+const FLEET_GRACE: Duration = Duration::from_secs(10);
 
 /// Longest event line accepted.
 pub const MAX_LINE_BYTES: usize = 1 << 20;

@@ -7,8 +7,15 @@
 //! back ([`RuleStates::restore`]), so storage does not depend on the pipeline.
 
 pub use crate::state::RuleChange;
-use crate::state::{RuleState, Settings};
+use crate::state::{Claim, Outbox, RuleState, Settings};
 use hashbrown::HashMap;
+
+/// Settings of a state restored or merged before its rule is installed; installing the rule
+/// sets its own.
+pub const PLACEHOLDER_SETTINGS: Settings = Settings {
+    learning_period_ns: 0,
+    forget_after_ns: u64::MAX,
+};
 
 /// A handle on one rule's state in [`RuleStates`]; states are never dropped, so a handle stays
 /// valid for the life of its owner.
@@ -26,6 +33,8 @@ pub struct RuleStates {
     rule_bytes: usize,
     total_bytes: usize,
     journal: bool,
+    /// Whether states keep an outbox for the fleet store.
+    outbox: bool,
 }
 
 impl RuleStates {
@@ -40,6 +49,15 @@ impl RuleStates {
             rule_bytes,
             total_bytes,
             journal,
+            outbox: false,
+        }
+    }
+
+    /// Makes every state, present and future, keep an outbox for the fleet store.
+    pub fn enable_outbox(&mut self) {
+        self.outbox = true;
+        for (_, state) in &mut self.entries {
+            state.enable_outbox();
         }
     }
 
@@ -49,10 +67,7 @@ impl RuleStates {
         let at = match self.index.get(id) {
             Some(&at) => at,
             None => {
-                let mut state = RuleState::new(settings, self.capacity);
-                if self.journal {
-                    state.enable_journal();
-                }
+                let state = self.new_state(settings);
                 self.insert(id, state)
             }
         };
@@ -60,6 +75,32 @@ impl RuleStates {
         state.set_settings(settings);
         state.set_bounds(self.capacity, self.rule_bytes);
         StateId(at)
+    }
+
+    fn new_state(&self, settings: Settings) -> RuleState {
+        let mut state = RuleState::new(settings, self.capacity);
+        if self.journal {
+            state.enable_journal();
+        }
+        if self.outbox {
+            state.enable_outbox();
+        }
+        state.set_bounds(self.capacity, self.rule_bytes);
+        state
+    }
+
+    /// The state of rule `id`, created if it has none, for what the fleet or an operator
+    /// changes: a rule not installed yet gets a state with placeholder settings, which its
+    /// installation replaces ([`RuleStates::prepare`]).
+    pub fn state_of(&mut self, id: &str) -> &mut RuleState {
+        let at = match self.index.get(id) {
+            Some(&at) => at,
+            None => {
+                let state = self.new_state(PLACEHOLDER_SETTINGS);
+                self.insert(id, state)
+            }
+        };
+        &mut self.entries[at].1
     }
 
     fn insert(&mut self, id: &str, state: RuleState) -> usize {
@@ -82,6 +123,9 @@ impl RuleStates {
     pub fn restore(&mut self, states: impl IntoIterator<Item = (String, RuleState)>) {
         for (id, mut state) in states {
             state.enable_journal();
+            if self.outbox {
+                state.enable_outbox();
+            }
             state.set_bounds(self.capacity, self.rule_bytes);
             self.insert(&id, state);
         }
@@ -131,6 +175,30 @@ impl RuleStates {
             changes.extend(state.take_changes().into_iter().map(|c| (id.clone(), c)));
         }
         changes
+    }
+
+    /// Takes every state's outbox, attributed to its rule, for the fleet store.
+    pub fn take_outboxes(&mut self) -> Vec<(String, Outbox)> {
+        let mut taken = Vec::new();
+        for (id, state) in &mut self.entries {
+            let outbox = state.take_outbox();
+            if !outbox.is_empty() {
+                taken.push((id.clone(), outbox));
+            }
+        }
+        taken
+    }
+
+    /// Takes the claims made since the last call (during one event), by rule id.
+    pub fn take_claims(&mut self) -> Vec<(String, Vec<Claim>)> {
+        let mut taken = Vec::new();
+        for (id, state) in &mut self.entries {
+            let claims = state.take_claims();
+            if !claims.is_empty() {
+                taken.push((id.clone(), claims));
+            }
+        }
+        taken
     }
 
     /// Keeps all states together within the total byte budget: past it, the largest state

@@ -174,6 +174,10 @@ pub const VALUE_OVERHEAD: usize = 48;
 /// Bytes counted for a group besides its key: its slot, learning start and value table.
 pub const GROUP_OVERHEAD: usize = 128;
 
+/// The learning start of a group that values were allowed in (`picket state allow`) before any
+/// event was seen with it: its learning starts at its first event, as for any group.
+pub const NOT_STARTED: i64 = i64::MAX;
+
 /// How far ahead of the stream's time an event may be dated and still move it.
 pub const MAX_AHEAD_NS: i64 = 86_400 * 1_000_000_000;
 
@@ -222,6 +226,12 @@ pub struct RuleState {
     /// last_seen updates are journaled once per bucket of this many ns, so a value seen
     /// constantly does not rewrite the store on every event.
     journal_granularity_ns: i64,
+    /// What this node decided that the fleet should hear of, when the state is shared
+    /// (`--shared-state`); `None` otherwise.
+    outbox: Option<Outbox>,
+    /// Sightings of known values go to the fleet once per bucket of this many ns: coarser
+    /// than the journal's, since the store only needs them to keep forget-after right.
+    outbox_granularity_ns: i64,
 }
 
 /// Shortest event-time interval between sweeps of expired values.
@@ -245,6 +255,8 @@ impl RuleState {
             journal: None,
             journal_bytes: 0,
             journal_granularity_ns: 0,
+            outbox: None,
+            outbox_granularity_ns: 1,
         };
         state.set_settings(settings);
         state
@@ -261,6 +273,8 @@ impl RuleState {
         self.settings = settings;
         let forget = clamp_i64(settings.forget_after_ns);
         self.journal_granularity_ns = (forget / 64).clamp(1, 3_600 * 1_000_000_000);
+        // Forget-after stays right within a sixteenth of it across the fleet.
+        self.outbox_granularity_ns = (forget / 16).max(1);
     }
 
     /// Starts recording every change; take them with [`RuleState::take_changes`].
@@ -280,6 +294,44 @@ impl RuleState {
     /// Bytes of keys recorded in the journal since it was last taken.
     pub fn journal_bytes(&self) -> usize {
         self.journal_bytes
+    }
+
+    /// Starts recording what this node learns for the fleet; take it with
+    /// [`RuleState::take_outbox`].
+    pub fn enable_outbox(&mut self) {
+        self.outbox.get_or_insert_with(Outbox::default);
+    }
+
+    /// What this node learned and claimed since the last call.
+    pub fn take_outbox(&mut self) -> Outbox {
+        self.outbox.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Takes only the claims made since the last call: the values this node answered "new"
+    /// and the fleet must confirm (a signal raised on them waits for the answer).
+    pub fn take_claims(&mut self) -> Vec<Claim> {
+        self.outbox
+            .as_mut()
+            .map(|outbox| std::mem::take(&mut outbox.claims))
+            .unwrap_or_default()
+    }
+
+    /// Groups still learning and groups detecting, at the stream's time.
+    pub fn group_status(&self) -> (usize, usize) {
+        let period = clamp_i64(self.settings.learning_period_ns);
+        let now = self.stream_ns;
+        let mut learning = 0;
+        let mut total = 0;
+        for groups in self.states.values() {
+            for group in groups.values() {
+                total += 1;
+                if group.started_ns == NOT_STARTED || now < group.started_ns.saturating_add(period)
+                {
+                    learning += 1;
+                }
+            }
+        }
+        (learning, total - learning)
     }
 
     /// Counters so far.
@@ -348,6 +400,7 @@ impl RuleState {
         let learning_period = clamp_i64(self.settings.learning_period_ns);
         let forget_after = clamp_i64(self.settings.forget_after_ns);
         let granularity = self.journal_granularity_ns;
+        let outbox_granularity = self.outbox_granularity_ns;
         let states = self.states.len();
         let groups = match self.states.entry_ref(state) {
             hashbrown::hash_map::EntryRef::Occupied(entry) => entry.into_mut(),
@@ -381,13 +434,25 @@ impl RuleState {
                 journal.group(state, group, ts_ns);
                 journal.value(state, group, value, ts_ns, true);
                 self.stats.learned += 1;
+                if let Some(outbox) = self.outbox.as_mut() {
+                    outbox.sighting(state, group, ts_ns, value, ts_ns);
+                }
                 Verdict::Learning
             }
             Some(entry) => {
+                if entry.started_ns == NOT_STARTED {
+                    // Values were allowed ahead of the group's first event: its learning starts
+                    // now, as it would have without them.
+                    entry.started_ns = ts_ns;
+                    journal.group(state, group, ts_ns);
+                }
                 // Silence only inside the learning window: an event dated before the group's
                 // first one is judged like one after it (docs/new-value.md).
                 let learning = ts_ns >= entry.started_ns
                     && ts_ns < entry.started_ns.saturating_add(learning_period);
+                let started_ns = entry.started_ns;
+                // Whether this sighting of a known value is one the store should hear of.
+                let mut refreshed = false;
                 let unfamiliar = match entry.values.get_mut(value) {
                     Some(last_seen) if ts_ns.saturating_sub(*last_seen) > forget_after => {
                         self.stats.forgotten += 1;
@@ -400,6 +465,8 @@ impl RuleState {
                             if ts_ns / granularity != *last_seen / granularity {
                                 journal.value(state, group, value, ts_ns, false);
                             }
+                            refreshed =
+                                ts_ns / outbox_granularity != *last_seen / outbox_granularity;
                             *last_seen = ts_ns;
                         }
                         false
@@ -413,7 +480,7 @@ impl RuleState {
                         true
                     }
                 };
-                match (unfamiliar, learning) {
+                let verdict = match (unfamiliar, learning) {
                     (false, true) => Verdict::Learning,
                     (false, false) => Verdict::Known,
                     (true, true) => {
@@ -424,7 +491,15 @@ impl RuleState {
                         self.stats.new += 1;
                         Verdict::New
                     }
+                };
+                if let Some(outbox) = self.outbox.as_mut() {
+                    if verdict == Verdict::New {
+                        outbox.claim(state, group, started_ns, value, ts_ns);
+                    } else if unfamiliar || refreshed {
+                        outbox.sighting(state, group, started_ns, value, ts_ns);
+                    }
                 }
+                verdict
             }
         };
 
@@ -580,6 +655,226 @@ impl RuleState {
         // future time must not make the first sweep forget everything.
         *last_seen = (*last_seen).max(last_seen_ns);
     }
+}
+
+/// Changes that come from the fleet (another node learned, an operator allowed or forgot):
+/// applied like the node's own learning, journaled for the local store, but never put in the
+/// outbox, so that nothing the fleet said is sent back to it.
+impl RuleState {
+    /// Another node saw `group` first at `started_ns`: the group's learning period starts at
+    /// the earliest first sighting anywhere.
+    pub fn merge_group(&mut self, state: &str, group: &str, started_ns: i64) {
+        if !self.has_room_for_state(state) {
+            return;
+        }
+        let groups = self.states.entry_ref(state.as_bytes()).or_default();
+        match groups.get_mut(group.as_bytes()) {
+            Some(entry) if entry.started_ns <= started_ns => return,
+            Some(entry) => entry.started_ns = started_ns,
+            None => {
+                groups.insert(
+                    group.as_bytes().into(),
+                    Group {
+                        started_ns,
+                        values: HashMap::new(),
+                    },
+                );
+                self.entries += 1;
+                self.bytes += group_cost(group.as_bytes());
+            }
+        }
+        let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
+        journal.group(state.as_bytes(), group.as_bytes(), started_ns);
+        self.evict_if_full();
+    }
+
+    /// Another node saw `value` in `group` at `seen_ns` (or an operator allowed it): it is
+    /// known here too, and its last sighting is the latest anywhere. The group must exist
+    /// ([`RuleState::merge_group`] first); a value for an unknown group is ignored.
+    pub fn merge_value(&mut self, state: &str, group: &str, value: &str, seen_ns: i64) {
+        let Some(entry) = self
+            .states
+            .get_mut(state.as_bytes())
+            .and_then(|groups| groups.get_mut(group.as_bytes()))
+        else {
+            return;
+        };
+        let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
+        match entry.values.get_mut(value.as_bytes()) {
+            Some(last_seen) if *last_seen >= seen_ns => return,
+            Some(last_seen) => {
+                *last_seen = seen_ns;
+                journal.value(
+                    state.as_bytes(),
+                    group.as_bytes(),
+                    value.as_bytes(),
+                    seen_ns,
+                    false,
+                );
+            }
+            None => {
+                entry.values.insert(value.as_bytes().into(), seen_ns);
+                self.entries += 1;
+                self.bytes += value_cost(value.as_bytes());
+                journal.value(
+                    state.as_bytes(),
+                    group.as_bytes(),
+                    value.as_bytes(),
+                    seen_ns,
+                    true,
+                );
+            }
+        }
+        self.evict_if_full();
+    }
+
+    /// An operator made `value` be forgotten in `group`: it is new again when it returns.
+    /// Returns whether it was known.
+    pub fn forget_value(&mut self, state: &str, group: &str, value: &str) -> bool {
+        let Some(entry) = self
+            .states
+            .get_mut(state.as_bytes())
+            .and_then(|groups| groups.get_mut(group.as_bytes()))
+        else {
+            return false;
+        };
+        if entry.values.remove(value.as_bytes()).is_none() {
+            return false;
+        }
+        self.entries -= 1;
+        self.bytes -= value_cost(value.as_bytes());
+        let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
+        journal.value_removed(state.as_bytes(), group.as_bytes(), value.as_bytes());
+        true
+    }
+
+    /// An operator made `group` be forgotten with all its values: its learning starts again
+    /// at its next event. Returns whether it was known.
+    pub fn forget_group(&mut self, state: &str, group: &str) -> bool {
+        let Some(groups) = self.states.get_mut(state.as_bytes()) else {
+            return false;
+        };
+        let Some(entry) = groups.remove(group.as_bytes()) else {
+            return false;
+        };
+        let freed: usize = entry.values.keys().map(|v| value_cost(v)).sum();
+        self.entries -= entry.values.len() + 1;
+        self.bytes -= freed + group_cost(group.as_bytes());
+        let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
+        journal.group_removed(state.as_bytes(), group.as_bytes());
+        true
+    }
+
+    /// Every group with its learning start and values (value, last seen), for `picket state`.
+    pub fn groups(&self) -> impl Iterator<Item = GroupView<'_>> {
+        self.states.iter().flat_map(|(state, groups)| {
+            groups.iter().map(move |(group, entry)| GroupView {
+                state: text_ref(state),
+                group: text_ref(group),
+                started_ns: entry.started_ns,
+                values: entry
+                    .values
+                    .iter()
+                    .map(|(value, seen)| (text_ref(value), *seen))
+                    .collect(),
+            })
+        })
+    }
+
+    fn has_room_for_state(&self, state: &str) -> bool {
+        self.states.contains_key(state.as_bytes()) || self.states.len() < MAX_STATES
+    }
+
+    fn evict_if_full(&mut self) {
+        if self.entries > self.capacity || self.bytes > self.max_bytes {
+            self.evict(usize::MAX);
+        }
+    }
+}
+
+/// One group as `picket state show` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupView<'a> {
+    /// State name.
+    pub state: &'a str,
+    /// Group.
+    pub group: &'a str,
+    /// Start of its learning period.
+    pub started_ns: i64,
+    /// Its values with when each was last seen.
+    pub values: Vec<(&'a str, i64)>,
+}
+
+/// A value this node learned or saw again, with its group's learning start, for the fleet
+/// store to merge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    /// State name.
+    pub state: Box<str>,
+    /// Group.
+    pub group: Box<str>,
+    /// Start of the group's learning period, as this node knows it.
+    pub started_ns: i64,
+    /// Value.
+    pub value: Box<str>,
+    /// When it was seen.
+    pub seen_ns: i64,
+}
+
+/// A value this node answered "new": the fleet store decides, atomically, whether it is new
+/// for the whole fleet (then the signal stands) or was known to another node (then it does not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The value, its group and the event's time (`seen_ns`).
+    pub sighting: Sighting,
+}
+
+/// What one rule's state has for the fleet since it was last taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outbox {
+    /// Values learned, and sightings of known ones (at most one per value per journal bucket).
+    pub sightings: Vec<Sighting>,
+    /// Values answered "new".
+    pub claims: Vec<Claim>,
+}
+
+impl Outbox {
+    fn sighting(
+        &mut self,
+        state: &[u8],
+        group: &[u8],
+        started_ns: i64,
+        value: &[u8],
+        seen_ns: i64,
+    ) {
+        self.sightings
+            .push(sighting(state, group, started_ns, value, seen_ns));
+    }
+
+    fn claim(&mut self, state: &[u8], group: &[u8], started_ns: i64, value: &[u8], seen_ns: i64) {
+        self.claims.push(Claim {
+            sighting: sighting(state, group, started_ns, value, seen_ns),
+        });
+    }
+
+    /// Whether there is nothing in it.
+    pub fn is_empty(&self) -> bool {
+        self.sightings.is_empty() && self.claims.is_empty()
+    }
+}
+
+fn sighting(state: &[u8], group: &[u8], started_ns: i64, value: &[u8], seen_ns: i64) -> Sighting {
+    Sighting {
+        state: text(state),
+        group: text(group),
+        started_ns,
+        value: text(value),
+        seen_ns,
+    }
+}
+
+fn text_ref(key: &[u8]) -> &str {
+    std::str::from_utf8(key).expect("keys are checked as UTF-8 when learned")
 }
 
 /// Appends changes when journaling is on; costs nothing when it is off. Keys reach it as the
@@ -870,3 +1165,7 @@ mod tests {
         assert_eq!(check(&mut st, 8 * DAY, "g", "/b"), Verdict::New);
     }
 }
+
+pub mod admin;
+/// New-value state shared by every agent of a fleet (`--shared-state`).
+pub mod fleet;

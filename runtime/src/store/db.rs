@@ -21,6 +21,10 @@ const GROUPS: TableDefinition<(&str, &str, &str), (u64, i64)> = TableDefinition:
 /// by (rule, state, group) keeps each key to the value itself: a third of the size on disk.
 const VALUES: TableDefinition<(u64, &str), i64> = TableDefinition::new("values");
 
+/// rule → (learning period, forget after) in ns: the settings the agent last ran each rule
+/// with, for `picket state show` to say which groups are still learning.
+const RULES: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rules");
+
 /// redb's page cache. Its default (1 GiB) would let a rule churning through its byte budget
 /// make the agent hold a gigabyte of cached pages; the state is read whole once, at start, and
 /// written in batches after, so a small cache costs nothing.
@@ -178,6 +182,47 @@ impl StateStore {
         Ok((states, count))
     }
 
+    /// Records the settings rules run with.
+    pub fn set_settings(&mut self, settings: &[(String, Settings)]) -> Result<(), StoreError> {
+        let path = self.path.display().to_string();
+        let err = |e: &dyn fmt::Display| StoreError::damage(format!("state file {path}: {e}"));
+        let txn = self.db.begin_write().map_err(|e| err(&e))?;
+        {
+            let mut rules = txn.open_table(RULES).map_err(|e| err(&e))?;
+            for (rule, s) in settings {
+                rules
+                    .insert(rule.as_str(), (s.learning_period_ns, s.forget_after_ns))
+                    .map_err(|e| err(&e))?;
+            }
+        }
+        txn.commit().map_err(|e| err(&e))
+    }
+
+    /// The settings each rule last ran with (none for a file no agent of this version wrote).
+    pub fn settings(&self) -> Result<HashMap<String, Settings>, StoreError> {
+        let path = self.path.display();
+        let err = |e: &dyn fmt::Display| StoreError::damage(format!("state file {path}: {e}"));
+        let txn = self.db.begin_read().map_err(|e| err(&e))?;
+        let rules = match txn.open_table(RULES) {
+            Ok(rules) => rules,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+            Err(e) => return Err(err(&e)),
+        };
+        let mut settings = HashMap::new();
+        for row in rules.iter().map_err(|e| err(&e))? {
+            let (rule, value) = row.map_err(|e| err(&e))?;
+            let (learning_period_ns, forget_after_ns) = value.value();
+            settings.insert(
+                rule.value().to_string(),
+                Settings {
+                    learning_period_ns,
+                    forget_after_ns,
+                },
+            );
+        }
+        Ok(settings)
+    }
+
     /// Commits `changes` in order, in one transaction.
     pub fn apply(&mut self, changes: &[RuleChange]) -> Result<(), StoreError> {
         let path = self.path.display().to_string();
@@ -198,14 +243,27 @@ impl StateStore {
                 let (state, group, _) = change.place();
                 let key: GroupKey = (rule.into(), state.into(), group.into());
                 match change {
-                    Change::Group { started_ns, .. } => {
-                        if ids.get(&key).is_none() {
+                    Change::Group { started_ns, .. } => match ids.get(&key) {
+                        None => {
                             let id = ids.allocate(key);
                             groups
                                 .insert((rule, state, group), (id, *started_ns))
                                 .map_err(|e| err(&e))?;
                         }
-                    }
+                        // The fleet found an earlier first sighting, or values allowed ahead of
+                        // the group's first event were followed by that event.
+                        Some(id) => {
+                            let stored = groups
+                                .get((rule, state, group))
+                                .map_err(|e| err(&e))?
+                                .map(|row| row.value().1);
+                            if stored.is_none_or(|stored| *started_ns < stored) {
+                                groups
+                                    .insert((rule, state, group), (id, *started_ns))
+                                    .map_err(|e| err(&e))?;
+                            }
+                        }
+                    },
                     Change::Value {
                         value,
                         last_seen_ns,

@@ -3,7 +3,7 @@
 use super::pending::{COMMIT_BYTES, Pending};
 use super::recovery::{guarded, panic_message};
 use super::{StateStore, StoreError};
-use crate::state::RuleChange;
+use crate::state::{RuleChange, Settings};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -22,6 +22,8 @@ struct Shared {
 #[derive(Default)]
 struct Queue {
     pending: Pending,
+    /// Rules' settings to record.
+    settings: Vec<(String, Settings)>,
     closed: bool,
 }
 
@@ -72,6 +74,14 @@ impl Persister {
             return;
         }
         lock(&self.shared.queue).pending.push(changes);
+        self.shared.wake.notify_one();
+    }
+
+    /// Queues the settings a rule runs with, to record.
+    pub fn send_settings(&mut self, rule: &str, settings: Settings) {
+        lock(&self.shared.queue)
+            .settings
+            .push((rule.to_string(), settings));
         self.shared.wake.notify_one();
     }
 
@@ -201,14 +211,25 @@ fn persist(mut store: StateStore, shared: &Shared) {
     loop {
         let (batch, closing) = {
             let mut queue = lock(&shared.queue);
-            while queue.pending.changes.is_empty() && !queue.closed {
+            while queue.pending.changes.is_empty() && queue.settings.is_empty() && !queue.closed {
                 queue = shared
                     .wake
                     .wait(queue)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
+            let settings = std::mem::take(&mut queue.settings);
+            if !settings.is_empty() {
+                drop(queue);
+                if let Err(err) = guarded(|| store.set_settings(&settings)) {
+                    tracing::warn!("cannot record the rules' settings: {err}");
+                }
+                queue = lock(&shared.queue);
+            }
             if queue.pending.changes.is_empty() {
-                return;
+                if queue.closed {
+                    return;
+                }
+                continue;
             }
             (queue.pending.take(COMMIT_BYTES), queue.closed)
         };
