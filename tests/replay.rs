@@ -37,7 +37,9 @@ fn the_example_raises_one_signal_per_token_for_the_intruder_only() {
             )
         })
         .collect();
-    let api = "registry.example/payments-api:2.7.1".to_string();
+    // Readers are learned per image repository: 2.7.1's week of learning covers 2.7.2, deployed
+    // on day eight, whose own reads raise nothing.
+    let api = "registry.example/payments-api".to_string();
     assert_eq!(
         summary,
         [
@@ -54,11 +56,12 @@ fn the_example_raises_one_signal_per_token_for_the_intruder_only() {
     assert_eq!(first["new_value"]["field"], "process.exe");
     assert_eq!(first["event"]["process"]["pid"], 31337);
     assert_eq!(first["event"]["process"]["args"][1], "auth");
+    // The signal keeps the full image reference.
     assert_eq!(
         first["event"]["container"]["image"],
-        "registry.example/payments-api:2.7.1"
+        "registry.example/payments-api:2.7.2"
     );
-    assert!(out.stderr.contains("events=139"), "{}", out.stderr);
+    assert!(out.stderr.contains("events=141"), "{}", out.stderr);
 }
 
 #[test]
