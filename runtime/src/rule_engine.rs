@@ -232,7 +232,7 @@ impl RuleEngine {
                     bytes = state.bytes(),
                     capacity = state.capacity(),
                     max_bytes = state.max_bytes(),
-                    groups = state.groups(),
+                    groups = state.group_count(),
                     max_groups = state.max_groups(),
                     groups_dropped = now.groups_evicted - before.groups_evicted,
                     evicting = %evicting_summary(&evicting),

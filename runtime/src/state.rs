@@ -357,7 +357,7 @@ impl RuleState {
     }
 
     /// Groups held now.
-    pub fn groups(&self) -> usize {
+    pub fn group_count(&self) -> usize {
         self.groups
     }
 
@@ -1095,9 +1095,9 @@ mod tests {
             st.check(i, "s", &big("g", i), &big("v", i)).unwrap();
             assert!(st.bytes() <= 1 << 20, "{} bytes after {i}", st.bytes());
             assert!(
-                st.groups() * (4096 + GROUP_OVERHEAD) <= 1 << 18,
+                st.group_count() * (4096 + GROUP_OVERHEAD) <= 1 << 18,
                 "{}",
-                st.groups()
+                st.group_count()
             );
         }
         assert!(st.stats().evicted > 800, "{:?}", st.stats());
@@ -1260,7 +1260,7 @@ mod tests {
             );
         }
         assert!(st.bytes() <= 20_000);
-        assert_eq!(st.groups(), 10);
+        assert_eq!(st.group_count(), 10);
         assert_eq!(st.stats().groups_evicted, 0);
         assert!(st.entries() < 20, "{}", st.entries());
         // No group learns again: an evicted value is judged, new again, never silent.
@@ -1337,7 +1337,7 @@ mod tests {
                 check(&mut st, 8 * DAY + i, &group, "/app"),
                 Verdict::Learning
             );
-            assert!(st.groups() <= st.max_groups());
+            assert!(st.group_count() <= st.max_groups());
         }
         let stats = st.stats();
         assert!(stats.groups_evicted > 4_900, "{stats:?}");
@@ -1421,7 +1421,7 @@ mod tests {
             st.enable_journal();
             st.set_bounds(400, DEFAULT_RULE_BYTES);
             assert!(st.entries() <= 400, "{}", st.entries());
-            assert_eq!(st.groups(), 51);
+            assert_eq!(st.group_count(), 51);
             assert_eq!(st.stats().groups_evicted, 0);
             // Only the big group gave way, its oldest values first.
             assert!(
