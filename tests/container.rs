@@ -23,6 +23,8 @@ const POD_NAMESPACE: &str = "payments";
 const POD_UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 const CONTAINER_NAME: &str = "api";
 const IMAGE: &str = "registry.example/payments-api:2.7.1";
+/// The group the bundled rules learn `IMAGE`'s readers in: its repository.
+const IMAGE_REPOSITORY: &str = "registry.example/payments-api";
 
 const SCENARIO: &str = r#"
 set -eu
@@ -290,7 +292,7 @@ fn the_image_run_as_the_daemonset_declares_names_the_pod_container_and_user() {
     let xcat = work.path().join("bin/xcat").display().to_string();
     assert_eq!(signal["rule"], "k8s-sa-token", "{signal:#}");
     assert_eq!(signal["new_value"]["value"], xcat.as_str(), "{signal:#}");
-    assert_eq!(signal["new_value"]["group"], IMAGE, "{signal:#}");
+    assert_eq!(signal["new_value"]["group"], IMAGE_REPOSITORY, "{signal:#}");
     let event = &signal["event"];
     assert_eq!(
         event["pod"],

@@ -34,6 +34,7 @@
 //! the rule's functions directly, which picket uses to measure what the sandbox costs.
 #![warn(missing_docs)]
 
+mod image;
 mod imports;
 mod manifest;
 pub mod path;
@@ -41,6 +42,7 @@ pub mod path;
 #[doc(hidden)]
 pub mod __private;
 
+pub use image::image_repository;
 pub use manifest::{ManifestBuilder, days, hours, minutes};
 pub use picket_abi::{
     ABI_VERSION, Access, Args, EventFields, EventKind, Manifest, NewValueDefaults, Severity,
@@ -114,8 +116,11 @@ impl<'a> Signal<'a> {
 
 /// Conveniences on [`Event`].
 pub trait EventExt<'a> {
-    /// The workload the process belongs to, the usual group for new values: the container's
-    /// image, else its id, else the event's node name (or `"host"`) for a process of the node itself.
+    /// The workload the process belongs to, the usual group for new values: the repository of
+    /// the container's image ([`image_repository`]: the reference without tag or digest, so a
+    /// new tag keeps what was learned), else the container's id, else the event's node name (or
+    /// `"host"`) for a process of the node itself. The full reference stays in the event
+    /// (`container.image`), and so in the signal.
     fn workload(&self) -> &'a str;
 
     /// Whether the file may have been read: opened for reading, or with unknown access.
@@ -125,7 +130,11 @@ pub trait EventExt<'a> {
 impl<'a> EventExt<'a> for Event<'a> {
     fn workload(&self) -> &'a str {
         if self.in_container()
-            && let Some(group) = self.container_image().or_else(|| self.container_id())
+            && let Some(group) = self
+                .container_image()
+                .map(image_repository)
+                .filter(|repository| !repository.is_empty())
+                .or_else(|| self.container_id())
         {
             return group;
         }
@@ -137,12 +146,69 @@ impl<'a> EventExt<'a> for Event<'a> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The group `workload()` gives for an event with these container fields.
+    fn workload_of(in_container: bool, id: Option<&str>, image: Option<&str>) -> String {
+        let fields = EventFields {
+            ts_ns: 0,
+            kind: EventKind::Open,
+            node_name: Some("node-a"),
+            path: "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            access: Some(Access::Read),
+            pid: 42,
+            ppid: None,
+            uid: None,
+            gid: None,
+            comm: None,
+            exe: "/usr/bin/cat",
+            args: None,
+            in_container,
+            container_id: id,
+            container_image: image,
+            file_id: None,
+            canonical_path: None,
+        };
+        let mut buf = Vec::new();
+        fields.encode(&mut buf);
+        Event::parse(&buf).unwrap().workload().to_string()
+    }
+
+    #[test]
+    fn the_workload_is_the_image_repository_else_the_container_else_the_node() {
+        let digest = "@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        for image in [
+            "registry.example/payments-api:2.7.1".to_string(),
+            "registry.example/payments-api:2.7.2".to_string(),
+            format!("registry.example/payments-api{digest}"),
+            format!("registry.example/payments-api:2.7.2{digest}"),
+        ] {
+            assert_eq!(
+                workload_of(true, Some("3f9c"), Some(&image)),
+                "registry.example/payments-api"
+            );
+        }
+        assert_eq!(
+            workload_of(true, Some("3f9c"), Some("host:5000/app")),
+            "host:5000/app"
+        );
+        // An image that is all tag or digest names no repository: the container's id does.
+        assert_eq!(workload_of(true, Some("3f9c"), Some(":")), "3f9c");
+        assert_eq!(workload_of(true, Some("3f9c"), Some("")), "3f9c");
+        assert_eq!(workload_of(true, Some("3f9c"), None), "3f9c");
+        assert_eq!(workload_of(true, None, Some("@sha256:ab")), "node-a");
+        assert_eq!(workload_of(false, Some("3f9c"), Some("app:1")), "node-a");
+    }
+}
+
 /// Everything a rule usually needs.
 pub mod prelude {
     pub use crate::path::{ProjectedFile, basename};
     pub use crate::{
         Access, Event, EventExt, EventKind, LogLevel, Manifest, ManifestBuilder, Severity, Signal,
-        days, hours, log, minutes, new_value,
+        days, hours, image_repository, log, minutes, new_value,
     };
 }
 

@@ -184,15 +184,17 @@ struct RuleArgs {
     /// Forget values unseen for this long, instead of each manifest's default (e.g. 28d).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     forget_after: Option<Duration>,
-    /// Most new-value entries kept per rule; the least recently seen are evicted past it.
+    /// Most new-value entries kept per rule (a quarter of it bounds its groups); past it the
+    /// groups holding the most evict their own least recently seen values.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY)]
     state_capacity: usize,
     /// Most bytes of new-value state kept per rule (keys plus a fixed overhead per entry, e.g.
-    /// 16MiB); the least recently seen values are evicted past it, counted and reported.
+    /// 16MiB); past it the groups holding the most evict their own least recently seen values,
+    /// counted and reported.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MiB")]
     state_bytes_per_rule: usize,
     /// Most bytes of new-value state kept for all rules together; past it the largest rule's
-    /// state evicts its least recently seen values.
+    /// state evicts, its groups holding the most giving way first.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
     state_bytes_total: usize,
     #[command(flatten)]

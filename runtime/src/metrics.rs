@@ -36,6 +36,12 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupStatusLabel {
+    rule: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StrategyLabel {
     strategy: String,
 }
@@ -60,6 +66,7 @@ pub struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     learned_values: Family<RuleLabel, Gauge>,
     evictions: Family<RuleLabel, Counter>,
+    group_evictions: Family<GroupStatusLabel, Counter>,
     state_saves: Counter,
     state_save_failures: Counter,
     state_files_set_aside: Counter,
@@ -129,6 +136,7 @@ impl Metrics {
             reloads: Family::default(),
             learned_values: Family::default(),
             evictions: Family::default(),
+            group_evictions: Family::default(),
             state_saves: Counter::default(),
             state_save_failures: Counter::default(),
             state_files_set_aside: Counter::default(),
@@ -191,6 +199,12 @@ impl Metrics {
             "state_evictions",
             "New-value entries evicted because a rule's state was full, by rule",
             metrics.evictions.clone(),
+        );
+        r.register(
+            "state_groups_evicted",
+            "New-value groups dropped with their values because a rule's group table was full, \
+             by rule and by status (learning, or detecting: dropped only when none was learning)",
+            metrics.group_evictions.clone(),
         );
         r.register(
             "state_saves",
@@ -274,6 +288,21 @@ impl Metrics {
             .store(evicted, Ordering::Relaxed);
     }
 
+    /// A rule's groups dropped because its group table was full, since its state was created:
+    /// those still learning, and those that had finished.
+    pub fn rule_state_groups_evicted(&self, id: &str, learning: u64, detecting: u64) {
+        for (status, count) in [("learning", learning), ("detecting", detecting)] {
+            let label = GroupStatusLabel {
+                rule: id.into(),
+                status,
+            };
+            self.group_evictions
+                .get_or_create(&label)
+                .inner()
+                .store(count, Ordering::Relaxed);
+        }
+    }
+
     /// A commit of learned state succeeded (`true`) or failed.
     pub fn state_saved(&self, ok: bool) {
         if ok {
@@ -354,6 +383,7 @@ mod tests {
         rule.evaluated(Duration::from_micros(30));
         metrics.reloaded(2, 1);
         metrics.rule_state("k8s-sa-token", 5, 3);
+        metrics.rule_state_groups_evicted("k8s-sa-token", 4, 1);
         metrics.set_kernel_events_lost(7);
         metrics.state_saved(true);
         metrics.state_file_set_aside();
@@ -375,6 +405,8 @@ mod tests {
             r#"picket_rule_reloads_total{result="refused"} 1"#,
             r#"picket_learned_values{rule="k8s-sa-token"} 5"#,
             r#"picket_state_evictions_total{rule="k8s-sa-token"} 3"#,
+            r#"picket_state_groups_evicted_total{rule="k8s-sa-token",status="learning"} 4"#,
+            r#"picket_state_groups_evicted_total{rule="k8s-sa-token",status="detecting"} 1"#,
             "picket_kernel_events_lost_total 7",
             "picket_state_saves_total 1",
             "picket_state_save_failures_total 0",

@@ -70,6 +70,40 @@ struct FleetLink {
     held: HeldSignals,
 }
 
+/// The groups that evicted, for the log: `state/group: N values`, most first.
+fn evicting_summary(evicting: &[crate::state::EvictingGroup]) -> String {
+    let parts: Vec<String> = evicting
+        .iter()
+        .filter(|e| !e.dropped)
+        .map(|e| {
+            format!(
+                "{}/{}: {} values",
+                shown(&e.state),
+                shown(&e.group),
+                e.values
+            )
+        })
+        .collect();
+    parts.join("; ")
+}
+
+/// A state name or group as the log shows it: escaped (it may come from a workload) and cut
+/// to [`SHOWN_CHARS`] characters (a group may be 4 KiB).
+fn shown(key: &str) -> String {
+    let mut text: String = key
+        .chars()
+        .take(SHOWN_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if key.chars().nth(SHOWN_CHARS).is_some() {
+        text.push_str("...");
+    }
+    text
+}
+
+/// Characters of a state name or group shown in the log.
+const SHOWN_CHARS: usize = 120;
+
 impl RuleEngine {
     /// Opens the state directory (restoring what was learned), then loads the rules directory.
     /// The first scan's errors are returned with the engine: bad modules are reported, the good
@@ -232,6 +266,12 @@ impl RuleEngine {
         let metrics = crate::metrics::global();
         for (rule, state) in self.pipeline.states().iter() {
             metrics.rule_state(rule, state.entries(), state.stats().evicted);
+            let stats = state.stats();
+            metrics.rule_state_groups_evicted(
+                rule,
+                stats.groups_evicted - stats.detecting_groups_evicted,
+                stats.detecting_groups_evicted,
+            );
         }
         self.report_state(false);
     }
@@ -248,9 +288,10 @@ impl RuleEngine {
         }
         self.last_report = Some(Instant::now());
         let reported = &mut self.reported;
-        for (rule, state) in self.pipeline.states().iter() {
+        for (rule, state) in self.pipeline.states_mut().iter_mut() {
             let now = state.stats();
             let before = reported.entry(rule.to_string()).or_default();
+            let evicting = state.take_evicting_groups();
             if now.evicted > before.evicted {
                 tracing::warn!(
                     rule,
@@ -260,8 +301,24 @@ impl RuleEngine {
                     bytes = state.bytes(),
                     capacity = state.capacity(),
                     max_bytes = state.max_bytes(),
-                    "new-value state full: least recently seen values evicted (see \
-                     --state-capacity, --state-bytes-per-rule, --state-bytes-total)"
+                    groups = state.group_count(),
+                    max_groups = state.max_groups(),
+                    groups_dropped = now.groups_evicted - before.groups_evicted,
+                    evicting = %evicting_summary(&evicting),
+                    "new-value state full: the groups holding the most evicted their own least \
+                     recently seen values (see --state-capacity, --state-bytes-per-rule, \
+                     --state-bytes-total)"
+                );
+            }
+            for dropped in evicting.iter().filter(|e| e.dropped) {
+                tracing::warn!(
+                    rule,
+                    state = %shown(&dropped.state),
+                    group = %shown(&dropped.group),
+                    values = dropped.values,
+                    "new-value group table full and no group learning: the least recently seen \
+                     group that had finished learning was dropped, and learns again when it \
+                     returns (docs/new-value.md)"
                 );
             }
             let (learning, detecting) = state.group_status();

@@ -6,8 +6,14 @@
 //! for longer than the forget-after period is forgotten and is new again when it returns. Time is
 //! the events' own timestamps, so replays are deterministic.
 //!
-//! The state is bounded, in entries and in bytes: past either bound the least recently seen
-//! values are evicted, and counted. Bytes are estimated as each key's length plus a fixed
+//! The state is bounded, in entries and in bytes, and no group can make room at another's
+//! expense (docs/new-value.md, "Bounds"): past a bound, the groups holding the most values evict
+//! their own least recently seen ones, down to a fair level that groups holding less never
+//! reach, and a group is never dropped for its values. The group records themselves may take at
+//! most a quarter of the bounds ([`RuleState::max_groups`]); a new group past that drops the
+//! least recently seen groups still learning, and one that had finished learning only when no
+//! group is learning. Everything evicted is counted, and the groups that evicted are named
+//! ([`RuleState::take_evicting_groups`]). Bytes are estimated as each key's length plus a fixed
 //! overhead per entry ([`VALUE_OVERHEAD`], [`GROUP_OVERHEAD`]); keys are kept as boxed bytes,
 //! with no spare capacity.
 //!
@@ -53,6 +59,12 @@ pub struct Stats {
     pub expired: u64,
     /// Values and groups dropped because the state was full (entries or bytes).
     pub evicted: u64,
+    /// Groups dropped, with their values, because the group table was full (included in
+    /// `evicted`, like their values).
+    pub groups_evicted: u64,
+    /// Of `groups_evicted`, groups that had finished learning: dropped only when no group was
+    /// learning, they learn again when they return.
+    pub detecting_groups_evicted: u64,
     /// Events dated implausibly far ahead of the stream, not used to advance the forget sweep.
     pub ahead: u64,
 }
@@ -92,7 +104,7 @@ pub enum Change {
         /// Value.
         value: Box<str>,
     },
-    /// A group was dropped with all its values (evicted).
+    /// A group was dropped with all its values (evicted because the group table was full).
     GroupRemoved {
         /// State name.
         state: Box<str>,
@@ -128,6 +140,25 @@ impl Change {
         }
     }
 }
+
+/// A group named in an eviction report: one that evicted its own values because it held more
+/// than its share of the state, or one dropped after finishing learning because the group table
+/// was full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvictingGroup {
+    /// State name.
+    pub state: Box<str>,
+    /// Group.
+    pub group: Box<str>,
+    /// Its values evicted since the last report.
+    pub values: u64,
+    /// Whether the group itself was dropped, having finished learning (it learns again when it
+    /// returns).
+    pub dropped: bool,
+}
+
+/// Most groups kept for one eviction report (those that evicted the most).
+pub const MAX_EVICTING_REPORTED: usize = 8;
 
 /// Why a query was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -192,14 +223,37 @@ fn group_cost(group: &[u8]) -> usize {
     group.len() + GROUP_OVERHEAD
 }
 
+/// Values with their last sighting, most recent first.
+type Sighted = Vec<(i64, Key)>;
+
 /// Keys are bytes, checked as UTF-8 once, when first learned: a query for something already
 /// known (nearly every query) then costs no UTF-8 check at all.
 type Key = Box<[u8]>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Group {
     started_ns: i64,
+    /// The newest sighting of any of its values (or its start): orders groups for dropping.
+    last_seen_ns: i64,
+    /// Bytes of its values (each [`value_cost`]), its size for the fair share.
+    value_bytes: usize,
     values: HashMap<Key, i64>,
+}
+
+impl Group {
+    fn new(started_ns: i64) -> Group {
+        Group {
+            started_ns,
+            last_seen_ns: started_ns,
+            value_bytes: 0,
+            values: HashMap::new(),
+        }
+    }
+
+    /// Whether it is still learning at `now_ns`.
+    fn learning(&self, now_ns: i64, learning_period_ns: i64) -> bool {
+        now_ns < self.started_ns.saturating_add(learning_period_ns)
+    }
 }
 
 type Groups = HashMap<Key, Group>;
@@ -211,8 +265,14 @@ pub struct RuleState {
     capacity: usize,
     max_bytes: usize,
     states: HashMap<Key, Groups>,
+    /// Values plus groups, and their bytes.
     entries: usize,
     bytes: usize,
+    /// Groups, and the bytes of their records alone (without their values).
+    groups: usize,
+    group_bytes: usize,
+    /// Groups that evicted since the last report: see [`RuleState::take_evicting_groups`].
+    evicting: Vec<EvictingGroup>,
     /// The stream's time: the newest plausible event time (see the module documentation).
     stream_ns: i64,
     /// Events in a row dated too far ahead, and the earliest of them.
@@ -247,6 +307,9 @@ impl RuleState {
             states: HashMap::new(),
             entries: 0,
             bytes: 0,
+            groups: 0,
+            group_bytes: 0,
+            evicting: Vec::new(),
             stream_ns: i64::MIN,
             ahead_run: 0,
             ahead_min_ns: i64::MAX,
@@ -339,9 +402,28 @@ impl RuleState {
         self.stats
     }
 
-    /// Most values plus groups held before the least recently seen are evicted.
+    /// Most values plus groups held before the groups holding the most evict their own least
+    /// recently seen values.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Groups held now.
+    pub fn group_count(&self) -> usize {
+        self.groups
+    }
+
+    /// Most groups held (a quarter of the capacity) before a new group drops the least recently
+    /// seen learning ones; their records (keys and overhead) may also take at most a quarter of
+    /// the byte budget.
+    pub fn max_groups(&self) -> usize {
+        (self.capacity / 4).max(1)
+    }
+
+    /// The groups that evicted since the last call, those that evicted the most first, at most
+    /// [`MAX_EVICTING_REPORTED`]: who fills the state, for the log.
+    pub fn take_evicting_groups(&mut self) -> Vec<EvictingGroup> {
+        std::mem::take(&mut self.evicting)
     }
 
     /// Values plus groups held now.
@@ -354,7 +436,8 @@ impl RuleState {
         self.bytes
     }
 
-    /// Most bytes held before the least recently seen values are evicted.
+    /// Most bytes held before the groups holding the most evict their own least recently seen
+    /// values.
     pub fn max_bytes(&self) -> usize {
         self.max_bytes
     }
@@ -364,16 +447,20 @@ impl RuleState {
     pub fn set_bounds(&mut self, capacity: usize, max_bytes: usize) {
         self.capacity = capacity.max(2);
         self.max_bytes = max_bytes;
-        if self.entries > self.capacity || self.bytes > self.max_bytes {
-            self.evict(usize::MAX);
+        if self.entries > self.capacity
+            || self.bytes > self.max_bytes
+            || self.groups > self.max_groups()
+        {
+            self.evict(None, None, None);
         }
     }
 
-    /// Evicts the least recently seen values until at most `target` bytes are held (for a
-    /// budget shared by several rules).
+    /// Evicts until at most `target` bytes are held (for a budget shared by several rules): the
+    /// groups holding the most evict their own least recently seen values, as for the rule's
+    /// own bounds.
     pub fn shrink_to(&mut self, target: usize) {
         if self.bytes > target {
-            self.evict(target);
+            self.evict(Some(target), None, None);
         }
     }
 
@@ -412,40 +499,17 @@ impl RuleState {
                 entry.insert(Groups::new())
             }
         };
-        let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
-
         let verdict = match groups.get_mut(group) {
-            None => {
-                utf8(group, "group")?;
-                utf8(value, "value")?;
-                // A group's first value is always learned silently: with a learning period of 0
-                // it is the baseline that later values are new against.
-                let mut values = HashMap::new();
-                values.insert(Key::from(value), ts_ns);
-                groups.insert(
-                    group.into(),
-                    Group {
-                        started_ns: ts_ns,
-                        values,
-                    },
-                );
-                self.entries += 2;
-                self.bytes += group_cost(group) + value_cost(value);
-                journal.group(state, group, ts_ns);
-                journal.value(state, group, value, ts_ns, true);
-                self.stats.learned += 1;
-                if let Some(outbox) = self.outbox.as_mut() {
-                    outbox.sighting(state, group, ts_ns, value, ts_ns);
-                }
-                Verdict::Learning
-            }
+            None => return self.start_group(ts_ns, state, group, value),
             Some(entry) => {
+                let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
                 if entry.started_ns == NOT_STARTED {
                     // Values were allowed ahead of the group's first event: its learning starts
                     // now, as it would have without them.
                     entry.started_ns = ts_ns;
                     journal.group(state, group, ts_ns);
                 }
+                entry.last_seen_ns = entry.last_seen_ns.max(ts_ns);
                 // Silence only inside the learning window: an event dated before the group's
                 // first one is judged like one after it (docs/new-value.md).
                 let learning = ts_ns >= entry.started_ns
@@ -474,6 +538,7 @@ impl RuleState {
                     None => {
                         utf8(value, "value")?;
                         entry.values.insert(value.into(), ts_ns);
+                        entry.value_bytes += value_cost(value);
                         self.entries += 1;
                         self.bytes += value_cost(value);
                         journal.value(state, group, value, ts_ns, true);
@@ -502,15 +567,55 @@ impl RuleState {
                 verdict
             }
         };
+        self.after_check(ts_ns, state, group);
+        Ok(verdict)
+    }
 
+    /// The first event of a group: makes room for its record if the group table is full, and
+    /// starts it. Its first value is always learned silently: with a learning period of 0 it is
+    /// the baseline that later values are new against.
+    fn start_group(
+        &mut self,
+        ts_ns: i64,
+        state: &[u8],
+        group: &[u8],
+        value: &[u8],
+    ) -> Result<Verdict, StateError> {
+        utf8(group, "group")?;
+        utf8(value, "value")?;
+        self.make_room_for_group(group_cost(group), ts_ns);
+        let mut entry = Group::new(ts_ns);
+        entry.values.insert(value.into(), ts_ns);
+        entry.value_bytes = value_cost(value);
+        self.states
+            .get_mut(state)
+            .expect("the state name was added before its first group")
+            .insert(group.into(), entry);
+        self.groups += 1;
+        self.group_bytes += group_cost(group);
+        self.entries += 2;
+        self.bytes += group_cost(group) + value_cost(value);
+        let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
+        journal.group(state, group, ts_ns);
+        journal.value(state, group, value, ts_ns, true);
+        self.stats.learned += 1;
+        if let Some(outbox) = self.outbox.as_mut() {
+            outbox.sighting(state, group, ts_ns, value, ts_ns);
+        }
+        self.after_check(ts_ns, state, group);
+        Ok(Verdict::Learning)
+    }
+
+    /// What follows every answer: the stream's time, the forget sweep, and the bounds (the
+    /// group just answered is never dropped by its own event).
+    fn after_check(&mut self, ts_ns: i64, state: &[u8], group: &[u8]) {
         self.advance_stream(ts_ns);
         if self.stream_ns >= self.next_sweep_ns {
             self.sweep_expired();
         }
         if self.entries > self.capacity || self.bytes > self.max_bytes {
-            self.evict(usize::MAX);
+            self.evict(None, Some((state, group)), Some(ts_ns));
         }
-        Ok(verdict)
     }
 
     /// Moves the stream's time to `ts_ns`, unless it is implausibly far ahead.
@@ -545,15 +650,18 @@ impl RuleState {
         let mut freed = 0;
         for (state, groups) in &mut self.states {
             for (group, entry) in groups.iter_mut() {
+                let mut group_freed = 0;
                 entry.values.retain(|value, last_seen| {
                     let keep = *last_seen >= cutoff;
                     if !keep {
                         journal.value_removed(state, group, value);
                         removed += 1;
-                        freed += value_cost(value);
+                        group_freed += value_cost(value);
                     }
                     keep
                 });
+                entry.value_bytes -= group_freed;
+                freed += group_freed;
             }
         }
         self.entries -= removed;
@@ -561,56 +669,199 @@ impl RuleState {
         self.stats.expired += removed as u64;
     }
 
-    /// Evicts the least recently seen values until the state is at 7/8 of its capacity and of
-    /// its byte budget, and at most `bytes_target`; groups left empty go with them.
-    fn evict(&mut self, bytes_target: usize) {
-        let entries_target = self.capacity - self.capacity / 8;
-        let bytes_target = bytes_target.min(self.max_bytes - self.max_bytes / 8);
-        let excess_entries = self.entries.saturating_sub(entries_target);
-        let excess_bytes = self.bytes.saturating_sub(bytes_target);
-        if excess_entries == 0 && excess_bytes == 0 {
+    /// Brings the state within its bounds, or within `bytes_goal` (for a budget shared by
+    /// several rules), to 7/8 of them so that eviction does not run on every event. First the
+    /// group records, if they take more than their share ([`RuleState::max_groups`], a quarter
+    /// of the bytes); then the values, fairly: the groups holding the most evict their own
+    /// least recently seen values ([`RuleState::trim_values`]). `keep` is the group of the event
+    /// being answered, which its own event never drops, and `ts_ns` its time.
+    fn evict(
+        &mut self,
+        bytes_goal: Option<usize>,
+        keep: Option<(&[u8], &[u8])>,
+        ts_ns: Option<i64>,
+    ) {
+        let limit = bytes_goal.map_or(self.max_bytes, |goal| goal.min(self.max_bytes));
+        let (max_groups, max_group_bytes) = (self.max_groups(), limit / 4);
+        if self.groups > max_groups || self.group_bytes > max_group_bytes {
+            let soft = (
+                max_groups - max_groups / 8,
+                max_group_bytes - max_group_bytes / 8,
+            );
+            self.drop_groups(soft, (max_groups, max_group_bytes), keep, ts_ns);
+        }
+        let entries_goal = self.capacity - self.capacity / 8;
+        let bytes_goal = bytes_goal
+            .unwrap_or(usize::MAX)
+            .min(self.max_bytes - self.max_bytes / 8);
+        if self.entries > entries_goal || self.bytes > bytes_goal {
+            self.trim_values(
+                entries_goal.saturating_sub(self.groups),
+                bytes_goal.saturating_sub(self.group_bytes),
+            );
+        }
+    }
+
+    /// Makes room for the record of a new group costing `cost` bytes, if the group table is
+    /// full (more than [`RuleState::max_groups`], or a quarter of the byte budget); `ts_ns` is
+    /// the time of its first event.
+    fn make_room_for_group(&mut self, cost: usize, ts_ns: i64) {
+        let (max_groups, max_group_bytes) = (self.max_groups(), self.max_bytes / 4);
+        if self.groups < max_groups && self.group_bytes + cost <= max_group_bytes {
             return;
         }
-        let mut seen: Vec<(i64, usize)> = self
+        let soft = (
+            (max_groups - max_groups / 8).saturating_sub(1),
+            (max_group_bytes - max_group_bytes / 8).saturating_sub(cost),
+        );
+        let hard = (max_groups - 1, max_group_bytes.saturating_sub(cost));
+        self.drop_groups(soft, hard, None, Some(ts_ns));
+    }
+
+    /// Drops whole groups, with their values, until at most `soft` groups (count, record bytes)
+    /// are left: the least recently seen groups still learning first. A group that has
+    /// finished learning is dropped only when no group is learning any more, and then only as
+    /// many as it takes to get within `hard`: a flood of new groups churns through its own
+    /// learning groups, and costs the groups that learned one at a time, least recently seen
+    /// first, each named in the report.
+    fn drop_groups(
+        &mut self,
+        soft: (usize, usize),
+        hard: (usize, usize),
+        keep: Option<(&[u8], &[u8])>,
+        ts_ns: Option<i64>,
+    ) {
+        let period = clamp_i64(self.settings.learning_period_ns);
+        // Whether a group is still learning is judged at the latest time known: the event being
+        // answered or the stream's time. A time too late can only make learning groups look
+        // finished, and so protected; one too early (the stream lags after a gap of days, until
+        // it follows) would let finished groups be dropped as learning ones.
+        let newest = || {
+            let groups = self.states.values().flat_map(|groups| groups.values());
+            groups.map(|entry| entry.last_seen_ns).max()
+        };
+        let now = match ts_ns {
+            Some(ts) => ts.max(self.stream_ns),
+            None if self.stream_ns != i64::MIN => self.stream_ns,
+            // Bounds applied to restored state, before any event.
+            None => newest().unwrap_or(i64::MIN),
+        };
+        // (finished learning, last seen, state, group): learning groups first, oldest first.
+        let mut order: Vec<(bool, i64, &[u8], &[u8])> = self
+            .states
+            .iter()
+            .flat_map(|(state, groups)| {
+                groups.iter().map(move |(group, entry)| {
+                    let detecting = !entry.learning(now, period);
+                    (detecting, entry.last_seen_ns, &state[..], &group[..])
+                })
+            })
+            .filter(|(_, _, state, group)| keep != Some((*state, *group)))
+            .collect();
+        order.sort_unstable();
+        let (mut count, mut bytes) = (self.groups, self.group_bytes);
+        let mut doomed = Vec::new();
+        for (detecting, _, state, group) in order {
+            let goal = if detecting { hard } else { soft };
+            if count <= goal.0 && bytes <= goal.1 {
+                break;
+            }
+            count -= 1;
+            bytes -= group_cost(group);
+            doomed.push((Key::from(state), Key::from(group), detecting));
+        }
+        let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
+        for (state, group, detecting) in doomed {
+            let groups = self.states.get_mut(&state).expect("listed above");
+            let entry = groups.remove(&group).expect("listed above");
+            journal.group_removed(&state, &group);
+            let values = entry.values.len();
+            self.groups -= 1;
+            self.group_bytes -= group_cost(&group);
+            self.entries -= 1 + values;
+            self.bytes -= group_cost(&group) + entry.value_bytes;
+            self.stats.evicted += 1 + values as u64;
+            self.stats.groups_evicted += 1;
+            if detecting {
+                self.stats.detecting_groups_evicted += 1;
+                note_evicting(&mut self.evicting, &state, &group, values as u64, true);
+            }
+        }
+    }
+
+    /// Evicts values until they are at most `entries_budget` and take at most `bytes_budget`,
+    /// fairly: every group keeps its values up to a common level (in count and in bytes), the
+    /// highest at which they fit, and a group holding more evicts its own least recently seen
+    /// values down to that level; what the level leaves of the budget (values come whole) goes
+    /// back to the most recently seen of the values past it. A group holding less than the
+    /// level loses nothing, whatever another group does; and a group is never dropped for its
+    /// values (one left with none keeps its learning start, so its unknown values are judged).
+    fn trim_values(&mut self, entries_budget: usize, bytes_budget: usize) {
+        let (mut counts, mut sizes): (Vec<usize>, Vec<usize>) = self
             .states
             .values()
             .flat_map(|groups| groups.values())
-            .flat_map(|entry| entry.values.iter().map(|(v, at)| (*at, value_cost(v))))
+            .map(|entry| (entry.values.len(), entry.value_bytes))
+            .unzip();
+        let count_level = fair_level(&mut counts, entries_budget);
+        let bytes_level = fair_level(&mut sizes, bytes_budget);
+        // Each group over the level: its values past it, most recently seen first.
+        let mut over: Vec<(Key, Key, Sighted)> = Vec::new();
+        let (mut kept_count, mut kept_bytes) = (0, 0);
+        for (state, groups) in &self.states {
+            for (group, entry) in groups {
+                if entry.values.len() <= count_level && entry.value_bytes <= bytes_level {
+                    kept_count += entry.values.len();
+                    kept_bytes += entry.value_bytes;
+                    continue;
+                }
+                let (kept, past) = split_at_level(&entry.values, count_level, bytes_level);
+                kept_count += kept.0;
+                kept_bytes += kept.1;
+                over.push((state.clone(), group.clone(), past));
+            }
+        }
+        // The rest of the budget, to the most recently seen values past the level, in order
+        // of sighting across groups (ties in the groups' order), until one does not fit.
+        over.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let mut back: Vec<(i64, usize)> = over
+            .iter()
+            .enumerate()
+            .flat_map(|(at, (_, _, past))| past.iter().map(move |(seen, _)| (*seen, at)))
             .collect();
-        seen.sort_unstable_by_key(|(at, _)| *at);
-        // The newest last-seen time that has to go: everything older goes too.
-        let (mut count, mut bytes, mut cutoff) = (0, 0, i64::MIN);
-        for (at, cost) in seen {
-            if count >= excess_entries && bytes >= excess_bytes {
+        back.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut given = vec![0; over.len()];
+        for (_, at) in back {
+            let cost = value_cost(&over[at].2[given[at]].1);
+            if kept_count + 1 > entries_budget || kept_bytes + cost > bytes_budget {
                 break;
             }
-            (count, bytes, cutoff) = (count + 1, bytes + cost, at);
+            (kept_count, kept_bytes) = (kept_count + 1, kept_bytes + cost);
+            given[at] += 1;
         }
         let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
         let (mut evicted, mut freed) = (0, 0);
-        let (mut still_entries, mut still_bytes) = (excess_entries, excess_bytes);
-        for (state, groups) in &mut self.states {
-            groups.retain(|group, entry| {
-                entry.values.retain(|value, last_seen| {
-                    if (still_entries > 0 || still_bytes > 0) && *last_seen <= cutoff {
-                        journal.value_removed(state, group, value);
-                        let cost = value_cost(value);
-                        still_entries = still_entries.saturating_sub(1);
-                        still_bytes = still_bytes.saturating_sub(cost);
-                        evicted += 1;
-                        freed += cost;
-                        return false;
-                    }
-                    true
-                });
-                if entry.values.is_empty() {
-                    journal.group_removed(state, group);
-                    evicted += 1;
-                    freed += group_cost(group);
-                    return false;
-                }
-                true
-            });
+        for ((state, group, past), given) in over.into_iter().zip(given) {
+            let entry = self
+                .states
+                .get_mut(&state)
+                .and_then(|groups| groups.get_mut(&group))
+                .expect("listed above");
+            let doomed = &past[given..];
+            for (_, value) in doomed {
+                entry.values.remove(value);
+                entry.value_bytes -= value_cost(value);
+                freed += value_cost(value);
+                journal.value_removed(&state, &group, value);
+            }
+            evicted += doomed.len();
+            note_evicting(
+                &mut self.evicting,
+                &state,
+                &group,
+                doomed.len() as u64,
+                false,
+            );
         }
         self.entries -= evicted;
         self.bytes -= freed;
@@ -624,13 +875,9 @@ impl RuleState {
         match groups.get_mut(group) {
             Some(entry) => entry.started_ns = entry.started_ns.min(started_ns),
             None => {
-                groups.insert(
-                    group.into(),
-                    Group {
-                        started_ns,
-                        values: HashMap::new(),
-                    },
-                );
+                groups.insert(group.into(), Group::new(started_ns));
+                self.groups += 1;
+                self.group_bytes += group_cost(group);
                 self.entries += 1;
                 self.bytes += group_cost(group);
             }
@@ -647,6 +894,7 @@ impl RuleState {
             return;
         };
         let last_seen = entry.values.entry_ref(value.as_bytes()).or_insert_with(|| {
+            entry.value_bytes += value_cost(value.as_bytes());
             self.entries += 1;
             self.bytes += value_cost(value.as_bytes());
             i64::MIN
@@ -654,6 +902,7 @@ impl RuleState {
         // The stream's time is left to the events that come: a value stored with a bogus
         // future time must not make the first sweep forget everything.
         *last_seen = (*last_seen).max(last_seen_ns);
+        entry.last_seen_ns = entry.last_seen_ns.max(last_seen_ns);
     }
 }
 
@@ -667,18 +916,32 @@ impl RuleState {
         if !self.has_room_for_state(state) {
             return;
         }
+        let exists = self
+            .states
+            .get(state.as_bytes())
+            .is_some_and(|groups| groups.contains_key(group.as_bytes()));
+        if !exists {
+            // A group from the fleet takes its place in the group table like one of this
+            // node's own (the table's bound holds; learning groups go first).
+            let at = if started_ns == NOT_STARTED {
+                self.stream_ns
+            } else {
+                started_ns
+            };
+            self.make_room_for_group(group_cost(group.as_bytes()), at);
+        }
         let groups = self.states.entry_ref(state.as_bytes()).or_default();
         match groups.get_mut(group.as_bytes()) {
             Some(entry) if entry.started_ns <= started_ns => return,
             Some(entry) => entry.started_ns = started_ns,
             None => {
-                groups.insert(
-                    group.as_bytes().into(),
-                    Group {
-                        started_ns,
-                        values: HashMap::new(),
-                    },
-                );
+                let mut entry = Group::new(started_ns);
+                if started_ns == NOT_STARTED {
+                    entry.last_seen_ns = self.stream_ns;
+                }
+                groups.insert(group.as_bytes().into(), entry);
+                self.groups += 1;
+                self.group_bytes += group_cost(group.as_bytes());
                 self.entries += 1;
                 self.bytes += group_cost(group.as_bytes());
             }
@@ -714,6 +977,7 @@ impl RuleState {
             }
             None => {
                 entry.values.insert(value.as_bytes().into(), seen_ns);
+                entry.value_bytes += value_cost(value.as_bytes());
                 self.entries += 1;
                 self.bytes += value_cost(value.as_bytes());
                 journal.value(
@@ -725,6 +989,7 @@ impl RuleState {
                 );
             }
         }
+        entry.last_seen_ns = entry.last_seen_ns.max(seen_ns);
         self.evict_if_full();
     }
 
@@ -741,6 +1006,7 @@ impl RuleState {
         if entry.values.remove(value.as_bytes()).is_none() {
             return false;
         }
+        entry.value_bytes -= value_cost(value.as_bytes());
         self.entries -= 1;
         self.bytes -= value_cost(value.as_bytes());
         let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
@@ -757,9 +1023,10 @@ impl RuleState {
         let Some(entry) = groups.remove(group.as_bytes()) else {
             return false;
         };
-        let freed: usize = entry.values.keys().map(|v| value_cost(v)).sum();
+        self.groups -= 1;
+        self.group_bytes -= group_cost(group.as_bytes());
         self.entries -= entry.values.len() + 1;
-        self.bytes -= freed + group_cost(group.as_bytes());
+        self.bytes -= entry.value_bytes + group_cost(group.as_bytes());
         let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
         journal.group_removed(state.as_bytes(), group.as_bytes());
         true
@@ -786,8 +1053,11 @@ impl RuleState {
     }
 
     fn evict_if_full(&mut self) {
-        if self.entries > self.capacity || self.bytes > self.max_bytes {
-            self.evict(usize::MAX);
+        if self.entries > self.capacity
+            || self.bytes > self.max_bytes
+            || self.groups > self.max_groups()
+        {
+            self.evict(None, None, None);
         }
     }
 }
@@ -875,6 +1145,89 @@ fn sighting(state: &[u8], group: &[u8], started_ns: i64, value: &[u8], seen_ns: 
 
 fn text_ref(key: &[u8]) -> &str {
     std::str::from_utf8(key).expect("keys are checked as UTF-8 when learned")
+/// The highest level such that every group keeping `min(size, level)` fits in `budget`
+/// (max-min fairness); `usize::MAX` when everything fits. Sorts `sizes`.
+fn fair_level(sizes: &mut [usize], budget: usize) -> usize {
+    if sizes
+        .iter()
+        .fold(0usize, |sum, size| sum.saturating_add(*size))
+        <= budget
+    {
+        return usize::MAX;
+    }
+    sizes.sort_unstable();
+    let mut left = budget;
+    for (at, &size) in sizes.iter().enumerate() {
+        let rest = sizes.len() - at;
+        if size.saturating_mul(rest) > left {
+            // Every group from here on holds more than an even share of what is left.
+            return left / rest;
+        }
+        left -= size;
+    }
+    usize::MAX
+}
+
+/// Splits one group's values at a level: the count and bytes of the most recently seen that
+/// fit in `count` values and `bytes`, and the others, most recently seen first (ties broken by
+/// the value, so that a replay evicts the same).
+fn split_at_level(
+    values: &HashMap<Key, i64>,
+    count: usize,
+    bytes: usize,
+) -> ((usize, usize), Sighted) {
+    let mut order: Vec<(i64, &Key)> = values.iter().map(|(value, at)| (*at, value)).collect();
+    order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let mut kept = 0;
+    let cut = order
+        .iter()
+        .enumerate()
+        .position(|(at, (_, value))| {
+            if at >= count || kept + value_cost(value) > bytes {
+                return true;
+            }
+            kept += value_cost(value);
+            false
+        })
+        .unwrap_or(order.len());
+    let past = order[cut..]
+        .iter()
+        .map(|(at, value)| (*at, (*value).clone()))
+        .collect();
+    ((cut, kept), past)
+}
+
+/// Adds `values` evicted by a group to the report, which keeps the groups that evicted the
+/// most, at most [`MAX_EVICTING_REPORTED`].
+fn note_evicting(
+    report: &mut Vec<EvictingGroup>,
+    state: &[u8],
+    group: &[u8],
+    values: u64,
+    dropped: bool,
+) {
+    if values == 0 && !dropped {
+        return;
+    }
+    let (state, group) = (text(state), text(group));
+    match report
+        .iter_mut()
+        .find(|seen| seen.state == state && seen.group == group)
+    {
+        Some(seen) => {
+            seen.values += values;
+            seen.dropped |= dropped;
+        }
+        None => report.push(EvictingGroup {
+            state,
+            group,
+            values,
+            dropped,
+        }),
+    }
+    // Dropped groups that had learned are always worth naming; then the biggest evictors.
+    report.sort_by(|a, b| b.dropped.cmp(&a.dropped).then(b.values.cmp(&a.values)));
+    report.truncate(MAX_EVICTING_REPORTED);
 }
 
 /// Appends changes when journaling is on; costs nothing when it is off. Keys reach it as the
@@ -1046,7 +1399,8 @@ mod tests {
     }
 
     #[test]
-    fn the_byte_budget_evicts_least_recently_seen_and_counts_it() {
+    fn with_no_group_learning_the_least_recently_seen_groups_make_room() {
+        // A learning period of 0: every group has finished learning once it exists.
         let mut st = state(0, 28);
         st.set_bounds(DEFAULT_CAPACITY, 1 << 20);
         st.enable_journal();
@@ -1054,8 +1408,17 @@ mod tests {
         for i in 0..1000 {
             st.check(i, "s", &big("g", i), &big("v", i)).unwrap();
             assert!(st.bytes() <= 1 << 20, "{} bytes after {i}", st.bytes());
+            assert!(
+                st.group_count() * (4096 + GROUP_OVERHEAD) <= 1 << 18,
+                "{}",
+                st.group_count()
+            );
         }
         assert!(st.stats().evicted > 800, "{:?}", st.stats());
+        assert_eq!(
+            st.stats().groups_evicted,
+            st.stats().detecting_groups_evicted
+        );
         // What is left is the most recent.
         assert_eq!(
             st.check(1000, "s", &big("g", 999), &big("v", 999)).unwrap(),
@@ -1071,9 +1434,333 @@ mod tests {
             .filter(|c| matches!(c, Change::GroupRemoved { .. }))
             .count();
         assert!(removed > 800, "{removed}");
+        // Each was named as it went.
+        let named = st.take_evicting_groups();
+        assert!(named.iter().all(|e| e.dropped), "{named:?}");
+        assert!(!named.is_empty() && named.len() <= MAX_EVICTING_REPORTED);
         // A shared budget shrinks a state further.
         st.shrink_to(100_000);
         assert!(st.bytes() <= 100_000, "{}", st.bytes());
+    }
+
+    /// A mirror of the state built from its journal alone, as a durable store keeps it.
+    #[derive(Default)]
+    struct Mirror {
+        groups: std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>>,
+    }
+
+    impl Mirror {
+        fn apply(&mut self, changes: Vec<Change>) {
+            for change in changes {
+                match change {
+                    Change::Group { state, group, .. } => {
+                        self.groups.entry((state.into(), group.into())).or_default();
+                    }
+                    Change::Value {
+                        state,
+                        group,
+                        value,
+                        ..
+                    } => {
+                        let values = self.groups.get_mut(&(state.into(), group.into()));
+                        values
+                            .expect("a value after its group")
+                            .insert(value.into());
+                    }
+                    Change::ValueRemoved {
+                        state,
+                        group,
+                        value,
+                    } => {
+                        let values = self.groups.get_mut(&(state.into(), group.into()));
+                        assert!(values.unwrap().remove(&*value));
+                    }
+                    Change::GroupRemoved { state, group } => {
+                        assert!(self.groups.remove(&(state.into(), group.into())).is_some());
+                    }
+                }
+            }
+        }
+
+        fn entries(&self) -> usize {
+            self.groups.values().map(|values| 1 + values.len()).sum()
+        }
+    }
+
+    /// 50 groups learned in the first week (readers `/usr/bin/app` and `/usr/bin/helper`).
+    fn victims(st: &mut RuleState) {
+        for g in 0..50 {
+            check(st, g * S, &format!("victim-{g}"), "/usr/bin/app");
+            check(st, DAY + g * S, &format!("victim-{g}"), "/usr/bin/helper");
+        }
+    }
+
+    /// Every victim still knows its readers, and judges an unfamiliar one at `ts`.
+    fn victims_judge(st: &mut RuleState, ts: i64) {
+        for g in 0..50 {
+            let group = format!("victim-{g}");
+            for known in ["/usr/bin/app", "/usr/bin/helper"] {
+                assert_eq!(check(st, ts, &group, known), Verdict::Known, "{group}");
+            }
+            assert_eq!(
+                check(st, ts, &group, "/tmp/kubectl"),
+                Verdict::New,
+                "{group}"
+            );
+        }
+    }
+
+    fn long_exe(i: usize) -> String {
+        format!("/tmp/{i:06}/{}", "x".repeat(2000))
+    }
+
+    #[test]
+    fn a_flood_in_one_group_evicts_only_that_groups_values() {
+        let mut st = state(7, 28);
+        st.set_bounds(DEFAULT_CAPACITY, 1 << 20);
+        st.enable_journal();
+        victims(&mut st);
+        let mut mirror = Mirror::default();
+        mirror.apply(st.take_changes());
+        // Day 8: a new image, still learning, reads its token with 12,000 exes of 2 KB.
+        for i in 0..12_000 {
+            let verdict = check(&mut st, 8 * DAY + i as i64, "attacker", &long_exe(i));
+            assert_eq!(verdict, Verdict::Learning);
+            assert!(st.bytes() <= 1 << 20, "{} bytes after {i}", st.bytes());
+        }
+        let stats = st.stats();
+        assert!(stats.evicted > 11_000, "{stats:?}");
+        assert_eq!(stats.groups_evicted, 0, "{stats:?}");
+        // Only the attacker's own values went, and it is named as the one evicting.
+        let changes = st.take_changes();
+        assert!(
+            changes
+                .iter()
+                .all(|c| !matches!(c, Change::GroupRemoved { .. })
+                    && (!matches!(c, Change::ValueRemoved { .. }) || c.place().1 == "attacker")),
+            "a victim's value or group was removed"
+        );
+        mirror.apply(changes);
+        assert_eq!(mirror.entries(), st.entries());
+        let named = st.take_evicting_groups();
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert_eq!((&*named[0].group, named[0].dropped), ("attacker", false));
+        assert_eq!(named[0].values, stats.evicted);
+        victims_judge(&mut st, 9 * DAY);
+        // The attacker kept its most recent values, within the budget.
+        assert_eq!(
+            check(&mut st, 9 * DAY, "attacker", &long_exe(11_999)),
+            Verdict::Learning
+        );
+        assert_eq!(st.stats().learned, 100 + 12_000);
+    }
+
+    #[test]
+    fn a_group_left_without_values_keeps_its_learning_start() {
+        // Values of 3 KB against a 20 KB budget: a fair share is less than one value.
+        let mut st = state(1, 28);
+        st.set_bounds(DEFAULT_CAPACITY, 20_000);
+        st.enable_journal();
+        let value = |tag: &str| format!("/{tag}/{}", "v".repeat(3000));
+        for g in 0..10 {
+            check(&mut st, g, &format!("g{g}"), &value("a"));
+        }
+        // Day 2, after learning: every group sees a new value; the budget holds about five.
+        for g in 0..10 {
+            let group = format!("g{g}");
+            assert_eq!(
+                check(&mut st, 2 * DAY + g, &group, &value("b")),
+                Verdict::New
+            );
+        }
+        assert!(st.bytes() <= 20_000);
+        assert_eq!(st.group_count(), 10);
+        assert_eq!(st.stats().groups_evicted, 0);
+        assert!(st.entries() < 20, "{}", st.entries());
+        // No group learns again: an evicted value is judged, new again, never silent.
+        let mut new = 0;
+        for g in 0..10 {
+            let group = format!("g{g}");
+            for v in ["a", "b"] {
+                let verdict = check(&mut st, 3 * DAY, &group, &value(v));
+                assert_ne!(verdict, Verdict::Learning, "{group} learns again");
+                new += usize::from(verdict == Verdict::New);
+            }
+        }
+        assert!(new > 0);
+        assert!(
+            st.take_changes()
+                .iter()
+                .all(|c| !matches!(c, Change::GroupRemoved { .. }))
+        );
+    }
+
+    #[test]
+    fn a_group_evicts_its_least_recently_seen_values() {
+        let mut st = RuleState::new(
+            Settings {
+                learning_period_ns: 0,
+                forget_after_ns: u64::MAX,
+            },
+            // 25 groups at most, 200 entries: values to 175 when full.
+            100,
+        );
+        // Two groups; "busy" has values 0..60, with the even ones seen again later.
+        check(&mut st, 0, "quiet", "/q");
+        for i in 0..60 {
+            check(&mut st, i, "busy", &format!("/v{i:02}"));
+        }
+        for i in (0..60).step_by(2) {
+            check(&mut st, 100 + i, "busy", &format!("/v{i:02}"));
+        }
+        // Over the capacity (to 7/8 of it: 86 values for two groups): "busy" keeps its 85 most
+        // recently seen, so the oldest odd values went; the quiet group's value, older than all
+        // of them, stays.
+        for i in 60..100 {
+            check(&mut st, 200 + i, "busy", &format!("/v{i:02}"));
+        }
+        assert!(st.entries() <= 100);
+        use Verdict::{Known, New};
+        for (group, value, verdict) in [
+            ("quiet", "/q", Known),
+            ("busy", "/v99", Known),
+            ("busy", "/v58", Known),
+            ("busy", "/v59", Known),
+            ("busy", "/v27", Known),
+            ("busy", "/v25", New),
+            ("busy", "/v01", New),
+        ] {
+            assert_eq!(
+                check(&mut st, 1000, group, value),
+                verdict,
+                "{group} {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flood_of_new_groups_drops_learning_groups_never_detecting_ones() {
+        // Capacity 400: at most 100 groups.
+        let mut st = state(7, 28);
+        st.set_bounds(400, DEFAULT_RULE_BYTES);
+        st.enable_journal();
+        victims(&mut st);
+        for i in 0..5_000 {
+            let group = format!("registry.example/flood-{i}");
+            assert_eq!(
+                check(&mut st, 8 * DAY + i, &group, "/app"),
+                Verdict::Learning
+            );
+            assert!(st.group_count() <= st.max_groups());
+        }
+        let stats = st.stats();
+        assert!(stats.groups_evicted > 4_900, "{stats:?}");
+        assert_eq!(stats.detecting_groups_evicted, 0, "{stats:?}");
+        assert!(st.entries() <= 400);
+        let changes = st.take_changes();
+        assert!(
+            changes
+                .iter()
+                .filter(|c| matches!(c, Change::GroupRemoved { .. } | Change::ValueRemoved { .. }))
+                .all(|c| c.place().1.starts_with("registry.example/flood-")),
+        );
+        victims_judge(&mut st, 9 * DAY);
+        // The flood's most recent groups are kept, still learning.
+        let last = "registry.example/flood-4999";
+        assert_eq!(check(&mut st, 9 * DAY, last, "/other"), Verdict::Learning);
+    }
+
+    #[test]
+    fn a_detecting_group_is_dropped_only_when_none_is_learning_and_one_at_a_time() {
+        // Capacity 40: at most 10 groups, all of them detecting after a day.
+        let mut st = state(1, 28);
+        st.set_bounds(40, DEFAULT_RULE_BYTES);
+        st.enable_journal();
+        for g in 0..10 {
+            check(&mut st, g * S, &format!("g{g}"), "/app");
+        }
+        // g0 is seen again, so g1 is the least recently seen.
+        check(&mut st, 2 * DAY, "g0", "/app");
+        st.take_changes();
+        assert_eq!(check(&mut st, 3 * DAY, "new-1", "/app"), Verdict::Learning);
+        assert_eq!(st.stats().detecting_groups_evicted, 1);
+        assert_eq!(
+            st.take_changes()
+                .iter()
+                .filter_map(|c| match c {
+                    Change::GroupRemoved { group, .. } => Some(&**group),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            ["g1"]
+        );
+        let named = st.take_evicting_groups();
+        assert_eq!(named.len(), 1);
+        assert_eq!((&*named[0].group, named[0].dropped), ("g1", true));
+        // Another new group: one is learning (new-1), and it goes instead of a detecting one.
+        assert_eq!(
+            check(&mut st, 3 * DAY + 1, "new-2", "/app"),
+            Verdict::Learning
+        );
+        assert_eq!(st.stats().detecting_groups_evicted, 1);
+        assert_eq!(st.stats().groups_evicted, 2);
+        assert_eq!(
+            check(&mut st, 3 * DAY + 2, "new-1", "/app"),
+            Verdict::Learning
+        );
+        assert_eq!(check(&mut st, 3 * DAY + 3, "g2", "/intruder"), Verdict::New);
+    }
+
+    #[test]
+    fn lowered_bounds_keep_groups_and_restored_state_is_bounded_the_same_way() {
+        // 50 small groups and a big one, learned live or read back from a store.
+        let mut live = state(0, 28);
+        victims(&mut live);
+        for i in 0..500 {
+            check(&mut live, 2 * DAY + i, "big", &format!("/big/{i}"));
+        }
+        let mut restored = state(0, 28);
+        for g in 0..50 {
+            let group = format!("victim-{g}");
+            restored.restore_group("process.exe", &group, g * S);
+            restored.restore_value("process.exe", &group, "/usr/bin/app", g * S);
+            restored.restore_value("process.exe", &group, "/usr/bin/helper", DAY + g * S);
+        }
+        restored.restore_group("process.exe", "big", 2 * DAY);
+        for i in 0..500 {
+            restored.restore_value("process.exe", "big", &format!("/big/{i}"), 2 * DAY + i);
+        }
+        for st in [&mut live, &mut restored] {
+            assert_eq!(st.entries(), 51 + 100 + 500);
+            st.enable_journal();
+            st.set_bounds(400, DEFAULT_RULE_BYTES);
+            assert!(st.entries() <= 400, "{}", st.entries());
+            assert_eq!(st.group_count(), 51);
+            assert_eq!(st.stats().groups_evicted, 0);
+            // Only the big group gave way, its oldest values first.
+            assert!(
+                st.take_changes()
+                    .iter()
+                    .all(|c| matches!(c, Change::ValueRemoved { group, .. } if &**group == "big"))
+            );
+            assert_eq!(check(st, 3 * DAY, "big", "/big/499"), Verdict::Known);
+            assert_eq!(check(st, 3 * DAY, "big", "/big/0"), Verdict::New);
+            assert_eq!(
+                check(st, 3 * DAY, "victim-7", "/usr/bin/helper"),
+                Verdict::Known
+            );
+        }
+    }
+
+    #[test]
+    fn the_fair_level_is_the_highest_that_fits() {
+        assert_eq!(fair_level(&mut [1, 2, 3], 6), usize::MAX);
+        assert_eq!(fair_level(&mut [1, 2, 100], 10), 7);
+        assert_eq!(fair_level(&mut [5, 5, 5, 5], 10), 2);
+        assert_eq!(fair_level(&mut [3, 1000, 1000], 3), 1);
+        assert_eq!(fair_level(&mut [3, 1000, 1000], 2), 0);
+        assert_eq!(fair_level(&mut [], 0), usize::MAX);
+        assert_eq!(fair_level(&mut [usize::MAX, usize::MAX], 10), 5);
     }
 
     #[test]
