@@ -12,6 +12,9 @@ use support::{EKS_TOKEN, Streaming, picket, rule_wasm, run, temp_dir};
 
 const APP: &str = "registry.example/app";
 const WAIT: Duration = Duration::from_secs(30);
+/// Many agents start at once on a small machine here: a rule's calls are given time, since
+/// their deadline is not what these tests are about.
+const RELAXED: [&str; 2] = ["--rule-timeout", "10s"];
 
 fn bundled_rules() -> tempfile::TempDir {
     let dir = temp_dir();
@@ -51,6 +54,7 @@ fn replay_with(
     let out = run(
         picket()
             .arg("replay")
+            .args(RELAXED)
             .arg("--rules")
             .arg(rules.path())
             .args(["--shared-state", url])
@@ -103,6 +107,7 @@ fn what_one_agent_learned_another_knows_and_a_new_reader_is_new_once_for_the_fle
     let alone = run(
         picket()
             .arg("replay")
+            .args(RELAXED)
             .arg("--rules")
             .arg(rules.path())
             .arg("-"),
@@ -153,6 +158,7 @@ fn twenty_agents_seeing_the_same_new_reader_at_once_raise_one_signal() {
             Streaming::spawn(
                 picket()
                     .arg("replay")
+                    .args(RELAXED)
                     .arg("--rules")
                     .arg(rules.path())
                     .args(["--shared-state", &server.url()])
@@ -191,6 +197,7 @@ fn an_outage_costs_no_detection_and_is_reconciled_when_the_store_returns() {
         picket()
             .env("PICKET_LOG", "info")
             .arg("replay")
+            .args(RELAXED)
             .arg("--rules")
             .arg(rules.path())
             .args(["--shared-state", &server.url()])
@@ -246,6 +253,7 @@ fn allow_silences_a_reader_on_every_agent_and_forget_makes_it_new_again() {
         picket()
             .env("PICKET_LOG", "info,picket::state::fleet=debug")
             .arg("replay")
+            .args(RELAXED)
             .arg("--rules")
             .arg(rules.path())
             .args(["--shared-state", &server.url()])
@@ -332,6 +340,7 @@ fn malformed_entries_in_the_store_are_skipped_counted_and_never_make_a_value_kno
         picket()
             .env("PICKET_LOG", "info")
             .arg("replay")
+            .args(RELAXED)
             .arg("--rules")
             .arg(rules.path())
             .args(["--shared-state", &server.url()])
@@ -409,6 +418,7 @@ fn tls_with_a_password_file_carries_learning() {
     let untrusted = run(
         picket()
             .arg("replay")
+            .args(RELAXED)
             .arg("--rules")
             .arg(rules.path())
             .args(["--shared-state", &url])
@@ -435,6 +445,7 @@ fn a_state_directory_can_be_shown_exported_imported_allowed_and_forgotten() {
         let out = run(
             picket()
                 .arg("replay")
+                .args(RELAXED)
                 .arg("--rules")
                 .arg(rules.path())
                 .arg("--state")

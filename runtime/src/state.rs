@@ -1145,6 +1145,8 @@ fn sighting(state: &[u8], group: &[u8], started_ns: i64, value: &[u8], seen_ns: 
 
 fn text_ref(key: &[u8]) -> &str {
     std::str::from_utf8(key).expect("keys are checked as UTF-8 when learned")
+}
+
 /// The highest level such that every group keeping `min(size, level)` fits in `budget`
 /// (max-min fairness); `usize::MAX` when everything fits. Sorts `sizes`.
 fn fair_level(sizes: &mut [usize], budget: usize) -> usize {
