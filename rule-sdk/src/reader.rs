@@ -2,9 +2,9 @@
 //! projects into pods (a service-account token, a cloud web-identity token).
 //!
 //! The workload's own client reads such a file routinely, so the rule learns which executables
-//! read it, per workload ([`EventExt::workload`](crate::EventExt::workload)), and raises a signal
-//! naming the first unfamiliar one. The bundled `eks-token` and `k8s-sa-token` rules are this
-//! rule with their own file and words:
+//! read it, per workload ([`EventExt::workload`]), and raises a signal naming the first
+//! unfamiliar one. The bundled `eks-token` and `k8s-sa-token` rules are this rule with their own
+//! file and words:
 //!
 //! ```
 //! use picket_rule_sdk::path::KUBERNETES_SERVICE_ACCOUNT_TOKEN;
