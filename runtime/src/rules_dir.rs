@@ -599,4 +599,41 @@ mod tests {
         assert!(!apply(&mut pipeline, scan));
         assert_eq!(pipeline.rules().count(), 1, "the running version stays");
     }
+
+    /// While watched, a refusal waits for the file to settle: reported once if the file stayed
+    /// as it was read, forgotten (and judged again at the next look) if it changed meanwhile.
+    #[test]
+    fn a_refusal_waits_for_its_file_to_settle() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Arc::new(Sandbox::new(Limits::default()).unwrap());
+        let mut rules = RuleDirectory::new(dir.path()).settle_refusals(Duration::ZERO);
+        let module = dir.path().join("r.wasm");
+        let good = test_module::rule(&test_module::manifest("rule"), &[]);
+
+        // Half a module: refused, but held, not reported.
+        std::fs::write(&module, &good[..good.len() / 2]).unwrap();
+        assert!(rules.scan(&sandbox).unwrap().is_empty());
+        assert_eq!(rules.next_settle(), Some(Duration::ZERO));
+        // The writer went on: the file is no longer what was read, so the refusal is forgotten,
+        // and the whole module loads.
+        std::fs::write(&module, &good).unwrap();
+        assert!(rules.settled().is_empty());
+        assert_eq!(installed(&rules.scan(&sandbox).unwrap()), ["install rule"]);
+
+        // A module that stays broken: reported once it is due, and only once.
+        std::fs::write(&module, b"\0asm\x01\0\0\0garbage").unwrap();
+        assert!(rules.scan(&sandbox).unwrap().is_empty());
+        let reported = rules.settled();
+        assert_eq!(reported.errors.len(), 1);
+        assert!(
+            reported.errors[0]
+                .message
+                .contains("not a valid WebAssembly module"),
+            "{}",
+            reported.errors[0]
+        );
+        assert_eq!(rules.next_settle(), None);
+        assert!(rules.settled().is_empty());
+        assert!(rules.scan(&sandbox).unwrap().is_empty());
+    }
 }
