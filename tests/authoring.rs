@@ -119,6 +119,19 @@ fn the_rule_template_builds_outside_the_repository_and_passes_its_cases() {
     assert!(out.stdout.contains(channel), "{} vs {channel}", out.stdout);
 }
 
+/// The guide tells an author the same command as the template's README.
+#[test]
+fn the_rule_guide_gives_the_templates_command() {
+    let command = readme_test_command(&workspace().join("templates/rule/README.md"));
+    let guide = std::fs::read_to_string(workspace().join("docs/rule-guide.md")).unwrap();
+    assert!(
+        guide.contains(&command),
+        "docs/rule-guide.md lacks `{command}`"
+    );
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    assert!(readme.contains(&command), "README.md lacks `{command}`");
+}
+
 #[test]
 fn the_c_example_rule_builds_with_clang_and_lld_and_passes_its_cases() {
     let example = workspace().join("sdk-c/example");

@@ -204,6 +204,29 @@ fn a_module_being_written_is_not_an_error_and_a_broken_one_is_reported_once() {
     assert_eq!(stderr.matches("rule module refused").count(), 1, "{stderr}");
 }
 
+/// The install recipe of docs/rule-guide.md: written under a hidden name (never loaded), then
+/// renamed into place.
+#[test]
+fn a_module_written_under_a_hidden_name_loads_once_renamed_into_place() {
+    let dir = temp_dir();
+    let mut agent = stream(dir.path());
+    assert!(agent.wait_for_log("no rules loaded", RELOAD_WAIT));
+    let hidden = dir.path().join(".rule.wasm.new");
+    copy_into(&hidden, &new_exe_rule("renamed", "renamed"));
+    std::fs::rename(&hidden, dir.path().join("rule.wasm")).unwrap();
+    assert!(
+        agent.wait_for_log_line(&["rule loaded", "rule.wasm"], RELOAD_WAIT),
+        "{}",
+        agent.stderr()
+    );
+    agent.send(&event(0));
+    agent.send(&event(1));
+    let (code, signals, stderr) = agent.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(signals.len(), 1, "{stderr}");
+    assert!(!stderr.contains(".rule.wasm.new"), "{stderr}");
+}
+
 #[test]
 fn removing_a_module_stops_its_rule_and_bringing_it_back_keeps_its_state() {
     let dir = temp_dir();
