@@ -2,33 +2,27 @@
 
 mod support;
 
-use support::{picket, rule_wasm, run, temp_dir, workspace};
+use support::{
+    assert_all_cases_passed, bundled_rules, picket, rule_cases, rule_wasm, run, temp_dir, workspace,
+};
 
-const RULES: [&str; 2] = ["eks-token", "k8s-sa-token"];
-
+/// Every folder `rules/NAME/` is a rule: its module builds, and passes every case of its
+/// `cases/` (its own, and those it shares through a case template).
 #[test]
 fn every_bundled_rule_passes_all_of_its_cases() {
-    for rule in RULES {
-        let cases = workspace().join("rules").join(rule).join("cases");
-        let count = std::fs::read_dir(&cases)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "json")
-            })
-            .count();
-        assert!(count >= 8, "{rule} has only {count} cases");
-        let out = run(picket().arg("test").arg(rule_wasm(rule)).arg(&cases), "");
-        assert_eq!(out.code, Some(0), "{rule}:\n{}\n{}", out.stdout, out.stderr);
-        assert!(
-            out.stdout
-                .contains(&format!("{count} case(s): {count} passed, 0 failed")),
-            "{}",
-            out.stdout
+    let rules = bundled_rules();
+    assert!(rules.len() >= 2, "found only {} bundled rules", rules.len());
+    for rule in rules {
+        let (cases, count) = rule_cases(&rule.dir.join("cases"));
+        assert!(count >= 8, "{} has only {count} cases", rule.name);
+        let out = run(
+            picket()
+                .arg("test")
+                .arg(rule_wasm(&rule.name))
+                .arg(cases.path()),
+            "",
         );
+        assert_all_cases_passed(&rule.name, &out, count);
     }
 }
 

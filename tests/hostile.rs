@@ -77,11 +77,16 @@ fn memory_growth_past_the_cap_is_stopped() {
 #[test]
 fn a_panic_is_reported_with_its_message() {
     let (_, stderr) = replay_beside_good_rule(&rule_wasm("hostile-panic"), 4);
-    assert!(stderr.contains("rule panicked"), "{stderr}");
+    // One line, its location then its message: no literal `\n` between them.
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("rule panicked at "))
+        .unwrap_or_else(|| panic!("no panic line in\n{stderr}"));
     assert!(
-        stderr.contains("refusing to handle /var/run/secrets"),
-        "{stderr}"
+        line.contains("src/lib.rs:16:5: refusing to handle /var/run/secrets"),
+        "{line}"
     );
+    assert!(!line.contains("\\n"), "{line}");
     assert!(stderr.contains("hostile-panic"), "{stderr}");
 }
 
@@ -220,7 +225,8 @@ fn out_of_bounds_pointers_to_each_import_trap_with_a_clear_error() {
         (
             "garbage-signal",
             "(drop (call $emit_signal (i32.const 4096) (i32.const 2)))",
-            "emit_signal: the signal request is not a valid encoding",
+            "emit_signal: the signal request is not a valid encoding: field `new_value` at byte \
+             0: 255 is neither 0 (absent) nor 1 (present, the value follows)",
         ),
         (
             "oob-log",
@@ -287,9 +293,22 @@ fn modules_that_cannot_load_are_refused_by_name_and_the_rest_run() {
     huge_memory.memory_pages = 1024;
     let mut bad_manifest = Wat::new("bad-manifest");
     bad_manifest.manifest_result = Some("i64.const 0x0000_0400_0000_0010");
+    // The manifest's length one byte too long: a zero byte trails the encoding.
+    let mut trailing_manifest = Wat::new("trailing-manifest");
+    let trailing_len = manifest_bytes("trailing-manifest", "test module trailing-manifest").len();
+    let trailing_result = format!("i64.const {}", (1024i64 << 32) | (trailing_len as i64 + 1));
+    trailing_manifest.manifest_result = Some(&trailing_result);
+    // The bytes ff fe: no varint starts with 255.
+    let mut garbage_manifest = Wat::new("garbage-manifest");
+    garbage_manifest.manifest_result = Some("i64.const 0x0000_1000_0000_0002");
     let mut oob_manifest = Wat::new("oob-manifest");
     oob_manifest.manifest_result = Some("i64.const 0x0000_ffff_0000_1000");
 
+    let trailing_expected = format!(
+        "trailing-manifest.wasm: `picket_manifest` returned an invalid manifest ({} bytes at \
+         0x400): at byte {trailing_len}: the manifest ends here, but 1 more byte(s) follow",
+        trailing_len + 1
+    );
     let cases: Vec<(std::path::PathBuf, &str)> = vec![
         (garbage, "garbage.wasm: is not a WebAssembly module"),
         (
@@ -318,7 +337,15 @@ fn modules_that_cannot_load_are_refused_by_name_and_the_rest_run() {
         ),
         (
             bad_manifest.write(dir.path()),
-            "bad-manifest.wasm: `picket_manifest` returned an invalid manifest",
+            "bad-manifest.wasm: `picket_manifest` returned an invalid manifest (16 bytes at \
+             0x400): field `title` at byte 13: its length says 24, but only 2 bytes of the \
+             manifest follow",
+        ),
+        (trailing_manifest.write(dir.path()), &trailing_expected),
+        (
+            garbage_manifest.write(dir.path()),
+            "garbage-manifest.wasm: `picket_manifest` returned an invalid manifest (2 bytes at \
+             0x1000): field `id` at byte 0: 255 does not start an integer that fits 64 bits",
         ),
         (
             oob_manifest.write(dir.path()),

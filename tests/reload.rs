@@ -143,7 +143,8 @@ fn a_broken_or_half_written_module_leaves_the_running_version_in_place() {
         agent.stderr()
     );
     let (code, signals, stderr) = agent.finish();
-    assert_eq!(code, Some(0), "{stderr}");
+    // Modules were refused while replaying: exit 2, as for a module refused at the start.
+    assert_eq!(code, Some(2), "{stderr}");
     let exes: Vec<String> = signals.iter().map(exe).collect();
     assert_eq!(
         exes,
@@ -153,6 +154,77 @@ fn a_broken_or_half_written_module_leaves_the_running_version_in_place() {
         "{stderr}"
     );
     assert!(!stderr.contains("replaced"), "{stderr}");
+}
+
+/// A module written in two parts is judged once complete: the half the watch saw is not
+/// reported as an error. A module that stays broken is reported, once.
+#[test]
+fn a_module_being_written_is_not_an_error_and_a_broken_one_is_reported_once() {
+    use std::io::Write;
+    let dir = temp_dir();
+    copy_into(
+        &dir.path().join("witness1.wasm"),
+        &new_exe_rule("witness1", "witness"),
+    );
+    let agent = stream(dir.path());
+    assert!(agent.wait_for_log("rule loaded", RELOAD_WAIT));
+    let good = std::fs::read(rule_wasm("k8s-sa-token")).unwrap();
+    let module = dir.path().join("k8s_sa_token.wasm");
+    let mut file = std::fs::File::create(&module).unwrap();
+    file.write_all(&good[..good.len() / 2]).unwrap();
+    // The watch has read the first half and is compiling it (a refusal, held back) ...
+    assert!(
+        agent.wait_for_log_line(&["compiling rule module", "k8s_sa_token.wasm"], RELOAD_WAIT),
+        "{}",
+        agent.stderr()
+    );
+    // ... when the writer goes on.
+    file.write_all(&good[good.len() / 2..]).unwrap();
+    drop(file);
+    assert!(
+        agent.wait_for_log_line(&["rule loaded", "k8s_sa_token.wasm"], RELOAD_WAIT),
+        "{}",
+        agent.stderr()
+    );
+    // A module that stays half written is refused once it has settled.
+    copy_into(&dir.path().join("broken.wasm"), &good[..good.len() / 2]);
+    assert!(agent.wait_for_log(
+        "broken.wasm: is not a valid WebAssembly module",
+        RELOAD_WAIT
+    ));
+    // Proof that the watch went on after that report: another module loads.
+    copy_into(
+        &dir.path().join("witness2.wasm"),
+        &new_exe_rule("witness2", "witness"),
+    );
+    assert!(agent.wait_for_log_line(&["rule loaded", "witness2.wasm"], RELOAD_WAIT));
+    let (code, _, stderr) = agent.finish();
+    assert_eq!(code, Some(2), "a module was refused: {stderr}");
+    assert!(!stderr.contains("k8s_sa_token.wasm: is"), "{stderr}");
+    assert_eq!(stderr.matches("rule module refused").count(), 1, "{stderr}");
+}
+
+/// The install recipe of docs/rule-guide.md: written under a hidden name (never loaded), then
+/// renamed into place.
+#[test]
+fn a_module_written_under_a_hidden_name_loads_once_renamed_into_place() {
+    let dir = temp_dir();
+    let mut agent = stream(dir.path());
+    assert!(agent.wait_for_log("no rules loaded", RELOAD_WAIT));
+    let hidden = dir.path().join(".rule.wasm.new");
+    copy_into(&hidden, &new_exe_rule("renamed", "renamed"));
+    std::fs::rename(&hidden, dir.path().join("rule.wasm")).unwrap();
+    assert!(
+        agent.wait_for_log_line(&["rule loaded", "rule.wasm"], RELOAD_WAIT),
+        "{}",
+        agent.stderr()
+    );
+    agent.send(&event(0));
+    agent.send(&event(1));
+    let (code, signals, stderr) = agent.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(signals.len(), 1, "{stderr}");
+    assert!(!stderr.contains(".rule.wasm.new"), "{stderr}");
 }
 
 #[test]

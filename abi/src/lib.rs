@@ -13,8 +13,10 @@
 extern crate alloc;
 
 mod event;
+mod explain;
 
 pub use event::{BASE_HEADER_LEN, Event, EventFields, FileId, HEADER_LEN, LayoutError};
+pub use explain::{DecodeFailure, decode_manifest, decode_signal_request};
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -18,7 +18,21 @@ static PANIC_HOOK: Once = Once::new();
 fn install_panic_hook() {
     PANIC_HOOK.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            crate::imports::log(crate::LogLevel::Panic, &format!("rule panicked: {info}"));
+            // One line: std's own rendering puts the message on a line of its own, which the
+            // host's log shows escaped, as a literal `\n`.
+            let message = info
+                .payload_as_str()
+                .unwrap_or("(a panic without a message)");
+            let text = match info.location() {
+                Some(at) => format!(
+                    "rule panicked at {}:{}:{}: {message}",
+                    at.file(),
+                    at.line(),
+                    at.column()
+                ),
+                None => format!("rule panicked: {message}"),
+            };
+            crate::imports::log(crate::LogLevel::Panic, &text);
         }))
     });
 }

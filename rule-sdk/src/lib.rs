@@ -30,14 +30,25 @@
 //! ```
 //!
 //! Build with `cargo build --release --target wasm32-unknown-unknown` and check the module with
-//! `picket test`. On other targets the same crate builds natively: [`native`] lets a program run
-//! the rule's functions directly, which picket uses to measure what the sandbox costs.
+//! `picket test`: the rule template (`templates/rule/` in picket's repository) is a crate set up
+//! for that, and picket's `docs/rule-guide.md` takes a rule from zero to a signed, deployed
+//! module. The SDK needs Rust 1.98 or later.
+//!
+//! What a handler reads is [`Event`] (its accessors, and [`EventExt`]); what it asks is
+//! [`new_value`]; what it raises is a [`Signal`]. [`path`] matches the files the kubelet projects
+//! into pods, and [`reader`] is a whole rule of the most common kind (an unfamiliar reader of a
+//! file), which the bundled token rules use.
+//!
+//! On targets other than wasm32 the same crate builds natively: the module `native` (present
+//! only there) lets a program run the rule's functions directly, which picket uses to measure
+//! what the sandbox costs.
 #![warn(missing_docs)]
 
 mod image;
 mod imports;
 mod manifest;
 pub mod path;
+pub mod reader;
 
 #[doc(hidden)]
 pub mod __private;
@@ -53,8 +64,17 @@ pub use picket_abi::{
 pub use imports::native;
 
 /// An event handed to a rule: every accessor reads the host's buffer in place, and a string is
-/// sliced and checked only when asked for.
-pub type Event<'a> = picket_abi::Event<'a>;
+/// sliced only when asked for. The fields: [`path`](Event::path), [`exe`](Event::exe),
+/// [`access`](Event::access), [`comm`](Event::comm), [`args`](Event::args),
+/// [`pid`](Event::pid), [`ppid`](Event::ppid), [`uid`](Event::uid), [`gid`](Event::gid),
+/// [`ts_ns`](Event::ts_ns), [`in_container`](Event::in_container),
+/// [`container_id`](Event::container_id), [`container_image`](Event::container_image),
+/// [`node_name`](Event::node_name), [`file_id`](Event::file_id),
+/// [`canonical_path`](Event::canonical_path); and, from [`EventExt`],
+/// [`workload`](EventExt::workload) and [`may_read`](EventExt::may_read). What each means:
+/// picket's `docs/events.md`.
+#[doc(inline)]
+pub use picket_abi::Event;
 
 /// The two functions that make a rule; [`rule!`] defines one named `RULE`.
 #[derive(Clone, Copy)]

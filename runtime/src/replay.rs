@@ -30,7 +30,8 @@ pub struct Replayed {
     pub rejected: u64,
     /// Signals written.
     pub signals: u64,
-    /// Whether some module in the rules directory could not be loaded at the start.
+    /// Whether some module in the rules directory was refused, at the start or (with `--watch`)
+    /// while replaying.
     pub unusable_rules: bool,
 }
 
@@ -45,7 +46,7 @@ impl Replayed {
 /// Fails when the input cannot be read or signals cannot be written.
 pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
     let (mut engine, scan) = RuleEngine::start(&options.engine)?;
-    let unusable_rules = !scan.errors.is_empty();
+    let mut unusable_rules = !scan.errors.is_empty();
     engine.apply(scan);
     if engine.pipeline().rules().next().is_none() {
         tracing::warn!("no rules loaded from {}", options.engine.rules.display());
@@ -67,6 +68,8 @@ pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
     loop {
         // Reloads land between batches of events, so each event meets one version of a rule.
         while let Ok(scan) = reload_rx.try_recv() {
+            // A module refused while watching counts as one refused at the start (exit 2).
+            unusable_rules |= !scan.errors.is_empty();
             engine.apply(scan);
         }
         match input.recv_timeout(Duration::from_millis(50)) {

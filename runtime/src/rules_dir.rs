@@ -17,6 +17,13 @@
 //! logged as an error naming every file; once only one is left, it loads. While running, each
 //! module is accepted when its compile finishes, so of two new files claiming one id the first
 //! ready runs and the other is refused as claiming a running rule's id.
+//!
+//! While the directory is watched, a module is judged only once it is complete: a refusal (a
+//! module that does not compile, or whose signature does not match yet) is held back until the
+//! file has stayed unchanged (size and modification time) for [`SETTLE`], and reported then,
+//! once. A write in progress (a slow `cp`, a module copied before its signature) is not an
+//! error: the next change rescans it, and a module that stays broken is reported. Writing to a
+//! temporary name and renaming into place (docs/rule-guide.md) avoids even the wait.
 
 use crate::admission::Admission;
 use crate::compile::{Compiled, Job};
@@ -29,6 +36,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a refused module's file must stay unchanged before the refusal is reported, while
+/// the directory is watched.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// What a listing of the rules directory found.
 #[derive(Debug, Default)]
@@ -127,6 +139,23 @@ struct Entry {
     id: String,
 }
 
+/// A file's size and modification time: what changes while it is being written.
+type Stamp = (u64, SystemTime);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.len(), metadata.modified().ok()?))
+}
+
+/// A refusal waiting for its file to settle.
+struct Held {
+    hash: blake3::Hash,
+    /// The file's stamp when it was read.
+    stamp: Option<Stamp>,
+    since: Instant,
+    error: LoadError,
+}
+
 /// What a survey found: removals to apply now, and content to compile.
 pub struct Survey {
     /// Removals (and errors reading files), ready to apply.
@@ -150,6 +179,13 @@ pub struct RuleDirectory {
     skipped: HashMap<PathBuf, String>,
     /// Strict modes and signatures.
     admission: Admission,
+    /// Each file's stamp when it was last read.
+    stamps: HashMap<PathBuf, Stamp>,
+    /// Refusals waiting for their file to settle (only with `settle`).
+    held: HashMap<PathBuf, Held>,
+    /// How long a refused file must stay unchanged before the refusal is reported; `None`
+    /// reports at once (a single scan, such as the one at start).
+    settle: Option<Duration>,
 }
 
 impl RuleDirectory {
@@ -163,7 +199,67 @@ impl RuleDirectory {
             compiling: HashMap::new(),
             skipped: HashMap::new(),
             admission: Admission::default(),
+            stamps: HashMap::new(),
+            held: HashMap::new(),
+            settle: None,
         }
+    }
+
+    /// Holds each refusal back until its file has stayed unchanged for `settle`, so that a
+    /// module being written is not reported as broken; see [`RuleDirectory::settled`].
+    pub fn settle_refusals(mut self, settle: Duration) -> RuleDirectory {
+        self.settle = Some(settle);
+        self
+    }
+
+    /// Refuses `path`'s content `hash`: reported now, or held until the file settles.
+    fn refuse(&mut self, path: PathBuf, hash: blake3::Hash, error: LoadError, scan: &mut Scan) {
+        self.refused.insert(path.clone(), hash);
+        match self.settle {
+            None => scan.errors.push(error),
+            Some(_) => {
+                let held = Held {
+                    hash,
+                    stamp: self.stamps.get(&path).copied(),
+                    since: Instant::now(),
+                    error,
+                };
+                self.held.insert(path, held);
+            }
+        }
+    }
+
+    /// When the next held refusal is due, if any.
+    pub fn next_settle(&self) -> Option<Duration> {
+        let settle = self.settle?;
+        self.held
+            .values()
+            .map(|held| settle.saturating_sub(held.since.elapsed()))
+            .min()
+    }
+
+    /// Reports the held refusals whose files stayed unchanged for the settle time. A file that
+    /// changed meanwhile is forgotten instead: the change rescans it, and it is judged again.
+    pub fn settled(&mut self) -> Scan {
+        let mut scan = Scan::default();
+        let Some(settle) = self.settle else {
+            return scan;
+        };
+        let due: Vec<PathBuf> = self
+            .held
+            .iter()
+            .filter(|(_, held)| held.since.elapsed() >= settle)
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in due {
+            let held = self.held.remove(&path).expect("listed above");
+            if held.stamp.is_some() && stamp(&path) == held.stamp {
+                scan.errors.push(held.error);
+            } else if self.refused.get(&path) == Some(&held.hash) {
+                self.refused.remove(&path);
+            }
+        }
+        scan
     }
 
     /// Loads only what `admission` admits (strict modes are always checked).
@@ -215,9 +311,16 @@ impl RuleDirectory {
         }
         self.refused.retain(|path, _| files.contains(path));
         self.duplicates.retain(|path, _| files.contains(path));
+        self.held.retain(|path, _| files.contains(path));
+        self.stamps.retain(|path, _| files.contains(path));
 
         let mut jobs = Vec::new();
         for path in files {
+            // Taken before the read: a write after it changes the stamp, and a held refusal of
+            // what was read is then dropped rather than reported.
+            if let Some(now) = stamp(&path) {
+                self.stamps.insert(path.clone(), now);
+            }
             let bytes = match read_module(&path, max_module_bytes) {
                 Ok(bytes) => bytes,
                 Err(error) => {
@@ -233,10 +336,11 @@ impl RuleDirectory {
             {
                 continue;
             }
+            // New content: a refusal held for the old one is moot.
+            self.held.remove(&path);
             if let Err(message) = verdict.result {
                 let source = path.display().to_string();
-                self.refused.insert(path, hash);
-                scan.errors.push(LoadError { source, message });
+                self.refuse(path, hash, LoadError { source, message }, &mut scan);
                 continue;
             }
             self.compiling.insert(path.clone(), hash);
@@ -272,8 +376,7 @@ impl RuleDirectory {
                 Ok(module) => loaded.push((path, hash, module)),
                 Err(error) => {
                     self.duplicates.remove(&path);
-                    self.refused.insert(path, hash);
-                    scan.errors.push(error);
+                    self.refuse(path, hash, error, &mut scan);
                 }
             }
         }
@@ -495,5 +598,42 @@ mod tests {
         );
         assert!(!apply(&mut pipeline, scan));
         assert_eq!(pipeline.rules().count(), 1, "the running version stays");
+    }
+
+    /// While watched, a refusal waits for the file to settle: reported once if the file stayed
+    /// as it was read, forgotten (and judged again at the next look) if it changed meanwhile.
+    #[test]
+    fn a_refusal_waits_for_its_file_to_settle() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Arc::new(Sandbox::new(Limits::default()).unwrap());
+        let mut rules = RuleDirectory::new(dir.path()).settle_refusals(Duration::ZERO);
+        let module = dir.path().join("r.wasm");
+        let good = test_module::rule(&test_module::manifest("rule"), &[]);
+
+        // Half a module: refused, but held, not reported.
+        std::fs::write(&module, &good[..good.len() / 2]).unwrap();
+        assert!(rules.scan(&sandbox).unwrap().is_empty());
+        assert_eq!(rules.next_settle(), Some(Duration::ZERO));
+        // The writer went on: the file is no longer what was read, so the refusal is forgotten,
+        // and the whole module loads.
+        std::fs::write(&module, &good).unwrap();
+        assert!(rules.settled().is_empty());
+        assert_eq!(installed(&rules.scan(&sandbox).unwrap()), ["install rule"]);
+
+        // A module that stays broken: reported once it is due, and only once.
+        std::fs::write(&module, b"\0asm\x01\0\0\0garbage").unwrap();
+        assert!(rules.scan(&sandbox).unwrap().is_empty());
+        let reported = rules.settled();
+        assert_eq!(reported.errors.len(), 1);
+        assert!(
+            reported.errors[0]
+                .message
+                .contains("not a valid WebAssembly module"),
+            "{}",
+            reported.errors[0]
+        );
+        assert_eq!(rules.next_settle(), None);
+        assert!(rules.settled().is_empty());
+        assert!(rules.scan(&sandbox).unwrap().is_empty());
     }
 }

@@ -7,10 +7,12 @@
 //! copy and a `..data` swap all end in one scan that sees the final content. Compiling happens
 //! on worker threads ([`crate::compile`]), off the event path and off this thread: each module
 //! is handed over as soon as it is ready, so a slow one delays only itself, and the watch keeps
-//! answering changes meanwhile. The pipeline only swaps in modules that are ready.
+//! answering changes meanwhile. The pipeline only swaps in modules that are ready. A refusal is
+//! reported only once its file has stayed unchanged for [`SETTLE`]: a module still being
+//! written is not an error.
 
 use crate::compile::{self, Deadlines, Progress, over_budget};
-use crate::rules_dir::{RuleDirectory, Scan};
+use crate::rules_dir::{RuleDirectory, SETTLE, Scan};
 use crate::sandbox::Sandbox;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -49,10 +51,11 @@ enum Message {
 /// threads and passes each result to `deliver` as soon as it is ready (a slow module delays
 /// only itself). `deliver` returns `false` once nobody listens any more.
 pub fn spawn(
-    mut directory: RuleDirectory,
+    directory: RuleDirectory,
     sandbox: Arc<Sandbox>,
     mut deliver: impl FnMut(Scan) -> bool + Send + 'static,
 ) -> notify::Result<RuleWatcher> {
+    let mut directory = directory.settle_refusals(SETTLE);
     let (tx, rx) = mpsc::channel::<Message>();
     let kick = tx.clone();
     let notify_tx = tx.clone();
@@ -83,7 +86,7 @@ pub fn spawn(
                         .saturating_sub(last.elapsed())
                         .min(MAX_DELAY.saturating_sub(first.elapsed()))
                 });
-                let wait = [survey_in, deadlines.next()]
+                let wait = [survey_in, deadlines.next(), directory.next_settle()]
                     .into_iter()
                     .flatten()
                     .min()
@@ -105,6 +108,7 @@ pub fn spawn(
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
+                scan.errors.extend(directory.settled().errors);
                 for (path, hash) in deadlines.expired() {
                     let late = directory.give_up(&path, hash, over_budget(budget));
                     scan.errors.extend(late.errors);

@@ -22,16 +22,130 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Every wasm package the tests load.
-const WASM_PACKAGES: [&str; 7] = [
-    "eks-token",
-    "k8s-sa-token",
-    "hostile-loop",
-    "hostile-memory",
-    "hostile-panic",
-    "hostile-flood",
-    "hostile-state",
-];
+/// The wasm packages the tests load: every bundled rule (a folder `rules/NAME/` with a
+/// `Cargo.toml`, package `NAME`) and every test rule (`tests/rules/NAME/`), found by folder so
+/// that a new rule needs no entry here.
+pub fn wasm_packages() -> Vec<String> {
+    let mut packages: Vec<String> = bundled_rules().into_iter().map(|rule| rule.name).collect();
+    packages.extend(rule_folders(&workspace().join("tests/rules")));
+    packages
+}
+
+/// A bundled rule: its folder `rules/NAME/` and package name.
+pub struct BundledRule {
+    /// The package name, the folder's name.
+    pub name: String,
+    /// `rules/NAME`.
+    pub dir: PathBuf,
+}
+
+/// Every bundled rule, in name order.
+pub fn bundled_rules() -> Vec<BundledRule> {
+    let rules = workspace().join("rules");
+    rule_folders(&rules)
+        .into_iter()
+        .map(|name| BundledRule {
+            dir: rules.join(&name),
+            name,
+        })
+        .collect()
+}
+
+/// The names of the folders under `dir` that hold a `Cargo.toml`, each checked to name its
+/// package as the folder is named (module files, `-p` arguments and case files rely on it).
+fn rule_folders(dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let manifest = path.join("Cargo.toml");
+        if !manifest.is_file() {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert!(
+            text.lines()
+                .any(|line| line == format!("name = \"{name}\"")),
+            "{}: the package must be named `{name}`, as its folder is",
+            manifest.display()
+        );
+        names.push(name);
+    }
+    names.sort();
+    names
+}
+
+/// The conformance cases of a rule's `cases/` folder, ready for `picket test`: its `*.json`
+/// files as they are, plus, for each `TEMPLATE.vars` file, the case templates of
+/// `rule-sdk/cases/TEMPLATE/` with every `{{name}}` replaced by the value the `.vars` file (a
+/// JSON object of strings) gives it. Cases shared by rules of one kind (the token readers) are
+/// written once that way. Returns the folder the cases were written to, and how many.
+pub fn rule_cases(cases: &Path) -> (tempfile::TempDir, usize) {
+    let out = temp_dir();
+    let mut count = 0;
+    let mut write = |name: &std::ffi::OsStr, text: &str| {
+        let path = out.path().join(name);
+        assert!(!path.exists(), "two cases named {}", path.display());
+        std::fs::write(&path, text).unwrap();
+        count += 1;
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(cases)
+        .unwrap_or_else(|e| panic!("{}: {e}", cases.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        match path.extension().and_then(|x| x.to_str()) {
+            Some("json") => write(
+                path.file_name().unwrap(),
+                &std::fs::read_to_string(&path).unwrap(),
+            ),
+            Some("vars") => {
+                let vars: std::collections::BTreeMap<String, String> =
+                    serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let template = workspace()
+                    .join("rule-sdk/cases")
+                    .join(path.file_stem().unwrap());
+                let mut templates: Vec<PathBuf> = std::fs::read_dir(&template)
+                    .unwrap_or_else(|e| panic!("{}: {e}", template.display()))
+                    .map(|entry| entry.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect();
+                templates.sort();
+                for case in templates {
+                    let text = expand(&std::fs::read_to_string(&case).unwrap(), &vars)
+                        .unwrap_or_else(|e| {
+                            panic!("{} with {}: {e}", case.display(), path.display())
+                        });
+                    write(case.file_name().unwrap(), &text);
+                }
+            }
+            _ => {}
+        }
+    }
+    (out, count)
+}
+
+/// `text` with each `{{name}}` replaced by `vars[name]`; a name without a value is an error.
+fn expand(text: &str, vars: &std::collections::BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find("}}")
+            .ok_or_else(|| "a `{{` without `}}`".to_string())?;
+        let name = &rest[start + 2..start + end];
+        let value = vars
+            .get(name)
+            .ok_or_else(|| format!("no value for `{{{{{name}}}}}`"))?;
+        out.push_str(value);
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
 
 /// Builds the rule modules once per test binary and returns the directory holding them. Cargo's
 /// own lock serializes test binaries that build at the same time.
@@ -46,8 +160,8 @@ pub fn wasm_dir() -> &'static Path {
             "--target",
             "wasm32-unknown-unknown",
         ]);
-        for package in WASM_PACKAGES {
-            command.args(["-p", package]);
+        for package in wasm_packages() {
+            command.args(["-p", &package]);
         }
         let status = command
             .status()
@@ -138,6 +252,18 @@ pub fn run(command: &mut Command, stdin: &str) -> Run {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
+}
+
+/// Asserts that a `picket test` run (`what` names it) exited 0 with all of its `count` cases
+/// passed.
+pub fn assert_all_cases_passed(what: &str, out: &Run, count: usize) {
+    assert_eq!(out.code, Some(0), "{what}:\n{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("{count} case(s): {count} passed, 0 failed")),
+        "{what}: expected {count} cases to pass\n{}",
+        out.stdout
+    );
 }
 
 /// A token-read event as one JSON line.

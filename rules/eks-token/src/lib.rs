@@ -3,36 +3,29 @@
 //! Pods that use IAM Roles for Service Accounts get a projected token at
 //! `/var/run/secrets/eks.amazonaws.com/serviceaccount/token`. Whoever reads it can exchange it
 //! for the pod role's AWS credentials with `sts:AssumeRoleWithWebIdentity`. The AWS SDK in the
-//! workload reads it routinely, so the rule learns which executables do, per image, and raises a
-//! signal when another one does (MITRE ATT&CK TA0006, T1552).
+//! workload reads it routinely, so the rule learns which executables do, per workload, and raises
+//! a signal when another one does (MITRE ATT&CK TA0006, T1552). What it does is the SDK's
+//! [`UnfamiliarReader`]; this crate gives it its file and words.
 
 use picket_rule_sdk::path::EKS_WEB_IDENTITY_TOKEN;
 use picket_rule_sdk::prelude::*;
+use picket_rule_sdk::reader::UnfamiliarReader;
+
+const EKS_TOKEN: UnfamiliarReader = UnfamiliarReader {
+    id: "eks-token",
+    title: "Unfamiliar process accessed AWS EKS service account token",
+    description: "A process not seen before in this workload read the EKS web-identity token, \
+                  which can be exchanged for the pod role's AWS credentials \
+                  (sts:AssumeRoleWithWebIdentity).",
+    file: EKS_WEB_IDENTITY_TOKEN,
+};
 
 fn manifest() -> Manifest {
-    ManifestBuilder::new("eks-token")
-        .title("Unfamiliar process accessed AWS EKS service account token")
-        .description(
-            "A process not seen before in this workload read the EKS web-identity token, which \
-             can be exchanged for the pod role's AWS credentials (sts:AssumeRoleWithWebIdentity).",
-        )
-        .severity(Severity::Medium)
-        .mitre("TA0006-credential-access", "T1552-unsecured-credentials")
-        .subscribe_projected(EventKind::Open, &EKS_WEB_IDENTITY_TOKEN)
-        .learning_period(days(7))
-        .forget_after(days(28))
-        .build()
+    EKS_TOKEN.manifest()
 }
 
 fn on_event(event: &Event) {
-    if !event.may_read() || !EKS_WEB_IDENTITY_TOKEN.matches_event(event) {
-        return;
-    }
-    let group = event.workload();
-    let exe = event.exe();
-    if new_value("process.exe", group, exe) {
-        Signal::new().new_value("process.exe", exe, group).emit();
-    }
+    EKS_TOKEN.on_event(event)
 }
 
 picket_rule_sdk::rule!(manifest, on_event);

@@ -103,11 +103,13 @@ fn emit_signal(mut caller: Caller<'_, RuleCtx>, ptr: i32, len: i32) -> wasmtime:
         "signal request",
         MAX_SIGNAL_BYTES,
     )?;
-    let request: SignalRequest<'_> = picket_abi::decode_borrowed(bytes).map_err(|err| {
-        HostError(format!(
-            "{IMPORT_EMIT_SIGNAL}: the signal request is not a valid encoding: {err}"
-        ))
-    })?;
+    let request: SignalRequest<'_> =
+        picket_abi::decode_signal_request(bytes).map_err(|failure| {
+            HostError(format!(
+                "{IMPORT_EMIT_SIGNAL}: the signal request is not a valid encoding: {failure} (the \
+             encoding: docs/abi.md#signal-request)"
+            ))
+        })?;
     let new_value = match request.new_value {
         None => None,
         Some(nv) => {
@@ -143,12 +145,21 @@ fn log(mut caller: Caller<'_, RuleCtx>, level: i32, ptr: i32, len: i32) -> wasmt
     let bytes = guest_bytes(data, ptr, len, IMPORT_LOG, "message", MAX_LOG_LINE)?;
     // Control characters escaped: a rule's text must not start a line of its own in the log
     // (forging a host message) or drive a terminal.
-    let message = crate::output::escape_controls(&String::from_utf8_lossy(bytes));
+    let text = String::from_utf8_lossy(bytes);
     let level = LogLevel::from_raw(level);
     if level == LogLevel::Panic {
-        ctx.panic_message = Some(message);
+        // A panic message is the reason of one failure, reported on one line: its own line
+        // breaks (a message over several lines, from any language) become spaces rather than
+        // a literal `\n`.
+        let one_line: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        ctx.panic_message = Some(crate::output::escape_controls(&one_line.join(" ")));
         return Ok(());
     }
+    let message = crate::output::escape_controls(&text);
     if ctx.logs_this_event >= ctx.limits.max_logs_per_event {
         if ctx.logs_this_event == ctx.limits.max_logs_per_event {
             // Said once per event, so that the report of a flood is not a flood itself.

@@ -432,4 +432,39 @@ mod tests {
         third.handle(b"e", 6, &mut state).unwrap_err();
         assert_eq!(third.take_signals().count(), 0, "b was learned before");
     }
+
+    /// A panic message over several lines (any language may log one) is reported on one line,
+    /// not with escaped line breaks.
+    #[test]
+    fn a_panic_message_is_one_line() {
+        let sandbox = sandbox();
+        let mut encoded = Vec::new();
+        picket_abi::encode_into_vec(&test_module::manifest("multi"), &mut encoded).unwrap();
+        let literal: String = encoded.iter().map(|b| format!("\\{b:02x}")).collect();
+        let message = "assertion failed\n  left: 1\r\n right: 2\n";
+        let wat = format!(
+            r#"(module
+  (import "picket" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{literal}")
+  (data (i32.const 2048) "{text}")
+  (func (export "picket_abi_version") (result i32) (i32.const 1))
+  (func (export "picket_manifest") (result i64) (i64.const {packed}))
+  (func (export "picket_alloc") (param i32) (result i32) (i32.const 8192))
+  (func (export "picket_on_event") (param i32 i32) (result i32)
+    (call $log (i32.const 4) (i32.const 2048) (i32.const {len}))
+    unreachable))"#,
+            text = message.escape_default(),
+            packed = picket_abi::pack_ptr_len(1024, encoded.len() as u32),
+            len = message.len(),
+        );
+        let bytes = wat::parse_str(&wat).unwrap();
+        let module = sandbox.load("multi.wasm", &bytes).unwrap();
+        let mut instance = sandbox.instantiate(&module).unwrap();
+        let err = instance.handle(b"e", 1, &mut state()).unwrap_err();
+        assert_eq!(
+            err,
+            RuleError::Panic(Some("assertion failed left: 1 right: 2".into()))
+        );
+    }
 }

@@ -134,8 +134,12 @@ impl Sandbox {
                     memory.len()
                 )
             })?;
-        picket_abi::decode_owned(bytes)
-            .map_err(|err| format!("`{EXPORT_MANIFEST}` returned an invalid manifest: {err}"))
+        picket_abi::decode_manifest(bytes).map_err(|failure| {
+            format!(
+                "`{EXPORT_MANIFEST}` returned an invalid manifest ({len} bytes at {ptr:#x}): \
+                 {failure} (the encoding: docs/abi.md#manifest)"
+            )
+        })
     }
 }
 
