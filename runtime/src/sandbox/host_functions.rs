@@ -143,7 +143,7 @@ fn log(mut caller: Caller<'_, RuleCtx>, level: i32, ptr: i32, len: i32) -> wasmt
     let bytes = guest_bytes(data, ptr, len, IMPORT_LOG, "message", MAX_LOG_LINE)?;
     // Control characters escaped: a rule's text must not start a line of its own in the log
     // (forging a host message) or drive a terminal.
-    let message = crate::output::escape_controls(&String::from_utf8_lossy(bytes));
+    let message = crate::text::escape_controls(&String::from_utf8_lossy(bytes));
     let level = LogLevel::from_raw(level);
     if level == LogLevel::Panic {
         ctx.panic_message = Some(message);
