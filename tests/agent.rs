@@ -140,7 +140,8 @@ mkfifo "$WORK/pipe"
 sleep 1000 <"$WORK/pipe" &
 consumer=$!
 "$PICKET" run --rules "$WORK/rules" --state "$WORK/state" --learning-period 0s \
-    --output - --output-queue 8 --listen 127.0.0.1:0 >"$WORK/pipe" 2>"$WORK/agent1.log" &
+    --output - --output-queue 8 --flood-limit 0 --listen 127.0.0.1:0 >"$WORK/pipe" \
+    2>"$WORK/agent1.log" &
 agent=$!
 wait_for "$WORK/agent1.log" "agent ready"
 cat "$K8S" >/dev/null                       # the group's baseline

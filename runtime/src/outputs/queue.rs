@@ -134,6 +134,8 @@ struct Stats {
     waiting: AtomicU64,
     /// The failure that ended the output (a replay's).
     fatal: Mutex<Option<String>>,
+    /// When drops in the backlog were last logged (at most once a minute while they go on).
+    drops_logged: Mutex<Option<Instant>>,
 }
 
 /// How an output ended.
@@ -307,7 +309,7 @@ impl OutputQueue {
                 tracing::error!(
                     output = %self.name,
                     undelivered = delivery.undelivered,
-                    "signals not delivered: the output did not take them in time"
+                    "signals not delivered: the output did not take the waiting signals in time"
                 );
             }
         }
@@ -424,6 +426,10 @@ impl Worker {
                 }
             }
         }
+        // What is still in the channel goes to the backlog: a spool keeps it for the next start,
+        // and in memory it is counted as not delivered.
+        rx.close();
+        while self.take_waiting(&mut rx, None) {}
         self.publish();
         if self.failing_since.is_some() {
             crate::metrics::global().output_failing(&self.name, None);
@@ -538,7 +544,11 @@ fn push(backlog: &mut Backlog, stats: &Stats, metrics: &OutputMetrics, lines: Ve
                 ),
             };
             counter.inc_by(dropped);
-            tracing::error!(output = %metrics.name, dropped, total = counter.get(), "oldest signals dropped: {why}");
+            let mut logged = stats.drops_logged.lock().unwrap_or_else(|p| p.into_inner());
+            if logged.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
+                *logged = Some(Instant::now());
+                tracing::error!(output = %metrics.name, dropped, total = counter.get(), "oldest signals dropped: {why}");
+            }
         }
         Err(err) => {
             // The disk refused them (full, failing): they are lost, and said to be.
