@@ -9,20 +9,14 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 use support::receiver::{Mode, Receiver, Request, free_port};
-use support::{K8S_TOKEN, Streaming, picket, rule_wasm, run, temp_dir, token_read, workspace};
+use support::{K8S_TOKEN, Streaming, picket, run, temp_dir, token_read, workspace};
 
 /// Long enough for anything the tests wait for; they wait for an observable thing, never for
 /// a time.
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn k8s_rule() -> tempfile::TempDir {
-    let dir = temp_dir();
-    std::fs::copy(
-        rule_wasm("k8s-sa-token"),
-        dir.path().join("k8s_sa_token.wasm"),
-    )
-    .unwrap();
-    dir
+    support::rules_dir_of(&["k8s-sa-token"])
 }
 
 /// `count + 1` token reads: the first learns the group, each later one (a new executable)
@@ -342,11 +336,7 @@ fn the_falcosidekick_check_refuses_what_falcosidekick_refuses() {
 
 #[test]
 fn falcosidekick_gets_falcos_json_output_format_field_by_field() {
-    let rules = temp_dir();
-    for rule in ["eks-token", "k8s-sa-token"] {
-        let file = format!("{}.wasm", rule.replace('-', "_"));
-        std::fs::copy(rule_wasm(rule), rules.path().join(file)).unwrap();
-    }
+    let rules = support::rules_dir_of(&["eks-token", "k8s-sa-token"]);
     let example = workspace().join("examples/token-reads.jsonl");
     let receiver = Receiver::start(0, Mode::Accept, Some(falcosidekick_check));
     let url = format!("falcosidekick+{}", receiver.url());

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::receiver::{Mode, Receiver};
-use support::{K8S_TOKEN, percentile, picket, rule_wasm, run, temp_dir, token_read};
+use support::{K8S_TOKEN, percentile, picket, run, temp_dir, token_read};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -52,9 +52,8 @@ fn throughput(quick: bool) {
     let signals: u32 = if quick { 2_000 } else { 50_000 };
     let rounds = if quick { 1 } else { 5 };
     let work = temp_dir();
-    let rules = work.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::copy(rule_wasm("k8s-sa-token"), rules.join("k8s_sa_token.wasm")).unwrap();
+    let rules_dir = support::rules_dir_of(&["k8s-sa-token"]);
+    let rules = rules_dir.path().to_path_buf();
     let events = work.path().join("events.jsonl");
     let mut text = token_read(0, "/usr/bin/app", K8S_TOKEN);
     text.push('\n');

@@ -326,6 +326,16 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// A temporary rules directory holding the modules of `packages` (such as `k8s-sa-token`).
+pub fn rules_dir_of(packages: &[&str]) -> tempfile::TempDir {
+    let dir = temp_dir();
+    for package in packages {
+        let file = format!("{}.wasm", package.replace('-', "_"));
+        std::fs::copy(rule_wasm(package), dir.path().join(file)).unwrap();
+    }
+    dir
+}
+
 /// A fresh temporary directory.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("creating a temporary directory")
