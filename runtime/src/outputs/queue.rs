@@ -305,6 +305,12 @@ impl OutputQueue {
                     undelivered = delivery.undelivered,
                     "signals not delivered yet stay in the spool for the next start"
                 );
+            } else if self.error().is_some() {
+                tracing::error!(
+                    output = %self.name,
+                    undelivered = delivery.undelivered,
+                    "signals not delivered: the output failed"
+                );
             } else {
                 tracing::error!(
                     output = %self.name,
