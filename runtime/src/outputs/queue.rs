@@ -127,7 +127,8 @@ impl Backlog {
 /// Counts kept for the summary at the end (the metrics count the same, process-wide).
 #[derive(Default)]
 struct Stats {
-    queued: AtomicU64,
+    /// Signals handed over after the worker had ended.
+    orphaned: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
     /// Signals in the backlog when the worker last looked.
@@ -225,7 +226,7 @@ impl OutputQueue {
     /// drops; waiting for room when it waits).
     pub fn send(&mut self, line: Bytes) {
         let Some(tx) = &self.tx else { return };
-        let sent = match self.when_full {
+        let handed = match self.when_full {
             WhenFull::Drop => match tx.try_send(line) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -240,10 +241,11 @@ impl OutputQueue {
             },
             WhenFull::Wait => tx.blocking_send(line).is_ok(),
         };
-        // A signal handed to a worker that is gone counts as queued and not delivered.
-        let _ = sent;
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.metrics.queued.inc();
+        if !handed {
+            // The worker is gone (its output failed for good): queued, never delivered.
+            self.stats.orphaned.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The failure that ended the output, if one did (only outputs that give up: a replay's
@@ -295,7 +297,8 @@ impl OutputQueue {
             name: self.name.clone(),
             delivered: stats.delivered.load(Ordering::Relaxed),
             dropped: stats.dropped.load(Ordering::Relaxed),
-            undelivered: stats.waiting.load(Ordering::Relaxed),
+            undelivered: stats.waiting.load(Ordering::Relaxed)
+                + stats.orphaned.load(Ordering::Relaxed),
             spooled: self.spooled,
         };
         if delivery.undelivered > 0 {
