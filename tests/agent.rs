@@ -80,6 +80,63 @@ signals() {
 }
 "#;
 
+/// A remote output whose receiver is down: the file output goes on, `/readyz` names the failing
+/// output, the metrics count it; kill -9, a receiver comes up, and the restarted agent delivers
+/// what was spooled.
+const REMOTE_OUTPUT_DOWN: &str = r#"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+url="http://127.0.0.1:$port/"
+echo "$url" > "$WORK/url"
+# get LOG PATH: the answer to GET PATH on the endpoint of the agent whose log is LOG.
+get() {
+    addr=$(sed -n 's/.*address=\([0-9.:]*\).*/\1/p' "$1" | head -n 1)
+    perl -MIO::Socket::INET -e '
+        my $s = IO::Socket::INET->new(PeerAddr => $ARGV[0]) or die "connecting to $ARGV[0]: $!";
+        print $s "GET $ARGV[1] HTTP/1.0\r\n\r\n"; print while <$s>;' "$addr" "$2"
+}
+run_agent() {
+    "$PICKET" run --rules "$WORK/rules" --state "$WORK/state" --learning-period 0s \
+        --output "$WORK/signals.jsonl" --output "$url" --output-unready-after 1s \
+        --listen 127.0.0.1:0 2>"$1" &
+    agent=$!
+    wait_for "$1" "agent ready"
+}
+run_agent "$WORK/agent1.log"
+cat "$K8S" >/dev/null
+"$WORK/bin/xcat" "$K8S" >/dev/null
+signals 1
+wait_for "$WORK/agent1.log" "cannot deliver signals"
+for _ in $(seq 100); do
+    get "$WORK/agent1.log" /readyz > "$WORK/readyz"
+    grep -q "failing for" "$WORK/readyz" && break
+    sleep 0.1
+done
+metric "$WORK/agent1.log" "picket_output_spooled{output=\"$url\"}" > "$WORK/spooled"
+metric "$WORK/agent1.log" "picket_output_delivered_total{output=\"$WORK/signals.jsonl\"}" > "$WORK/delivered"
+kill -KILL $agent
+wait $agent || true
+python3 -c '
+import http.server, sys
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open(sys.argv[2], "ab") as f:
+            f.write(body)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
+' "$port" "$WORK/received" &
+receiver=$!
+run_agent "$WORK/agent2.log"
+wait_for "$WORK/received" "bin/xcat"
+kill -TERM $agent
+wait $agent
+kill $receiver
+"#;
+
 /// One process reads each token: an unfamiliar program after a known one.
 const READ_EACH_TOKEN: &str = r#"
 start_agent "$WORK/agent.log"
@@ -140,7 +197,8 @@ mkfifo "$WORK/pipe"
 sleep 1000 <"$WORK/pipe" &
 consumer=$!
 "$PICKET" run --rules "$WORK/rules" --state "$WORK/state" --learning-period 0s \
-    --output - --output-queue 8 --listen 127.0.0.1:0 >"$WORK/pipe" 2>"$WORK/agent1.log" &
+    --output - --output-queue 8 --flood-limit 0 --listen 127.0.0.1:0 >"$WORK/pipe" \
+    2>"$WORK/agent1.log" &
 agent=$!
 wait_for "$WORK/agent1.log" "agent ready"
 cat "$K8S" >/dev/null                       # the group's baseline
@@ -430,6 +488,31 @@ fn a_stuck_output_costs_signals_past_its_queue_but_never_detection_or_shutdown()
     let ycat = work.path().join("bin/ycat").display().to_string();
     let second = std::fs::read_to_string(work.path().join("agent2.log")).unwrap();
     assert_eq!(seen, [ycat], "{second}");
+}
+
+#[test]
+#[ignore = "needs root: BPF and mounts (./run-tests runs it)"]
+fn a_remote_output_down_is_reported_and_its_spool_delivered_after_kill_9() {
+    let work = scenario(REMOTE_OUTPUT_DOWN, &["k8s-sa-token"]);
+    let read = |name: &str| std::fs::read_to_string(work.path().join(name)).unwrap();
+    let readyz = read("readyz");
+    let url = read("url");
+    assert!(readyz.contains(" 503 "), "{readyz}");
+    assert!(
+        readyz.contains(&format!("output {} failing for", url.trim())),
+        "{readyz}"
+    );
+    assert_eq!(read("spooled").trim(), "1");
+    assert_eq!(read("delivered").trim(), "1");
+    let signals = read_signals(work.path());
+    assert_eq!(signals.len(), 1);
+    // The signal the file got before the kill is the one the receiver got after the restart.
+    let received: Vec<serde_json::Value> = read("received")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(received, signals);
+    assert!(read("agent2.log").contains("delivered first"));
 }
 
 /// (rule, exe, path, canonical path) of each signal, sorted.

@@ -6,7 +6,7 @@
 use crate::discovery::{Discovery, Found, Targets};
 use crate::event::{ArgList, Container, Event, File, Pod, Process};
 use crate::kernel_report::KernelReport;
-use crate::output::{MeteredOutput, OnError, Output, SignalOutput, WhenFull};
+use crate::outputs::{MeteredOutput, OutputSettings, OutputSpec, Outputs};
 use crate::rule_engine::{RuleEngine, RuleEngineOptions, SAVE_EVERY};
 use crate::time::{StableClock, Timestamp};
 use picket_abi::EventKind;
@@ -23,9 +23,11 @@ pub struct AgentOptions {
     /// Rules, state and limits.
     pub engine: RuleEngineOptions,
     /// Where signals go.
-    pub output: Output,
-    /// Signals queued in front of the output; past it, new signals are dropped and counted.
-    pub output_queue: usize,
+    pub outputs: Vec<OutputSpec>,
+    /// How (queues, spools, HTTP, flood control).
+    pub output_settings: OutputSettings,
+    /// An output failing for longer than this makes `/readyz` fail.
+    pub output_unready_after: Duration,
     /// Which kernel hook to use.
     pub strategy: Strategy,
     /// The node's name for events' `host` field.
@@ -39,7 +41,8 @@ pub struct AgentOptions {
 /// How long a stopping agent waits for the fleet's answers on held signals.
 const FLEET_GRACE: Duration = Duration::from_secs(1);
 
-/// How long the output may take, at shutdown, to write what is queued.
+/// How long the outputs may take, at shutdown, to deliver what is queued (a remote output keeps
+/// the rest in its spool).
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -78,15 +81,8 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     };
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = engine.watch(move |scan| reload_tx.send(scan).is_ok())?;
-    let mut sink = MeteredOutput::new(
-        SignalOutput::open(
-            &options.output,
-            options.output_queue,
-            WhenFull::Drop,
-            OnError::Retry,
-        )
-        .map_err(|err| anyhow::anyhow!("output {err}"))?,
-    );
+    metrics.set_output_unready_after(options.output_unready_after);
+    let mut sink = MeteredOutput::new(Outputs::open(&options.outputs, &options.output_settings)?);
     let clock = StableClock::start();
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -130,7 +126,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 engine.save();
-                sink.output_mut().report();
+                sink.outputs_mut().tick(Some(clock.stable(std::time::SystemTime::now())));
                 kernel_report.tick(&mut probes);
                 metrics.set_kernel_events_lost(probes.lost_events());
             }
@@ -145,7 +141,7 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     // Signals waiting for the fleet's answer go out, confirmed or not: none is lost.
     engine.release_held(FLEET_GRACE, &mut sink);
     engine.shutdown();
-    sink.into_output().finish(Some(OUTPUT_GRACE));
+    sink.into_outputs().finish(Some(OUTPUT_GRACE));
     Ok(())
 }
 

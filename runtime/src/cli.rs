@@ -2,7 +2,7 @@
 //! that does each command's work (agent, replay, conformance).
 
 use crate::agent::AgentOptions;
-use crate::output::Output;
+use crate::outputs::{FloodSettings, HttpSettings, OutputSettings, OutputSpec, WhenFull};
 use crate::pipeline::{Overrides, PipelineConfig};
 use crate::replay::{ReplayOptions, Source};
 use crate::rule_engine::RuleEngineOptions;
@@ -25,6 +25,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit status: input could not be used (a module, a case file, an event line, a flag).
 pub const EXIT_UNUSABLE: u8 = 2;
+/// Exit status (`replay`): signals raised but not delivered in time wait in the spool under
+/// `--state`, for the next run with the same `--state` and `--output`.
+pub const EXIT_SPOOLED: u8 = 3;
 
 /// picket: a node agent that runs sandboxed WebAssembly detection rules on file events.
 #[derive(Debug, Parser)]
@@ -39,7 +42,8 @@ enum Command {
     /// Run the agent: watch file opens in the kernel, run the rules from --rules (reloaded as
     /// the directory changes), write signals to --output.
     Run(RunArgs),
-    /// Feed a JSON-lines event file through the rules; signals go to stdout.
+    /// Feed a JSON-lines event file through the rules; signals go to --output (stdout by
+    /// default).
     Replay(ReplayArgs),
     /// Check a rule module's exports and manifest, then run conformance cases against it.
     Test(TestArgs),
@@ -283,13 +287,11 @@ struct RunArgs {
     /// Keep learned state (and compiled modules) in DIR across restarts.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/picket")]
     state: PathBuf,
-    /// Where signals go: a file (appended to) or - for stdout.
-    #[arg(long, value_name = "PATH|-", default_value = "-")]
-    output: PathBuf,
-    /// Signals queued in front of the output while it is slow or stuck; past this many, new
-    /// signals are dropped, counted and reported, and detection carries on.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    output_queue: usize,
+    #[command(flatten)]
+    outputs: OutputArgs,
+    /// `/readyz` fails while an output has failed to deliver for longer than this.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "5m")]
+    output_unready_after: Duration,
     /// Where the host's container runtime state is mounted (`/run/containerd`,
     /// `/run/containers`, `/var/lib/containers`, `/var/lib/docker` under it), for an agent in a
     /// container; `/` on the node itself.
@@ -325,10 +327,95 @@ struct ReplayArgs {
     #[arg(long)]
     watch: bool,
     #[command(flatten)]
+    outputs: OutputArgs,
+    /// At the end, longest to wait for the outputs to deliver what was raised; what is left
+    /// stays spooled under --state (exit 3).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    output_wait: Duration,
+    #[command(flatten)]
     settings: RuleArgs,
     /// JSON-lines event file, or - for stdin.
     #[arg(value_name = "FILE|-")]
     input: PathBuf,
+}
+
+/// Where signals go and how (`run`, `replay`).
+#[derive(Debug, Args)]
+struct OutputArgs {
+    /// Where signals go (repeatable): - for stdout, a file path (appended to, reopened after
+    /// rotation), http(s)://URL (POSTed as JSON), or falcosidekick+http(s)://HOST:PORT.
+    #[arg(long = "output", value_name = "SPEC", value_parser = OutputSpec::parse)]
+    outputs: Vec<OutputSpec>,
+    /// An HTTP header sent by the http and falcosidekick outputs, `Name: value` (repeatable).
+    #[arg(long = "output-header", value_name = "HEADER", value_parser = crate::outputs::spec::parse_header)]
+    headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    /// A file of HTTP headers, one `Name: value` a line (keeps a token off the command line).
+    #[arg(long, value_name = "FILE")]
+    output_header_file: Option<PathBuf>,
+    /// Longest one HTTP delivery may take, connecting included; past it, it is tried again.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10s")]
+    output_timeout: Duration,
+    /// Most signals in one request to an http(s) output (1: one JSON object a request).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    output_batch: u32,
+    /// Signals queued in front of each output while it is slow or stuck; past this many (a
+    /// local output, or a remote one without --state), signals are dropped, counted and
+    /// reported, and detection carries on.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    output_queue: usize,
+    /// Most bytes of each remote output's disk spool under --state; past it the oldest signals
+    /// are dropped, counted and reported.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
+    spool_bytes: usize,
+    /// Signals of one rule and group passed within --flood-window; the rest are folded into
+    /// one signal saying how many it stands for (0: no flood control).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    flood_limit: u32,
+    /// The flood control window, in event time.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "1m")]
+    flood_window: Duration,
+}
+
+impl OutputArgs {
+    /// The outputs (stdout when none is given) and their settings.
+    fn settings(
+        &self,
+        state: Option<PathBuf>,
+        when_full: WhenFull,
+        give_up: bool,
+    ) -> anyhow::Result<(Vec<OutputSpec>, OutputSettings)> {
+        let mut headers = self.headers.clone();
+        if let Some(file) = &self.output_header_file {
+            headers.extend(
+                crate::outputs::spec::read_header_file(file)
+                    .map_err(|err| anyhow::anyhow!("--output-header-file {err}"))?,
+            );
+        }
+        let specs = if self.outputs.is_empty() {
+            vec![OutputSpec::Stdout]
+        } else {
+            self.outputs.clone()
+        };
+        Ok((
+            specs,
+            OutputSettings {
+                queue: self.output_queue,
+                when_full,
+                give_up,
+                state,
+                spool_bytes: self.spool_bytes as u64,
+                http: HttpSettings {
+                    headers,
+                    timeout: self.output_timeout,
+                    batch: self.output_batch as usize,
+                },
+                flood: FloodSettings {
+                    limit: self.flood_limit,
+                    window: self.flood_window,
+                },
+            },
+        ))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -381,17 +468,16 @@ fn init_logging() {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let output = if args.output.as_os_str() == "-" {
-        Output::Stdout
-    } else {
-        Output::File(args.output.clone())
-    };
+    let (outputs, output_settings) =
+        args.outputs
+            .settings(Some(args.state.clone()), WhenFull::Drop, false)?;
     crate::agent::run(AgentOptions {
         engine: args
             .settings
             .engine_options(args.rules.clone(), Some(args.state.clone())),
-        output,
-        output_queue: args.output_queue,
+        outputs,
+        output_settings,
+        output_unready_after: args.output_unready_after,
         strategy: args.probe,
         node_name: crate::agent::node_name(),
         host_paths: picket_probes::HostPaths {
@@ -409,12 +495,21 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     } else {
         Source::File(args.input.clone())
     };
+    // A replay loses nothing: a slow output sets its pace, and a local one that fails ends it.
+    let (outputs, output_settings) =
+        args.outputs
+            .settings(args.state.clone(), WhenFull::Wait, true)?;
     let replayed = crate::replay::run(ReplayOptions {
         engine: args.settings.engine_options(args.rules, args.state),
         watch: args.watch,
         source,
+        outputs,
+        output_settings,
+        output_wait: args.output_wait,
     })?;
-    Ok(if replayed.all_usable() {
+    Ok(if replayed.spooled > 0 {
+        EXIT_SPOOLED
+    } else if replayed.all_usable() {
         EXIT_OK
     } else {
         EXIT_UNUSABLE

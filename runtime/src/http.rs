@@ -3,7 +3,7 @@
 //! - `GET /healthz`: 200 while the event loop turns, 503 once it has not for
 //!   [`STALE_AFTER`] (a liveness probe restarts a stuck agent);
 //! - `GET /readyz`: 200 once the probes are attached and the rules loaded, 503 before and while
-//!   stopping;
+//!   stopping, and while an output has been failing for longer than `--output-unready-after`;
 //! - `GET /metrics`: [`Metrics`] in the OpenMetrics text format, which Prometheus scrapes.
 //!
 //! It runs on its own thread with its own small runtime, so it answers even while the event loop
@@ -90,7 +90,18 @@ fn answer(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<Bytes
                 "event loop not started\n".to_string(),
             ),
         },
-        (&Method::GET, "/readyz") if metrics.ready() => (StatusCode::OK, TEXT, "ready\n".into()),
+        (&Method::GET, "/readyz") if metrics.ready() => {
+            let failing = metrics.outputs_failing_too_long();
+            if failing.is_empty() {
+                (StatusCode::OK, TEXT, "ready\n".into())
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!("not ready: {}\n", failing.join("; ")),
+                )
+            }
+        }
         (&Method::GET, "/readyz") => (
             StatusCode::SERVICE_UNAVAILABLE,
             TEXT,
@@ -148,6 +159,47 @@ mod tests {
             "{metrics}"
         );
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+    }
+
+    #[test]
+    fn an_output_failing_too_long_makes_the_agent_unready() {
+        let metrics = Metrics::new();
+        metrics.set_ready(true);
+        metrics.set_output_unready_after(Duration::from_secs(60));
+        let since = std::time::Instant::now() - Duration::from_secs(61);
+        metrics.output_failing(
+            "http://127.0.0.1:9/",
+            Some((since, "connection refused".into())),
+        );
+        let response = answer(&metrics, &Method::GET, "/readyz");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // A recent failure is not yet a reason.
+        metrics.output_failing(
+            "http://127.0.0.1:9/",
+            Some((std::time::Instant::now(), "connection refused".into())),
+        );
+        assert_eq!(
+            answer(&metrics, &Method::GET, "/readyz").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            metrics.outputs_failing_too_long(),
+            Vec::<String>::new(),
+            "failing for less than the bound"
+        );
+        metrics.output_failing(
+            "http://127.0.0.1:9/",
+            Some((since, "connection refused".into())),
+        );
+        assert_eq!(
+            metrics.outputs_failing_too_long(),
+            ["output http://127.0.0.1:9/ failing for 61s: connection refused"]
+        );
+        metrics.output_failing("http://127.0.0.1:9/", None);
+        assert_eq!(
+            answer(&metrics, &Method::GET, "/readyz").status(),
+            StatusCode::OK
+        );
     }
 
     #[test]

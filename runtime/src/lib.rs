@@ -2,7 +2,7 @@
 //! feeds them events, and the commands of the `picket` CLI.
 //!
 //! Data flows one way: events (live or replayed) → [`pipeline`] → rules in the [`sandbox`] with
-//! their [`state`] → signals → [`output`].
+//! their [`state`] → signals → [`outputs`].
 #![warn(missing_docs)]
 
 pub mod admission;
@@ -17,7 +17,7 @@ pub mod http;
 pub mod kernel_report;
 pub mod metrics;
 pub mod module_cache;
-pub mod output;
+pub mod outputs;
 pub mod pipeline;
 pub mod replay;
 pub mod rule_engine;
@@ -28,6 +28,7 @@ pub mod sandbox;
 pub mod signing;
 pub mod state;
 pub mod store;
+pub mod text;
 pub mod time;
 pub mod tls;
 pub mod trust;

@@ -10,8 +10,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The event loop is unhealthy when it has not turned for this long. It turns at least every
@@ -46,6 +47,19 @@ struct StrategyLabel {
     strategy: String,
 }
 
+/// Labels naming an output (its `--output` spec, credentials left out).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputLabel {
+    /// The output's name.
+    pub output: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutputDropLabel {
+    output: String,
+    reason: &'static str,
+}
+
 type HistogramFamily = Family<RuleLabel, Histogram, fn() -> Histogram>;
 
 /// Rule evaluation times from 1 µs to about 4 s (the timeout is 50 ms by default).
@@ -74,6 +88,17 @@ pub struct Metrics {
     strategy: Family<StrategyLabel, Gauge>,
     /// The fleet store's instruments, and the groups learning and detecting.
     pub fleet: crate::state::fleet::FleetMetrics,
+    signals_folded: Family<RuleLabel, Counter>,
+    output_queued: Family<OutputLabel, Counter>,
+    output_delivered: Family<OutputLabel, Counter>,
+    output_retries: Family<OutputLabel, Counter>,
+    output_dropped: Family<OutputDropLabel, Counter>,
+    output_spooled: Family<OutputLabel, Gauge>,
+    output_oldest: Family<OutputLabel, Gauge<f64, AtomicU64>>,
+    /// Outputs failing now: since when, and the last error.
+    output_failing: Mutex<BTreeMap<String, (Instant, String)>>,
+    /// An output failing longer than this makes `/readyz` fail.
+    output_unready_after: Mutex<Duration>,
     started: Instant,
     /// Milliseconds after `started` of the event loop's last turn.
     last_turn_ms: AtomicU64,
@@ -121,6 +146,29 @@ impl RuleMetrics {
     }
 }
 
+/// One output's instruments (see [`Metrics::output`]).
+#[derive(Clone, Debug)]
+pub struct OutputMetrics {
+    /// The output's name (its label).
+    pub name: String,
+    /// Signals handed to the output.
+    pub queued: Counter,
+    /// Signals delivered.
+    pub delivered: Counter,
+    /// Deliveries tried again.
+    pub retries: Counter,
+    /// Signals dropped because the queue was full.
+    pub dropped_queue_full: Counter,
+    /// Signals dropped because the spool was full (the oldest).
+    pub dropped_spool_full: Counter,
+    /// Signals the receiver refused for good (a 4xx answer that retrying cannot change).
+    pub dropped_rejected: Counter,
+    /// Signals waiting for delivery.
+    pub spooled: Gauge,
+    /// Age of the oldest undelivered signal, in seconds.
+    pub oldest: Gauge<f64, AtomicU64>,
+}
+
 impl Metrics {
     /// Fresh metrics, for [`global`] and for tests.
     pub(crate) fn new() -> Metrics {
@@ -143,6 +191,15 @@ impl Metrics {
             state_persister_restarts: Counter::default(),
             strategy: Family::default(),
             fleet: crate::state::fleet::FleetMetrics::new(),
+            signals_folded: Family::default(),
+            output_queued: Family::default(),
+            output_delivered: Family::default(),
+            output_retries: Family::default(),
+            output_dropped: Family::default(),
+            output_spooled: Family::default(),
+            output_oldest: Family::default(),
+            output_failing: Mutex::new(BTreeMap::new()),
+            output_unready_after: Mutex::new(Duration::from_secs(300)),
             registry: Registry::default(),
             started: Instant::now(),
             last_turn_ms: AtomicU64::new(0),
@@ -233,6 +290,42 @@ impl Metrics {
         );
         metrics.fleet.register(r);
         r.register(
+            "signals_folded",
+            "Signals held back by flood control and folded into one signal, by rule",
+            metrics.signals_folded.clone(),
+        );
+        r.register(
+            "output_queued",
+            "Signals handed to an output, by output",
+            metrics.output_queued.clone(),
+        );
+        r.register(
+            "output_delivered",
+            "Signals an output wrote or its receiver acknowledged, by output",
+            metrics.output_delivered.clone(),
+        );
+        r.register(
+            "output_retries",
+            "Failed deliveries tried again, by output",
+            metrics.output_retries.clone(),
+        );
+        r.register(
+            "output_dropped",
+            "Signals an output lost, by output and reason (queue_full, spool_full, rejected)",
+            metrics.output_dropped.clone(),
+        );
+        r.register(
+            "output_spooled",
+            "Signals waiting for delivery in an output's disk spool or memory queue, by output",
+            metrics.output_spooled.clone(),
+        );
+        r.register_with_unit(
+            "output_oldest_undelivered_age",
+            "Age of the oldest signal an output has not delivered yet (0 when none), by output",
+            Unit::Seconds,
+            metrics.output_oldest.clone(),
+        );
+        r.register(
             "build",
             "The running picket",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -253,6 +346,77 @@ impl Metrics {
             quarantines: self.rule_quarantines.get_or_create_owned(&label),
             evaluation: self.rule_evaluation.get_or_create_owned(&label),
         }
+    }
+
+    /// The instruments of the output named `name`.
+    pub fn output(&self, name: &str) -> OutputMetrics {
+        let label = OutputLabel {
+            output: name.into(),
+        };
+        let dropped = |reason| {
+            self.output_dropped.get_or_create_owned(&OutputDropLabel {
+                output: name.into(),
+                reason,
+            })
+        };
+        OutputMetrics {
+            name: name.into(),
+            queued: self.output_queued.get_or_create_owned(&label),
+            delivered: self.output_delivered.get_or_create_owned(&label),
+            retries: self.output_retries.get_or_create_owned(&label),
+            dropped_queue_full: dropped("queue_full"),
+            dropped_spool_full: dropped("spool_full"),
+            dropped_rejected: dropped("rejected"),
+            spooled: self.output_spooled.get_or_create_owned(&label),
+            oldest: self.output_oldest.get_or_create_owned(&label),
+        }
+    }
+
+    /// Flood control held back `count` signals of rule `id`.
+    pub fn signals_folded(&self, id: &str, count: u64) {
+        self.signals_folded
+            .get_or_create(&RuleLabel { rule: id.into() })
+            .inc_by(count);
+    }
+
+    /// Output `name` is failing since `since` with `error`, or works (`None`).
+    pub fn output_failing(&self, name: &str, failing: Option<(Instant, String)>) {
+        let mut outputs = self
+            .output_failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match failing {
+            Some(failing) => outputs.insert(name.to_string(), failing),
+            None => outputs.remove(name),
+        };
+    }
+
+    /// An output failing for longer than `after` makes the agent unready.
+    pub fn set_output_unready_after(&self, after: Duration) {
+        *self
+            .output_unready_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = after;
+    }
+
+    /// The outputs failing for longer than the bound, each with how long and its last error.
+    pub fn outputs_failing_too_long(&self) -> Vec<String> {
+        let after = *self
+            .output_unready_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.output_failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() > after)
+            .map(|(name, (since, error))| {
+                format!(
+                    "output {name} failing for {}s: {error}",
+                    since.elapsed().as_secs()
+                )
+            })
+            .collect()
     }
 
     /// An event of `kind` entered the pipeline.
@@ -388,6 +552,14 @@ mod tests {
         metrics.state_saved(true);
         metrics.state_file_set_aside();
         metrics.set_strategy("tracepoint");
+        metrics.signals_folded("k8s-sa-token", 4);
+        let output = metrics.output("http://127.0.0.1:1/");
+        output.queued.inc();
+        output.delivered.inc();
+        output.retries.inc();
+        output.dropped_spool_full.inc();
+        output.spooled.set(1);
+        output.oldest.set(1.5);
         metrics
     }
 
@@ -412,6 +584,14 @@ mod tests {
             "picket_state_save_failures_total 0",
             "picket_state_files_set_aside_total 1",
             r#"picket_probe_strategy{strategy="tracepoint"} 1"#,
+            r#"picket_signals_folded_total{rule="k8s-sa-token"} 4"#,
+            r#"picket_output_queued_total{output="http://127.0.0.1:1/"} 1"#,
+            r#"picket_output_delivered_total{output="http://127.0.0.1:1/"} 1"#,
+            r#"picket_output_retries_total{output="http://127.0.0.1:1/"} 1"#,
+            r#"picket_output_dropped_total{output="http://127.0.0.1:1/",reason="spool_full"} 1"#,
+            r#"picket_output_dropped_total{output="http://127.0.0.1:1/",reason="queue_full"} 0"#,
+            r#"picket_output_spooled{output="http://127.0.0.1:1/"} 1"#,
+            r#"picket_output_oldest_undelivered_age_seconds{output="http://127.0.0.1:1/"} 1.5"#,
             &format!(
                 r#"picket_build_info{{version="{}"}} 1"#,
                 env!("CARGO_PKG_VERSION")

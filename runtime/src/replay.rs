@@ -1,9 +1,10 @@
 //! `picket replay`: a JSON-lines event file (or stdin), read on its own thread so that the
 //! thread evaluating events stays free to apply rule reloads and save state while input is
-//! slow, fed through the rules, with signals to stdout.
+//! slow, fed through the rules, with signals to the outputs (stdout by default), which deliver
+//! everything before the replay exits, or within `--output-wait`.
 
 use crate::event::parse_event;
-use crate::output::{OnError, Output, SignalOutput, WhenFull};
+use crate::outputs::{OutputSettings, OutputSpec, Outputs};
 use crate::rule_engine::{RuleEngine, RuleEngineOptions};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -19,6 +20,12 @@ pub struct ReplayOptions {
     pub watch: bool,
     /// Where the events come from.
     pub source: Source,
+    /// Where signals go.
+    pub outputs: Vec<OutputSpec>,
+    /// How.
+    pub output_settings: OutputSettings,
+    /// At the end, longest to wait for the outputs to deliver.
+    pub output_wait: Duration,
 }
 
 /// How a replay went.
@@ -28,8 +35,10 @@ pub struct Replayed {
     pub events: u64,
     /// Event lines refused (each logged with its line number).
     pub rejected: u64,
-    /// Signals written.
+    /// Signals delivered (by the first output).
     pub signals: u64,
+    /// Signals not delivered in time, waiting in a spool under `--state`.
+    pub spooled: u64,
     /// Whether some module in the rules directory was refused, at the start or (with `--watch`)
     /// while replaying.
     pub unusable_rules: bool,
@@ -42,8 +51,9 @@ impl Replayed {
     }
 }
 
-/// Replays `options.source` through the rules to the end of the input; signals go to stdout.
-/// Fails when the input cannot be read or signals cannot be written.
+/// Replays `options.source` through the rules to the end of the input; signals go to the
+/// outputs. Fails when the input cannot be read, or signals were lost (a local output failed,
+/// a queue or spool dropped some, or they were not delivered in time without a spool).
 pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
     let (mut engine, scan) = RuleEngine::start(&options.engine)?;
     let mut unusable_rules = !scan.errors.is_empty();
@@ -62,8 +72,7 @@ pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
         Source::File(path) => path.display().to_string(),
     };
     let input = spawn_reader(options.source).map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
-    // A replay loses nothing: a slow reader of its output sets its pace.
-    let mut sink = SignalOutput::open(&Output::Stdout, 4096, WhenFull::Wait, OnError::Stop)?;
+    let mut sink = Outputs::open(&options.outputs, &options.output_settings)?;
     let (mut events, mut rejected) = (0u64, 0u64);
     loop {
         // Reloads land between batches of events, so each event meets one version of a rule.
@@ -97,16 +106,28 @@ pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
         if let Some(err) = sink.error() {
             anyhow::bail!("writing signals: {err}");
         }
+        sink.tick(None);
         engine.save_if_due();
     }
     // Signals raised on values the fleet must confirm wait for its answers (each comes within
     // --shared-state-timeout, or unconfirmed).
     engine.release_held(FLEET_GRACE, &mut sink);
-    let delivery = sink.finish(None);
-    if delivery.undelivered > 0 {
-        anyhow::bail!("{} signal(s) could not be written", delivery.undelivered);
+    let deliveries = sink.finish(Some(options.output_wait));
+    let lost: u64 = deliveries
+        .iter()
+        .map(|d| d.dropped + if d.spooled { 0 } else { d.undelivered })
+        .sum();
+    let spooled: u64 = deliveries
+        .iter()
+        .filter(|d| d.spooled)
+        .map(|d| d.undelivered)
+        .sum();
+    let signals = deliveries.first().map_or(0, |d| d.delivered);
+    if lost > 0 {
+        engine.shutdown();
+        anyhow::bail!("{lost} signal(s) could not be delivered (see the errors above)");
     }
-    tracing::info!(events, rejected, signals = delivery.written, "replay done");
+    tracing::info!(events, rejected, signals, spooled, "replay done");
     for rule in engine.pipeline().rules() {
         if rule.stats.failures > 0 {
             tracing::warn!(
@@ -121,7 +142,8 @@ pub fn run(options: ReplayOptions) -> anyhow::Result<Replayed> {
     Ok(Replayed {
         events,
         rejected,
-        signals: delivery.written,
+        signals,
+        spooled,
         unusable_rules,
     })
 }

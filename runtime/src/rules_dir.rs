@@ -355,7 +355,7 @@ impl RuleDirectory {
         for (path, why) in skipped {
             let why = why.to_string();
             if self.skipped.get(path) != Some(&why) {
-                let entry = crate::output::escape_controls(&path.display().to_string());
+                let entry = crate::text::escape_controls(&path.display().to_string());
                 tracing::warn!(%entry, "rules directory entry skipped: it {why}");
                 self.skipped.insert(path.clone(), why);
             }

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod receiver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -357,6 +358,109 @@ pub fn bench_token_layout(readers: std::ops::RangeInclusive<usize>) -> tempfile:
     )
     .unwrap();
     work
+}
+
+/// For the live benchmarks: `picket run` on a [`bench_token_layout`] work directory, with a
+/// learning period of 0 and `extra` arguments, signals read from its stdout.
+pub struct BenchAgent {
+    child: std::process::Child,
+    signals: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    work: PathBuf,
+}
+
+impl BenchAgent {
+    /// Starts the agent, waits until it is ready, and has the group's baseline read the token
+    /// (learned silently).
+    pub fn start(work: &Path, extra: &[String]) -> BenchAgent {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_picket"))
+            .args(["run", "--learning-period", "0s", "--rules"])
+            .arg(work.join("rules"))
+            .arg("--state")
+            .arg(work.join("state"))
+            .args(extra)
+            .env("PICKET_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let signals = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let log = std::io::BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in log.lines().map_while(Result::ok) {
+                if line.contains("agent ready") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the agent did not get ready");
+        sh("cat /var/run/secrets/kubernetes.io/serviceaccount/token >/dev/null");
+        BenchAgent {
+            child,
+            signals,
+            work: work.to_path_buf(),
+        }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs `bin/reader<i>` for each `i`, one at a time, each reading the token once; returns
+    /// each one's open -> signal latency in microseconds: the time its signal was read from the
+    /// agent's output minus the event's kernel timestamp (both wall clock on this machine).
+    pub fn latencies_us(&mut self, readers: std::ops::RangeInclusive<usize>) -> Vec<f64> {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        let w = self.work.display().to_string();
+        let mut latencies = Vec::new();
+        for i in readers {
+            let status = Command::new(format!("{w}/bin/reader{i}"))
+                .arg("/var/run/secrets/kubernetes.io/serviceaccount/token")
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let line = self.signals.next().expect("a signal").unwrap();
+            let read_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            let signal: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let ts = signal["ts"].as_str().unwrap();
+            let opened_at =
+                time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+                    .unwrap()
+                    .unix_timestamp_nanos();
+            let opened_at = Duration::from_nanos(opened_at as u64);
+            latencies.push((read_at.as_secs_f64() - opened_at.as_secs_f64()) * 1e6);
+            assert_eq!(signal["new_value"]["value"], format!("{w}/bin/reader{i}"));
+        }
+        latencies
+    }
+
+    /// Stops the agent (SIGTERM) and waits for it.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `p` quantile (0 to 1) of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A temporary rules directory holding the modules of `packages` (such as `k8s-sa-token`).
+pub fn rules_dir_of(packages: &[&str]) -> tempfile::TempDir {
+    let dir = temp_dir();
+    for package in packages {
+        let file = format!("{}.wasm", package.replace('-', "_"));
+        std::fs::copy(rule_wasm(package), dir.path().join(file)).unwrap();
+    }
+    dir
 }
 
 /// A fresh temporary directory.

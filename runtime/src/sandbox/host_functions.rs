@@ -156,10 +156,10 @@ fn log(mut caller: Caller<'_, RuleCtx>, level: i32, ptr: i32, len: i32) -> wasmt
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect();
-        ctx.panic_message = Some(crate::output::escape_controls(&one_line.join(" ")));
+        ctx.panic_message = Some(crate::text::escape_controls(&one_line.join(" ")));
         return Ok(());
     }
-    let message = crate::output::escape_controls(&text);
+    let message = crate::text::escape_controls(&text);
     if ctx.logs_this_event >= ctx.limits.max_logs_per_event {
         if ctx.logs_this_event == ctx.limits.max_logs_per_event {
             // Said once per event, so that the report of a flood is not a flood itself.

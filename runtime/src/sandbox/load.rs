@@ -254,7 +254,7 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
         return Err(format!(
             "id `{}` must be 1 to {MAX_RULE_ID_BYTES} characters of a-z, 0-9 and '-', not \
              starting with '-'",
-            crate::output::escape_controls(id)
+            crate::text::escape_controls(id)
         ));
     }
     if manifest.title.trim().is_empty() {
