@@ -18,6 +18,10 @@
 //! `/run/secrets/kubernetes.io/serviceaccount`; `/var/run` links to `/run`) and reports on a
 //! second serial port, one `@@` line per fact, so the kernel's own console messages cannot
 //! interleave with the results.
+//!
+//! A boot that dies before the guest's init ran (a kernel oops or panic on the console before
+//! init's marker, or no report from init at all) says nothing about picket and is booted again,
+//! up to [`BOOT_ATTEMPTS`] times; an assertion is never retried.
 
 mod support;
 
@@ -220,6 +224,7 @@ const CASES: &[Case] = &[
 /// The guest's `/init`, before the generated `run_cases` function and the final steps. Reports
 /// through `say` on the second serial port.
 const GUEST_INIT: &str = r#"#!/bin/busybox sh
+INIT_MARKER="@@INIT_MARKER@@"
 /bin/busybox --install -s /bin
 export PATH=/bin
 mkdir -p /proc /sys /dev /tmp /run /var/lib /work
@@ -230,6 +235,9 @@ mount -t tmpfs tmpfs /tmp
 mount -t securityfs securityfs /sys/kernel/security
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 exec 3>/dev/ttyS1
+# The init marker on the console: a kernel oops printed before it is a boot that went wrong
+# (the test boots again), one printed after it is the test's to report.
+echo "$INIT_MARKER" >/dev/ttyS0
 say() { echo "@@ $*" >&3; }
 # say_file PREFIX FILE: each line of FILE, prefixed.
 say_file() { while IFS= read -r line; do say "$1 $line"; done < "$2"; }
@@ -356,7 +364,7 @@ poweroff -f
 
 /// The guest's `/init`: [`GUEST_INIT`], one shell function per case, [`GUEST_FINISH`].
 fn guest_init() -> String {
-    let mut script = GUEST_INIT.to_owned();
+    let mut script = GUEST_INIT.replace("@@INIT_MARKER@@", INIT_MARKER);
     let mut names = Vec::new();
     for case in CASES {
         // Shell function names cannot hold '-'.
@@ -617,6 +625,43 @@ fn boot_with(series: &str, cmdline: &str) -> BootResult {
     result
 }
 
+/// What the guest's `/init` prints on the console once it runs (see [`GUEST_INIT`]).
+const INIT_MARKER: &str = "picket-guest: init running";
+
+/// How many times, at most, a kernel is booted when it dies before the guest's init ran: such
+/// a death (seen: a 6.12 guest's `Oops: int3` in `sched_clock_cpu` under multi-CPU TCG) says nothing about
+/// picket, so the boot is tried again. What the guest reports once its init ran is never
+/// retried: every assertion sees the one run that got that far.
+const BOOT_ATTEMPTS: usize = 3;
+
+/// Kernel messages that say the kernel died or broke.
+const KERNEL_DEATHS: [&str; 5] = [
+    "Oops:",
+    "Kernel panic",
+    "BUG: ",
+    "general protection fault",
+    "kernel BUG at",
+];
+
+/// Why a boot is to be tried again: the guest's init never reported (results hold no
+/// `@@ kernel` line), or the kernel printed an oops or a panic on the console before the init
+/// marker. `None` when init ran on a sound kernel: what happens after that is the test's.
+fn died_before_init(results: &str, console: &str) -> Option<String> {
+    let before_init = console.split(INIT_MARKER).next().unwrap_or("");
+    let death = before_init
+        .lines()
+        .find(|line| KERNEL_DEATHS.iter().any(|death| line.contains(death)))
+        .map(|line| line.trim().to_owned());
+    let init_reported = results
+        .lines()
+        .any(|line| line.trim_end_matches('\r').starts_with("@@ kernel "));
+    match (death, init_reported && console.contains(INIT_MARKER)) {
+        (Some(death), _) => Some(format!("the kernel died before init ran: {death}")),
+        (None, false) => Some("the guest's init never ran".to_owned()),
+        (None, true) => None,
+    }
+}
+
 fn run_boot(series: &str, cmdline: &str) -> Result<Boot, String> {
     if let Some(reason) = missing_tools() {
         return Err(reason);
@@ -628,6 +673,42 @@ fn run_boot(series: &str, cmdline: &str) -> Result<Boot, String> {
             vmlinux.display()
         ));
     }
+    let mut deaths = Vec::new();
+    for attempt in 1..=BOOT_ATTEMPTS {
+        match boot_once(series, cmdline, &vmlinux) {
+            Ok(boot) => return Ok(boot),
+            Err(died) => {
+                println!(
+                    "linux {series}: boot {attempt} of {BOOT_ATTEMPTS}: {}",
+                    died.why
+                );
+                deaths.push(died);
+            }
+        }
+    }
+    let last = deaths.last().expect("at least one attempt");
+    panic!(
+        "linux {series}: {BOOT_ATTEMPTS} boots died before the guest's init ran ({}); the last \
+         one's console:\n{}",
+        deaths
+            .iter()
+            .map(|died| died.why.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+        last.console
+    );
+}
+
+/// A boot that died before the guest's init ran.
+struct DiedBeforeInit {
+    why: String,
+    console: String,
+}
+
+/// Boots once. A kernel that dies before the guest's init runs is stopped at once (it is not
+/// waited out) and returned as an error, to be booted again; after init ran, the guest must
+/// finish.
+fn boot_once(series: &str, cmdline: &str, vmlinux: &Path) -> Result<Boot, DiedBeforeInit> {
     let initramfs = initramfs();
     let work = support::temp_dir();
     let results = work.path().join("results.txt");
@@ -638,7 +719,7 @@ fn run_boot(series: &str, cmdline: &str) -> Result<Boot, String> {
         .args(["-serial", "mon:stdio", "-serial"])
         .arg(format!("file:{}", results.display()))
         .arg("-kernel")
-        .arg(&vmlinux)
+        .arg(vmlinux)
         .arg("-initrd")
         .arg(initramfs)
         .arg("-append")
@@ -649,33 +730,51 @@ fn run_boot(series: &str, cmdline: &str) -> Result<Boot, String> {
         .spawn()
         .expect("starting qemu-system-x86_64");
     let mut stdout = qemu.stdout.take().unwrap();
-    let console = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text);
-        String::from_utf8_lossy(&text).into_owned()
-    });
-    // A guard against a hung guest, not a measurement: a boot takes a minute or two.
+    // The console as it comes, so that a kernel dying before init is seen while it happens.
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let console = Arc::clone(&console);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut chunk) {
+                console.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    };
+    let console_text = || String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+    // Guards against a hung guest, not measurements: a boot reaches init in seconds and runs
+    // for a minute or two.
+    let init_deadline = started + Duration::from_secs(600);
     let deadline = started + Duration::from_secs(1200);
     let status = loop {
         if let Some(status) = qemu.try_wait().expect("waiting for qemu") {
             break Some(status);
         }
-        if Instant::now() > deadline {
+        let text = console_text();
+        let init_ran = text.contains(INIT_MARKER);
+        let dead_before_init = !init_ran
+            && (Instant::now() > init_deadline
+                || KERNEL_DEATHS.iter().any(|death| text.contains(death)));
+        if dead_before_init || Instant::now() > deadline {
             let _ = qemu.kill();
             let _ = qemu.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let console = console.join().unwrap();
+    reader.join().unwrap();
     let mut stderr = String::new();
     let _ = qemu.stderr.take().unwrap().read_to_string(&mut stderr);
+    let console = format!("{}\n{stderr}", console_text());
     let text = std::fs::read_to_string(&results).unwrap_or_default();
     println!(
         "linux {series}: booted and ran in {:.0?} (qemu {status:?})",
         started.elapsed()
     );
-    let boot = Boot::parse(&text, format!("{console}\n{stderr}"));
+    if let Some(why) = died_before_init(&text, &console) {
+        return Err(DiedBeforeInit { why, console });
+    }
+    let boot = Boot::parse(&text, console);
     assert!(
         boot.done,
         "linux {series}: the guest did not finish (qemu {status:?}); results:\n{text}\nconsole:\n{}",
@@ -880,6 +979,40 @@ fn without_the_bpf_lsm_auto_falls_through_to_fentry() {
         lsm.log
     );
     assert_eq!(boot.auto.as_deref(), Some("fentry"));
+}
+
+/// The console of the boot that failed the suite once: the kernel oopsed and panicked before
+/// the guest's init ran (console messages as the guest prints them, `quiet`).
+const DIED_AT_BOOT: &str = "\
+[    0.912034] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
+[    0.912034] CPU: 1 UID: 0 PID: 0 Comm: swapper/1 Not tainted 6.12.57+deb12-cloud-amd64 #1  Debian 6.12.57-1~bpo12+1
+[    0.912034] RIP: 0010:sched_clock_cpu+0x9/0x1b0
+[    0.918822] Kernel panic - not syncing: Attempted to kill the idle task!
+";
+
+/// A kernel that oopses before init is a boot to retry, whatever it did next; it is not a
+/// failed assertion (no QEMU needed: this checks the decision on recorded consoles).
+#[test]
+fn a_kernel_dying_before_init_is_a_boot_to_retry() {
+    let why = died_before_init("", DIED_AT_BOOT).expect("a boot that died before init");
+    assert!(why.contains("Oops: int3"), "{why}");
+    // It oopsed and went on to run init: still a broken boot.
+    let console = format!("{DIED_AT_BOOT}{INIT_MARKER}\n");
+    assert!(died_before_init("@@ kernel 6.12.57+deb12-cloud-amd64\n", &console).is_some());
+    // Init never ran and nothing was printed (a hang): retried as well.
+    let why = died_before_init("", "").expect("init never ran");
+    assert!(why.contains("init never ran"), "{why}");
+}
+
+/// Once init ran on a sound kernel, nothing is retried: an oops then (or an agent's failure)
+/// is the test's to report.
+#[test]
+fn a_boot_that_reached_init_is_never_retried() {
+    let console = format!("[    0.5] Run /init as init process\n{INIT_MARKER}\n");
+    let results = "@@ kernel 6.12.57+deb12-cloud-amd64\n@@ lsms lockdown,bpf\n";
+    assert_eq!(died_before_init(results, &console), None);
+    let console = format!("{console}{DIED_AT_BOOT}");
+    assert_eq!(died_before_init(results, &console), None);
 }
 
 macro_rules! kernel {

@@ -63,45 +63,68 @@ fn a_restart_remembers_and_a_known_exe_raises_nothing() {
     assert_eq!(values, ["/tmp/y/cat"], "{}", second.stderr);
 }
 
+/// The most learned values the persister says it committed so far (its debug line).
+fn committed_values(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter(|line| line.contains("learned values committed"))
+        .filter_map(|line| line.split("added_total=").nth(1))
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 #[test]
-fn kill_9_during_heavy_learning_forgets_nothing_learned_a_second_before() {
+fn kill_9_during_heavy_learning_forgets_nothing_committed() {
     let (rules, state) = (rules_dir(), temp_dir());
-    let mut agent = Streaming::spawn(&mut replay_with_state(rules.path(), state.path()));
+    let mut command = replay_with_state(rules.path(), state.path());
+    command.env("PICKET_LOG", "info,picket::store::persister=debug");
+    let mut agent = Streaming::spawn(&mut command);
+    // What must survive: a baseline (learned silently) and `first` values, each signalled once
+    // the agent learned it.
+    let first = 2000u32;
     agent.send(&event(0, "/usr/bin/baseline"));
-    // Learn as fast as the pipe allows for about two seconds, noting when each new value's
-    // signal came out: that is when the agent had learned it.
-    let mut learned: Vec<(Instant, String)> = Vec::new();
-    let start = Instant::now();
-    let mut i = 1;
-    while start.elapsed() < Duration::from_millis(2200) {
+    let learner = |i: u32| format!("/tmp/learner{i}/cat");
+    for i in 1..=first {
+        agent.send(&event(i, &learner(i)));
+    }
+    assert!(
+        agent.wait_for_signals(first as usize, Duration::from_secs(120)),
+        "the first values were never all learned\n{}",
+        agent.stderr()
+    );
+    // Keep learning hard until the persister says those are committed (an observable, not a
+    // time), and go on learning while the process is killed.
+    let mut i = first + 1;
+    let mut send_more = |agent: &mut Streaming| {
         for _ in 0..50 {
-            agent.send(&event(i, &format!("/tmp/learner{i}/cat")));
+            agent.send(&event(i, &learner(i)));
             i += 1;
         }
-        for (at, signal) in agent.received() {
-            learned.push((at, value(&signal)));
-        }
-        // Pacing, not ordering: the time passing is what this test is about.
+    };
+    let committed = u64::from(first) + 1;
+    // A guard against a hang, not a measurement.
+    let guard = Instant::now();
+    while committed_values(&agent.stderr()) < committed {
+        assert!(
+            guard.elapsed() < Duration::from_secs(120),
+            "the persister never said the first {committed} values were committed\n{}",
+            agent.stderr()
+        );
+        send_more(&mut agent);
         std::thread::sleep(Duration::from_millis(1));
     }
-    let killed_at = Instant::now();
+    send_more(&mut agent);
     let stderr = agent.kill9();
-    let old: Vec<&String> = learned
-        .iter()
-        .filter(|(at, _)| killed_at.duration_since(*at) > Duration::from_secs(1))
-        .map(|(_, value)| value)
-        .collect();
-    assert!(
-        old.len() > 1000,
-        "only {} values learned over a second before the kill\n{stderr}",
-        old.len()
-    );
 
-    // Restart on the same state and replay every one of them: none may be new.
-    let input: Vec<String> = old
-        .iter()
-        .enumerate()
-        .map(|(n, exe)| event(n as u32 + 1, exe))
+    // Restart on the same state and replay every committed value: none may be new.
+    let input: Vec<String> = std::iter::once(event(0, "/usr/bin/baseline"))
+        .chain((1..=first).map(|n| event(n, &learner(n))))
         .chain(std::iter::once(event(0, "/tmp/brand-new/cat")))
         .collect();
     let after = run(
@@ -113,7 +136,7 @@ fn kill_9_during_heavy_learning_forgets_nothing_learned_a_second_before() {
     assert_eq!(
         values,
         ["/tmp/brand-new/cat"],
-        "values learned over a second before kill -9 were forgotten\n{}",
+        "values committed before kill -9 were forgotten\n{stderr}\n{}",
         after.stderr
     );
 }

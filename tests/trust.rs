@@ -335,15 +335,28 @@ fn minisign_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     }
 }
 
-/// Signs `module` with `secret` into `MODULE.minisig`, as an operator would.
-fn sign(secret: &Path, module: &Path) {
-    let flags = ["-S", "-s", "-m"].map(std::ffi::OsStr::new);
+/// Signs `module` with `secret` into `MODULE.minisig` as rule `id`, version `version`, as the
+/// README's recipe does (the trusted comment binds the file name, the id and the version).
+fn sign(secret: &Path, module: &Path, id: &str, version: u64) {
+    let file = module.file_name().unwrap().to_str().unwrap();
+    sign_with_comment(
+        secret,
+        module,
+        &picket::signing::trusted_comment(file, id, version),
+    );
+}
+
+/// Signs `module` with `secret` and the trusted comment `comment`.
+fn sign_with_comment(secret: &Path, module: &Path, comment: &str) {
+    let flags = ["-S", "-s", "-m", "-t"].map(std::ffi::OsStr::new);
     let status = minisign(&[
         flags[0],
         flags[1],
         secret.as_os_str(),
         flags[2],
         module.as_os_str(),
+        flags[3],
+        std::ffi::OsStr::new(comment),
     ]);
     assert!(status.unwrap().success());
 }
@@ -364,10 +377,10 @@ fn under_trusted_keys_only_signed_modules_load_and_hot_reload() {
         rules.path().join("wrong.wasm"),
     );
     std::fs::write(&signed, new_exe_rule("signed", "signed v1")).unwrap();
-    sign(&trusted_secret, &signed);
+    sign(&trusted_secret, &signed, "signed", 1);
     std::fs::write(&unsigned, new_exe_rule("unsigned", "unsigned")).unwrap();
     std::fs::write(&wrong, new_exe_rule("wrong", "wrong")).unwrap();
-    sign(&other_secret, &wrong);
+    sign(&other_secret, &wrong, "wrong", 1);
 
     let mut agent = Streaming::spawn(
         picket()
@@ -395,7 +408,7 @@ fn under_trusted_keys_only_signed_modules_load_and_hot_reload() {
     );
     assert!(
         log.contains(&format!(
-            "{}: is not signed ({} is missing or unreadable)",
+            "{}: is not signed ({} is missing)",
             unsigned.display(),
             signature(&unsigned).display()
         )),
@@ -426,7 +439,7 @@ fn under_trusted_keys_only_signed_modules_load_and_hot_reload() {
     );
     send(&mut agent);
     // Signing it (only the .minisig changes) loads it.
-    sign(&trusted_secret, &signed);
+    sign(&trusted_secret, &signed, "signed", 2);
     assert!(
         agent.wait_for_log("rule replaced by a new version", RELOAD_WAIT),
         "{}",
@@ -434,7 +447,7 @@ fn under_trusted_keys_only_signed_modules_load_and_hot_reload() {
     );
     send(&mut agent);
     // Signing a refused module with the trusted key admits it too.
-    sign(&trusted_secret, &unsigned);
+    sign(&trusted_secret, &unsigned, "unsigned", 1);
     assert!(
         agent.wait_for_log("rule=unsigned", RELOAD_WAIT),
         "{}",
@@ -491,7 +504,7 @@ fn picket_test_under_a_trusted_key_refuses_unsigned_and_wrongly_signed_modules()
     let run = test();
     assert_eq!(run.code, Some(2), "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("is not signed"), "{}", run.stdout);
-    sign(&other_secret, &module);
+    sign(&other_secret, &module, "k8s-sa-token", 1);
     let run = test();
     assert_eq!(run.code, Some(2), "{}{}", run.stdout, run.stderr);
     assert!(
@@ -499,7 +512,7 @@ fn picket_test_under_a_trusted_key_refuses_unsigned_and_wrongly_signed_modules()
         "{}",
         run.stdout
     );
-    sign(&trusted_secret, &module);
+    sign(&trusted_secret, &module, "k8s-sa-token", 1);
     let run = test();
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
     assert!(
@@ -584,4 +597,136 @@ fn a_read_only_mount_is_trusted_whatever_its_mode_bits() {
         1,
         "read-only, it is loaded:\n{stdout}\n{stderr}"
     );
+}
+
+/// `replay --watch --trusted-key KEY --rules DIR`, streaming.
+fn watch_signed(trusted: &Path, rules: &Path) -> Streaming {
+    Streaming::spawn(
+        picket()
+            .args([
+                "replay",
+                "--watch",
+                "--learning-period",
+                "0s",
+                "--trusted-key",
+            ])
+            .arg(trusted)
+            .arg("--rules")
+            .arg(rules)
+            .arg("-"),
+    )
+}
+
+/// Waits for `text` in the agent's log; kills it (it may be blocked) and fails if it never comes.
+fn expect_log(agent: Streaming, text: &str) -> Streaming {
+    if agent.wait_for_log(text, RELOAD_WAIT) {
+        return agent;
+    }
+    let stderr = agent.kill9();
+    panic!("expected `{text}` in the log:\n{stderr}");
+}
+
+/// Issue 21 item 6: a FIFO as `MODULE.wasm.minisig` once hung the agent's start (and, under
+/// `run`, the rules watcher for good); it is refused at once, and a module signed later loads.
+#[test]
+fn a_fifo_as_a_signature_is_refused_at_once_and_later_modules_still_load() {
+    let keys = temp_dir();
+    let (trusted, secret) = minisign_keys(keys.path(), "trusted");
+    let rules = temp_dir();
+    let blocked = rules.path().join("blocked.wasm");
+    std::fs::write(&blocked, new_exe_rule("blocked", "blocked")).unwrap();
+    let status = Command::new("mkfifo")
+        .arg(signature(&blocked))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let agent = watch_signed(&trusted, rules.path());
+    let agent = expect_log(
+        agent,
+        &format!(
+            "{}: its signature {} is a FIFO, not a regular file",
+            blocked.display(),
+            signature(&blocked).display()
+        ),
+    );
+    let later = rules.path().join("later.wasm");
+    std::fs::write(&later, new_exe_rule("later", "later")).unwrap();
+    sign(&secret, &later, "later", 1);
+    let mut agent = expect_log(agent, "rule=later");
+    for i in 0..2 {
+        agent.send(&token_read(i, &format!("/tmp/l{i}/cat"), K8S_TOKEN));
+    }
+    let (_, signals, stderr) = agent.finish();
+    let titles: Vec<&str> = signals
+        .iter()
+        .map(|s| s["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["later"], "{stderr}");
+}
+
+/// Issue 21 item 6: a signature says which file, rule id and version it was made for. A signed
+/// module renamed, one signed for another rule id, one signed the old way (no such comment), and
+/// an older signed version put back in place of a newer one are refused, each saying why.
+#[test]
+fn a_signature_binds_the_file_name_the_rule_id_and_the_version() {
+    let keys = temp_dir();
+    let (trusted, secret) = minisign_keys(keys.path(), "trusted");
+    let key = trusted.to_str().unwrap();
+    let top = temp_dir();
+    let rules = top.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let module = rules.join("bound.wasm");
+    let refused = |text: &str| {
+        let run = replay(&rules, None, &["--trusted-key", key], &reads("b", 2));
+        assert!(run.signals().is_empty(), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(text),
+            "expected `{text}` in:\n{}",
+            run.stderr
+        );
+    };
+
+    // Signed the old way: minisign's own trusted comment names no rule.
+    std::fs::write(&module, new_exe_rule("bound", "bound v1")).unwrap();
+    sign_with_comment(
+        &secret,
+        &module,
+        "timestamp:1764700000\tfile:bound.wasm\thashed",
+    );
+    refused("whose trusted comment does not say which rule it is for (an old-style signature");
+    // Signed for another rule id than the manifest declares.
+    sign(&secret, &module, "other-rule", 1);
+    refused("is signed as rule `other-rule`, but its manifest declares rule `bound`");
+    // Renamed: its signature was made for bound.wasm.
+    sign(&secret, &module, "bound", 1);
+    let renamed = rules.join("renamed.wasm");
+    std::fs::rename(&module, &renamed).unwrap();
+    std::fs::rename(signature(&module), signature(&renamed)).unwrap();
+    refused("made for the file bound.wasm, not renamed.wasm");
+    std::fs::rename(&renamed, &module).unwrap();
+    std::fs::rename(signature(&renamed), signature(&module)).unwrap();
+    let v1 = (
+        std::fs::read(&module).unwrap(),
+        std::fs::read(signature(&module)).unwrap(),
+    );
+
+    // Version 2 running; version 1, validly signed, put back: refused, version 2 kept.
+    std::fs::write(&module, new_exe_rule("bound", "bound v2")).unwrap();
+    sign(&secret, &module, "bound", 2);
+    let mut agent = expect_log(watch_signed(&trusted, &rules), "rule=bound");
+    agent.send(&token_read(0, "/tmp/v0/cat", K8S_TOKEN));
+    agent.send(&token_read(1, "/tmp/v1/cat", K8S_TOKEN));
+    std::fs::write(signature(&module), &v1.1).unwrap();
+    std::fs::write(&module, &v1.0).unwrap();
+    let mut agent = expect_log(
+        agent,
+        "is signed as version 1 of rule `bound`, older than version 2 already loaded",
+    );
+    agent.send(&token_read(2, "/tmp/v2/cat", K8S_TOKEN));
+    let (_, signals, stderr) = agent.finish();
+    let titles: Vec<&str> = signals
+        .iter()
+        .map(|s| s["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["bound v2", "bound v2"], "{stderr}");
 }

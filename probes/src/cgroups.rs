@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::process::container_id_from_cgroup;
+use crate::process::container_id_from_cgroup_path;
 
 /// Events lost in one cgroup since the probes were loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,8 @@ pub struct CgroupLoss {
     pub events: u64,
     /// The cgroup's path in the cgroup2 hierarchy (`/kubepods.slice/...`), when found.
     pub path: Option<String>,
-    /// The container id in the path's last name, when it is a container's cgroup.
+    /// The container id of the path (its outermost name that names a container: a container's
+    /// child cgroup cannot pass for another container), when it is in a container's cgroup.
     pub container_id: Option<String>,
 }
 
@@ -54,11 +55,7 @@ impl CgroupPaths {
         }
         for loss in losses {
             loss.path = self.paths.get(&loss.cgroup_id).cloned();
-            loss.container_id = loss
-                .path
-                .as_deref()
-                .and_then(|p| p.rsplit('/').next())
-                .and_then(container_id_from_cgroup);
+            loss.container_id = loss.path.as_deref().and_then(container_id_from_cgroup_path);
         }
     }
 }
@@ -174,10 +171,7 @@ mod tests {
         let ino = std::fs::metadata(&leaf).unwrap().ino();
         let path = &paths[&ino];
         assert_eq!(path, &format!("/kubepods/cri-containerd-{id}.scope"));
-        assert_eq!(
-            container_id_from_cgroup(path.rsplit('/').next().unwrap()).as_deref(),
-            Some(id)
-        );
+        assert_eq!(container_id_from_cgroup_path(path).as_deref(), Some(id));
         let root = std::fs::metadata(dir.path()).unwrap().ino();
         assert_eq!(paths[&root], "/");
         assert_eq!(

@@ -48,8 +48,24 @@ impl Enricher {
         None
     }
 
+    /// The container of process `tgid`, whose cgroup's leaf name the kernel gave as `leaf`. A
+    /// leaf alone can lie (a container can make a child cgroup named after another container,
+    /// or anything else), so: the whole cgroup path while the process lives, else what the cache
+    /// holds (its exec, or its parent's at fork), and the leaf only for a process never seen.
+    /// At an open, a leaf that agrees with the cache is taken without reading `/proc`.
+    fn container_of(&self, tgid: u32, leaf: &str, at_open: bool) -> Option<String> {
+        let cached = self.cache.get(tgid).map(|c| c.container_id.clone());
+        let from_leaf = container_id_from_cgroup(leaf);
+        if at_open && cached.as_ref() == Some(&from_leaf) {
+            return from_leaf;
+        }
+        process::live_container_id(&self.proc, tgid)
+            .or(cached)
+            .unwrap_or(from_leaf)
+    }
+
     fn exec(&mut self, exec: Exec) {
-        let container_id = container_id_from_cgroup(&exec.cgroup);
+        let container_id = self.container_of(exec.raw.task.tgid, &exec.cgroup, false);
         // First sight of a process: its root is most likely still there to read.
         self.users
             .observe(exec.raw.task.tgid, container_id.as_deref());
@@ -79,8 +95,7 @@ impl Enricher {
                 .map(|raw| process::split_args(&raw))
                 .unwrap_or_default(),
         };
-        let container_id = container_id_from_cgroup(&cgroup)
-            .or_else(|| cached.and_then(|c| c.container_id.clone()));
+        let container_id = self.container_of(task.tgid, &cgroup, true);
         let meta = container_id
             .as_deref()
             .and_then(|id| self.containers.get(id));

@@ -116,6 +116,14 @@ pub fn container_id_from_cgroup(leaf: &str) -> Option<String> {
     is_id.then(|| id.to_owned())
 }
 
+/// The container id of a whole cgroup path: its outermost component that names a container.
+/// A container's own cgroup is made by its runtime; below it, a container with a writable
+/// cgroupfs makes and names what it likes (even `cri-containerd-<another container's id>.scope`),
+/// so a nested name never decides whose process it is.
+pub fn container_id_from_cgroup_path(path: &str) -> Option<String> {
+    path.split('/').find_map(container_id_from_cgroup)
+}
+
 /// The container id from `/proc/<pid>/cgroup`: the cgroup v2 line first, then any v1 hierarchy
 /// (hybrid hosts put containers in the v1 trees only).
 fn container_id_from_proc_cgroup(text: &str) -> Option<String> {
@@ -123,8 +131,15 @@ fn container_id_from_proc_cgroup(text: &str) -> Option<String> {
     lines.sort_by_key(|line| !line.starts_with("0::"));
     lines.into_iter().find_map(|line| {
         let path = line.splitn(3, ':').nth(2)?;
-        container_id_from_cgroup(path.rsplit('/').next()?)
+        container_id_from_cgroup_path(path)
     })
+}
+
+/// The container of the live process `pid`, from its whole cgroup path; `None` when
+/// `/proc/<pid>/cgroup` cannot be read (the process is gone).
+pub(crate) fn live_container_id(proc_root: &Path, pid: u32) -> Option<Option<String>> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    Some(container_id_from_proc_cgroup(&text))
 }
 
 #[cfg(test)]
@@ -167,6 +182,29 @@ mod tests {
         let hybrid = format!("4:memory:/docker/{ID}\n0::/\n");
         assert_eq!(container_id_from_proc_cgroup(&hybrid).as_deref(), Some(ID));
         assert_eq!(container_id_from_proc_cgroup("0::/user.slice\n"), None);
+    }
+
+    /// Issue 21 item 5: a child cgroup a container makes under its own, named after another
+    /// container, does not make its processes that container's.
+    #[test]
+    fn a_nested_cgroup_named_after_another_container_keeps_its_own_container() {
+        let victim = ID;
+        let attacker = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+        let own = format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{attacker}.scope");
+        let text = format!("0::{own}/cri-containerd-{victim}.scope\n");
+        assert_eq!(
+            container_id_from_proc_cgroup(&text).as_deref(),
+            Some(attacker)
+        );
+        let text = format!("0::{own}/innocent\n");
+        assert_eq!(
+            container_id_from_proc_cgroup(&text).as_deref(),
+            Some(attacker)
+        );
+        assert_eq!(
+            container_id_from_cgroup_path(&format!("{own}/{victim}")).as_deref(),
+            Some(attacker)
+        );
     }
 
     #[test]

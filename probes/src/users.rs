@@ -10,6 +10,11 @@
 //! The file belongs to the container, which may be hostile: it is opened with `openat2`'s
 //! `RESOLVE_IN_ROOT` (an absolute link inside it cannot lead out to the agent's own files),
 //! non-blocking (a FIFO cannot hang the agent), must be a regular file, and is read up to a bound.
+//! What it says is a hint, and checked as one: a name longer than [`MAX_NAME_BYTES`] or with
+//! other characters than a user name's is not taken, and `root` names uid 0 only (a container
+//! calling uid 4242 `root`, or uid 0 anything else, gets no name: the signal's uid says who).
+//! The host's table is read only through the host's own root (`/proc/1/root`), never through
+//! the process that opened: a host process in a chroot has the chroot's passwd.
 
 use std::{
     collections::HashMap,
@@ -31,6 +36,10 @@ const MAX_TABLES: usize = 4096;
 const REREAD_AFTER: Duration = Duration::from_secs(10);
 /// Other live processes of a container tried when the opener and its parent are gone.
 const MAX_CANDIDATES: usize = 8;
+/// Longest user name taken (Linux's `useradd` allows 32 bytes).
+pub const MAX_NAME_BYTES: usize = 32;
+/// The host's init, whose root is the host's (through the host's procfs).
+const HOST_INIT: u32 = 1;
 
 /// Users of one root: uid to name, as the first matching passwd line says.
 #[derive(Debug)]
@@ -58,6 +67,8 @@ impl UserNames {
     pub(crate) fn observe(&mut self, pid: u32, container: Option<&str>) {
         let key = container.map(str::to_owned);
         if !self.tables.contains_key(&key) {
+            // The host's table only ever from the host's root.
+            let pid = if container.is_none() { HOST_INIT } else { pid };
             self.read_from(&key, [pid]);
         }
     }
@@ -77,6 +88,11 @@ impl UserNames {
             Some(table) if table.read_at.elapsed() < REREAD_AFTER => return None,
             _ => {}
         }
+        if container.is_none() {
+            // A host process may have chrooted anywhere: the host's table comes from its root.
+            self.read_from(&key, [HOST_INIT]);
+            return self.tables.get(&key)?.names.get(&uid).cloned();
+        }
         // The opener first (its root is the one that counts), then processes sure to share it.
         let same_root = |other: u32| {
             cache
@@ -88,11 +104,7 @@ impl UserNames {
             .pids_in(container)
             .filter(|&other| other != pid && Some(other) != parent)
             .take(MAX_CANDIDATES);
-        let host_init = container.is_none().then_some(1);
-        let candidates = std::iter::once(pid)
-            .chain(parent)
-            .chain(others)
-            .chain(host_init);
+        let candidates = std::iter::once(pid).chain(parent).chain(others);
         self.read_from(&key, candidates);
         self.tables.get(&key)?.names.get(&uid).cloned()
     }
@@ -171,7 +183,21 @@ fn read_passwd(root: &OwnedFd) -> Option<String> {
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// `name:password:uid:...` lines; the first line of a uid wins, as with `getpwuid`.
+/// Whether `name` looks like a user name: at most [`MAX_NAME_BYTES`] of letters, digits, `.`,
+/// `_`, `-` (not first), and a final `$` (machine accounts); anything else is not shown.
+fn valid_name(name: &str) -> bool {
+    let body = name.strip_suffix('$').unwrap_or(name);
+    !body.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && !body.starts_with('-')
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `name:password:uid:...` lines; the first line of a uid wins, as with `getpwuid`. Names that
+/// are not valid ([`valid_name`]), and `root` for any uid but 0 or another name for uid 0, give
+/// that uid no name.
 fn parse(text: &str) -> HashMap<u32, String> {
     let mut names = HashMap::new();
     for line in text.lines() {
@@ -179,14 +205,22 @@ fn parse(text: &str) -> HashMap<u32, String> {
         let (Some(name), Some(_), Some(uid)) = (fields.next(), fields.next(), fields.next()) else {
             continue;
         };
-        if name.is_empty() || name.starts_with(['#', '+', '-']) {
+        if name.is_empty() || name.starts_with(['#', '+']) {
             continue;
         }
-        if let Ok(uid) = uid.trim().parse::<u32>() {
-            names.entry(uid).or_insert_with(|| name.to_owned());
-        }
+        let Ok(uid) = uid.trim().parse::<u32>() else {
+            continue;
+        };
+        let believable = valid_name(name) && ((uid == 0) == (name == "root"));
+        // The first line decides, as with getpwuid: a later line cannot replace a refused one.
+        names
+            .entry(uid)
+            .or_insert_with(|| believable.then(|| name.to_owned()));
     }
     names
+        .into_iter()
+        .filter_map(|(uid, name)| Some((uid, name?)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -205,13 +239,36 @@ mod tests {
         assert_eq!(names.len(), 2);
     }
 
+    /// Issue 21 item 5: a container's passwd can say anything; what is not believable is not
+    /// shown (the signal keeps the uid).
+    #[test]
+    fn names_that_lie_are_not_taken() {
+        let huge = "a".repeat(1 << 20);
+        let names = parse(&format!(
+            "root:x:4242:0::/:/bin/sh\nnobody:x:0:0::/:\n{huge}:x:7:7::/:\n\
+             bad\u{1b}[31mname:x:8:8::/:\nspace name:x:9:9::/:\n-dash:x:10:10::/:\n\
+             ok.name_1-x:x:11:11::/:\nhost$:x:12:12::/:\nroot:x:13:13::/:\nlater:x:4242:0::/:\n"
+        ));
+        for uid in [4242, 0, 7, 8, 9, 10, 13] {
+            assert_eq!(names.get(&uid), None, "uid {uid}: {:?}", names.get(&uid));
+        }
+        assert_eq!(names.get(&11).map(String::as_str), Some("ok.name_1-x"));
+        assert_eq!(names.get(&12).map(String::as_str), Some("host$"));
+        assert_eq!(
+            parse("root:x:0:0::/:\n").get(&0).map(String::as_str),
+            Some("root")
+        );
+        assert!(valid_name(&"u".repeat(MAX_NAME_BYTES)));
+        assert!(!valid_name(&"u".repeat(MAX_NAME_BYTES + 1)));
+    }
+
     #[test]
     fn reads_this_process_root() {
         let mut users = UserNames::new("/proc");
         let cache = ProcessCache::default();
         let me = std::process::id();
-        // Whatever this machine calls uid 0 in its own passwd, if it has one.
-        let expected = std::fs::read_to_string("/etc/passwd")
+        // Whatever the host (the root of this procfs's init) calls uid 0, if it has one.
+        let expected = std::fs::read_to_string("/proc/1/root/etc/passwd")
             .ok()
             .and_then(|text| parse(&text).get(&0).cloned());
         assert_eq!(users.name(0, me, 0, None, &cache), expected);
@@ -220,6 +277,40 @@ mod tests {
             users.name(0, u32::MAX - 1, 0, Some("no-such-container"), &cache),
             None
         );
+    }
+
+    /// Issue 21 item 5: a host process in a chroot whose passwd lacks its uid once replaced the
+    /// host's table with the chroot's, so that later host reads said the wrong names.
+    #[test]
+    fn a_chrooted_host_process_never_decides_the_hosts_names() {
+        let top = std::env::temp_dir().join(format!("picket-chroot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let root = |name: &str, passwd: &str| {
+            let dir = top.join(name);
+            std::fs::create_dir_all(dir.join("etc")).unwrap();
+            std::fs::write(dir.join("etc/passwd"), passwd).unwrap();
+            dir
+        };
+        let host = root("host", "root:x:0:0::/:\nalice:x:1000:1000::/:\n");
+        let chroot = root("chroot", "root:x:0:0::/:\nnobody:x:1000:1000::/:\n");
+        // A procfs with the host's init (pid 1) and a chrooted host process (pid 500).
+        let proc = top.join("proc");
+        for (pid, dir) in [(1, &host), (500, &chroot)] {
+            std::fs::create_dir_all(proc.join(pid.to_string())).unwrap();
+            std::os::unix::fs::symlink(dir, proc.join(pid.to_string()).join("root")).unwrap();
+        }
+        let mut users = UserNames::new(&proc);
+        let cache = ProcessCache::default();
+        users.observe(500, None);
+        assert_eq!(
+            users.name(1000, 500, 1, None, &cache).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            users.name(1000, 1, 0, None, &cache).as_deref(),
+            Some("alice")
+        );
+        std::fs::remove_dir_all(&top).unwrap();
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! directory and the file pass strict modes ([`crate::trust`]), and, when `--trusted-key` is
 //! given, the module carries a valid signature by one of those keys ([`crate::signing`]).
 
-use crate::signing::Signers;
+use crate::signing::{Signed, Signers};
 use crate::trust;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -20,8 +20,9 @@ pub struct Verdict {
     /// and mode, its signature), so an unchanged file is not judged and reported again, and a
     /// fixed mode or a new signature alone is noticed.
     pub key: blake3::Hash,
-    /// Whether the module may be compiled, or why not.
-    pub result: Result<(), String>,
+    /// Whether the module may be compiled (with what its signature says it is, when signatures
+    /// are required), or why not.
+    pub result: Result<Option<Signed>, String>,
 }
 
 impl Admission {
@@ -52,8 +53,10 @@ impl Admission {
         let result = trust::check_file(path, "rule module")
             .map_err(|err| err.0)
             .and_then(|()| match (&self.signers, &signature) {
-                (Some(signers), Some(text)) => signers.verify(path, bytes, text.as_deref()),
-                _ => Ok(()),
+                (Some(signers), Some(text)) => {
+                    signers.verify(path, bytes, text.as_deref()).map(Some)
+                }
+                _ => Ok(None),
             });
         Verdict {
             key: key.finalize(),

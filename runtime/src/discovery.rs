@@ -15,6 +15,15 @@
 //! of a prefix (inotify, after a short quiet period), and every [`RESCAN_EVERY`] in any case.
 //! A file that disappears stays known for [`RETIRED_KEEP`]: a hard link made to it before the
 //! rotation still reaches the old token, which stays valid until it expires.
+//!
+//! A pod's own directories are the pod's to fill (an `emptyDir` of a million entries, thousands
+//! of files named `token`), and must not blind discovery for the other pods. So under the
+//! kubelet's `pods/` only the projected volumes' grammar is walked,
+//! `<pod uid>/volumes/kubernetes.io~projected/<volume>/<..timestamp>/<file>`, never another
+//! volume type; each pod has budgets of its own (entries read, files found, directories watched),
+//! and a pod past one is named in a warning; files already known are kept ahead of new ones when
+//! the kernel's map is full; and rescans are at least [`MIN_RESCAN_GAP`] apart, more after a
+//! slow one, so that a directory touched in a loop cannot keep the thread busy.
 
 use crate::pipeline::Pipeline;
 use notify::event::{AccessKind, AccessMode};
@@ -39,6 +48,20 @@ const MAX_ENTRIES: usize = 200_000;
 pub const RESCAN_EVERY: Duration = Duration::from_secs(10);
 /// How long a file that disappeared stays known.
 pub const RETIRED_KEEP: Duration = Duration::from_secs(24 * 3600);
+/// Least time between the end of a rescan and the start of the next, however often the watched
+/// directories change.
+pub const MIN_RESCAN_GAP: Duration = Duration::from_secs(1);
+/// After a rescan that took `t`, the next waits at least this many times `t` (up to
+/// [`RESCAN_EVERY`]): discovery takes a bounded share of a core whatever the tree.
+const BACKOFF_FACTOR: u32 = 4;
+/// Most directory entries read in one pod's directory per scan.
+pub const MAX_ENTRIES_PER_POD: usize = 2_000;
+/// Most files found in one pod per scan (a pod has a few projected tokens).
+pub const MAX_FILES_PER_POD: usize = 32;
+/// Most directories watched in one pod.
+pub const MAX_WATCHES_PER_POD: usize = 16;
+/// The kubelet's volume plugin directory for projected volumes (service-account tokens).
+const PROJECTED: &str = "kubernetes.io~projected";
 /// Quiet period after a change notification before the rescan.
 const QUIET: Duration = Duration::from_millis(20);
 /// Longest a burst of changes delays a rescan.
@@ -91,6 +114,8 @@ pub struct Found {
     files: BTreeMap<FileId, String>,
     /// Entries read; the scan stopped early when this reached [`MAX_ENTRIES`].
     entries: usize,
+    /// Pods (by uid) that went past one of their budgets in this scan, with which.
+    over_budget: BTreeMap<String, &'static str>,
 }
 
 impl Found {
@@ -118,6 +143,16 @@ impl Found {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }
+
+    /// Directory entries read by the scan.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Pods (by uid) that went past a budget of theirs in the scan, with the budget's name.
+    pub fn over_budget(&self) -> &BTreeMap<String, &'static str> {
+        &self.over_budget
+    }
 }
 
 /// One scan: every regular file with a wanted basename under each prefix, without following
@@ -125,16 +160,25 @@ impl Found {
 /// links are skipped and the file in the timestamped directory is found). Prefixes are resolved
 /// first, so `/var/run/...` and `/run/...` are one place and paths come out without links.
 /// Also returns the directories to watch.
+///
+/// A prefix that is the kubelet's `.../kubelet/pods/` is walked by [`walk_pods`] instead: the
+/// projected volumes only, with budgets per pod.
 pub fn scan(targets: &Targets) -> (Found, BTreeSet<PathBuf>) {
     let mut found = Found::default();
     let mut watch = BTreeSet::new();
     let mut resolved: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
+    let mut kubelet_pods = BTreeSet::new();
     for (prefix, names) in &targets.by_prefix {
         match std::fs::canonicalize(prefix) {
-            Ok(real) => resolved
-                .entry(real)
-                .or_default()
-                .extend(names.iter().cloned()),
+            Ok(real) => {
+                if is_kubelet_pods(prefix) || is_kubelet_pods(&real) {
+                    kubelet_pods.insert(real.clone());
+                }
+                resolved
+                    .entry(real)
+                    .or_default()
+                    .extend(names.iter().cloned());
+            }
             Err(_) => {
                 // Not there (yet): watch the nearest existing ancestor to see it appear.
                 if let Some(parent) = prefix.ancestors().skip(1).find(|p| p.is_dir()) {
@@ -143,8 +187,18 @@ pub fn scan(targets: &Targets) -> (Found, BTreeSet<PathBuf>) {
             }
         }
     }
-    for (prefix, names) in &resolved {
-        walk(prefix, 0, names, &mut found, &mut watch);
+    // The kubelet's pods first: a large tree elsewhere cannot use up the budget before them.
+    let (pods, others): (Vec<_>, Vec<_>) = resolved
+        .iter()
+        .partition(|(prefix, _)| kubelet_pods.contains(*prefix));
+    for (prefix, names) in pods {
+        walk_pods(prefix, names, &mut found, &mut watch);
+    }
+    for (prefix, names) in others {
+        // Another prefix below the kubelet's pods (a narrower rule) is walked as part of them.
+        if !kubelet_pods.iter().any(|pods| prefix.starts_with(pods)) {
+            walk(prefix, 0, names, &mut found, &mut watch);
+        }
     }
     if found.entries >= MAX_ENTRIES {
         tracing::warn!(
@@ -199,17 +253,208 @@ fn walk(
     }
 }
 
+/// Whether `prefix` is the kubelet's pods directory (`.../kubelet/pods`).
+fn is_kubelet_pods(prefix: &Path) -> bool {
+    let mut names = prefix.components().rev().map(|c| c.as_os_str());
+    names.next() == Some("pods".as_ref()) && names.next() == Some("kubelet".as_ref())
+}
+
+/// What one pod may still spend in this scan.
+struct PodBudget {
+    entries: usize,
+    files: usize,
+    watches: usize,
+    /// The first budget it went past.
+    exceeded: Option<&'static str>,
+}
+
+impl PodBudget {
+    fn new() -> PodBudget {
+        PodBudget {
+            entries: MAX_ENTRIES_PER_POD,
+            files: MAX_FILES_PER_POD,
+            watches: MAX_WATCHES_PER_POD,
+            exceeded: None,
+        }
+    }
+
+    /// Spends one of `what` (`None` once it is spent: the pod's walk goes no further there).
+    fn spend(&mut self, what: &'static str) -> Option<()> {
+        let left = match what {
+            "entries" => &mut self.entries,
+            "files" => &mut self.files,
+            _ => &mut self.watches,
+        };
+        if *left == 0 {
+            self.exceeded.get_or_insert(what);
+            return None;
+        }
+        *left -= 1;
+        Some(())
+    }
+
+    /// Reads `dir`'s entries within the pod's entry budget (and the scan's).
+    fn read_dir(&mut self, dir: &Path, found: &mut Found) -> Vec<std::fs::DirEntry> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut read = Vec::new();
+        for entry in entries.flatten() {
+            if found.entries >= MAX_ENTRIES || self.spend("entries").is_none() {
+                break;
+            }
+            found.entries += 1;
+            read.push(entry);
+        }
+        read
+    }
+
+    fn watch(&mut self, dir: &Path, watch: &mut BTreeSet<PathBuf>) {
+        if !watch.contains(dir) && self.spend("watches").is_some() {
+            watch.insert(dir.to_path_buf());
+        }
+    }
+}
+
+/// The kubelet's pods directory: `<pod uid>/volumes/kubernetes.io~projected/<volume>/`, and in
+/// each volume its timestamped directories (`..<timestamp>`, one level of subdirectories
+/// below them for items projected under a path), each pod within its own [`PodBudget`]. Other
+/// volume types, and anything else a pod's directory holds, are never read.
+fn walk_pods(
+    pods: &Path,
+    names: &BTreeSet<String>,
+    found: &mut Found,
+    watch: &mut BTreeSet<PathBuf>,
+) {
+    // Where a new pod appears.
+    watch.insert(pods.to_path_buf());
+    let Ok(entries) = std::fs::read_dir(pods) else {
+        return;
+    };
+    for pod in entries.flatten() {
+        found.entries += 1;
+        if found.entries >= MAX_ENTRIES {
+            return;
+        }
+        if !pod.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let uid = pod.file_name().to_string_lossy().into_owned();
+        let mut budget = PodBudget::new();
+        walk_pod(&pod.path(), names, &mut budget, found, watch);
+        if let Some(what) = budget.exceeded {
+            found.over_budget.insert(uid, what);
+        }
+    }
+}
+
+fn walk_pod(
+    pod: &Path,
+    names: &BTreeSet<String>,
+    budget: &mut PodBudget,
+    found: &mut Found,
+    watch: &mut BTreeSet<PathBuf>,
+) {
+    // Where its volumes appear: the pod, `volumes`, then the projected plugin's directory.
+    let projected = pod.join("volumes").join(PROJECTED);
+    for dir in [pod, &pod.join("volumes"), &projected] {
+        budget.watch(dir, watch);
+    }
+    for volume in budget.read_dir(&projected, found) {
+        if !volume.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        // The volume: where the kubelet swaps `..data` on a rotation.
+        let volume = volume.path();
+        budget.watch(&volume, watch);
+        for stamp in budget.read_dir(&volume, found) {
+            // Only the timestamped directories (real directories named `..<stamp>`); the
+            // `..data` and per-file links are not followed.
+            let name = stamp.file_name();
+            if !name.to_string_lossy().starts_with("..")
+                || !stamp.file_type().is_ok_and(|t| t.is_dir())
+            {
+                continue;
+            }
+            let stamp = stamp.path();
+            for entry in budget.read_dir(&stamp, found) {
+                let Ok(file_type) = entry.file_type() else {
+                    continue;
+                };
+                if file_type.is_dir() {
+                    for inner in budget.read_dir(&entry.path(), found) {
+                        take_file(&inner, names, budget, found);
+                    }
+                } else {
+                    take_file(&entry, names, budget, found);
+                }
+            }
+        }
+    }
+}
+
+/// Takes `entry` if it is a regular file with a wanted name, within the pod's file budget.
+fn take_file(
+    entry: &std::fs::DirEntry,
+    names: &BTreeSet<String>,
+    budget: &mut PodBudget,
+    found: &mut Found,
+) {
+    let Ok(metadata) = entry.metadata() else {
+        return;
+    };
+    if !metadata.is_file()
+        || !(names.is_empty() || names.contains(&*entry.file_name().to_string_lossy()))
+        || budget.spend("files").is_none()
+    {
+        return;
+    }
+    found
+        .files
+        .entry(file_id_of(&metadata))
+        .or_insert_with(|| entry.path().to_string_lossy().into_owned());
+}
+
 /// Keeps what a scan found together with the files that disappeared less than
-/// [`RETIRED_KEEP`] ago.
-#[derive(Default)]
+/// [`RETIRED_KEEP`] ago, within the kernel map's [`MAX_FILES`].
 struct Known {
     current: Found,
     retired: BTreeMap<FileId, (String, Instant)>,
+    capacity: usize,
+}
+
+impl Default for Known {
+    fn default() -> Known {
+        Known::with_capacity(MAX_FILES)
+    }
 }
 
 impl Known {
-    /// Takes a new scan; returns what to publish, or `None` when nothing changed.
-    fn update(&mut self, scan: Found, now: Instant) -> Option<Found> {
+    fn with_capacity(capacity: usize) -> Known {
+        Known {
+            current: Found::default(),
+            retired: BTreeMap::new(),
+            capacity,
+        }
+    }
+
+    /// Takes a new scan; returns what to publish, or `None` when nothing changed. Past the
+    /// capacity, files already known stay ahead of new ones (a flood of new files cannot push
+    /// out the tokens known), and retired files go first, the longest retired first.
+    fn update(&mut self, mut scan: Found, now: Instant) -> Option<Found> {
+        if scan.files.len() > self.capacity {
+            let (known, new): (Vec<_>, Vec<_>) = std::mem::take(&mut scan.files)
+                .into_iter()
+                .partition(|(id, _)| self.current.files.contains_key(id));
+            let dropped = known.len() + new.len() - self.capacity;
+            scan.files = known.into_iter().chain(new).take(self.capacity).collect();
+            tracing::warn!(
+                capacity = self.capacity,
+                dropped,
+                "more files to watch by identity than the kernel's map holds: the ones already \
+                 known are kept, {dropped} new ones are not watched by identity (still by name)"
+            );
+        }
         let mut changed = false;
         for (id, path) in &self.current.files {
             if !scan.files.contains_key(id) {
@@ -222,7 +467,7 @@ impl Known {
             !scan.files.contains_key(id) && now.duration_since(*since) < RETIRED_KEEP
         });
         // Over capacity, the longest retired go first.
-        while scan.files.len() + self.retired.len() > MAX_FILES {
+        while scan.files.len() + self.retired.len() > self.capacity {
             let oldest = self
                 .retired
                 .iter()
@@ -246,6 +491,7 @@ impl Known {
         Found {
             files,
             entries: self.current.entries,
+            over_budget: self.current.over_budget.clone(),
         }
     }
 }
@@ -256,6 +502,10 @@ struct Scanner {
     known: Known,
     watcher: Option<RecommendedWatcher>,
     watched: BTreeSet<PathBuf>,
+    /// Pods already warned about for going past a budget (warned again once they stopped).
+    warned: BTreeSet<String>,
+    /// How long the last rescan took, for the backoff.
+    last_took: Duration,
 }
 
 impl Scanner {
@@ -264,6 +514,8 @@ impl Scanner {
         let started = Instant::now();
         let (found, watch) = scan(&self.targets);
         let elapsed = started.elapsed();
+        self.last_took = elapsed;
+        self.warn_over_budget(found.over_budget());
         if let Some(watcher) = self.watcher.as_mut() {
             rewatch(watcher, &mut self.watched, watch);
         }
@@ -277,6 +529,37 @@ impl Scanner {
         );
         Some(published)
     }
+
+    /// Names each pod that went past a budget, once while it stays past it.
+    fn warn_over_budget(&mut self, over: &BTreeMap<String, &'static str>) {
+        for (pod, what) in over {
+            if self.warned.insert(pod.clone()) {
+                let limit = match *what {
+                    "entries" => MAX_ENTRIES_PER_POD,
+                    "files" => MAX_FILES_PER_POD,
+                    _ => MAX_WATCHES_PER_POD,
+                };
+                tracing::warn!(
+                    pod_uid = %crate::output::escape_controls(pod),
+                    "file discovery: pod {} has more {what} in its projected volumes than the \
+                     {limit} looked at per pod; the rest of that pod is not watched by identity \
+                     (other pods are not affected)",
+                    crate::output::escape_controls(pod)
+                );
+            }
+        }
+        self.warned.retain(|pod| over.contains_key(pod));
+    }
+
+    /// How long to wait after the last rescan before the next may start.
+    fn gap(&self) -> Duration {
+        backoff(self.last_took)
+    }
+}
+
+/// The least wait after a rescan that took `took`.
+fn backoff(took: Duration) -> Duration {
+    (took * BACKOFF_FACTOR).clamp(MIN_RESCAN_GAP, RESCAN_EVERY)
 }
 
 enum Wake {
@@ -328,6 +611,8 @@ impl Discovery {
             known: Known::default(),
             watcher,
             watched: BTreeSet::new(),
+            warned: BTreeSet::new(),
+            last_took: Duration::ZERO,
         };
         scanner.rescan();
         let first = scanner.known.published();
@@ -335,7 +620,7 @@ impl Discovery {
             .name("picket-discovery".into())
             .spawn(move || {
                 loop {
-                    match wait(&rx) {
+                    match wait(&rx, scanner.gap()) {
                         Some(Some(new)) => {
                             // Files of rules that left are no longer wanted, even recent ones.
                             scanner.targets = new;
@@ -367,8 +652,10 @@ impl Drop for Discovery {
 }
 
 /// Waits for a reason to rescan: a change (after its burst settles), new targets, or
-/// [`RESCAN_EVERY`]. `None` once the [`Discovery`] is dropped.
-fn wait(rx: &mpsc::Receiver<Wake>) -> Option<Option<Targets>> {
+/// [`RESCAN_EVERY`], and then until `gap` has passed since the last rescan (changes meanwhile
+/// are one rescan). `None` once the [`Discovery`] is dropped.
+fn wait(rx: &mpsc::Receiver<Wake>, gap: Duration) -> Option<Option<Targets>> {
+    let last = Instant::now();
     let mut targets = None;
     match rx.recv_timeout(RESCAN_EVERY) {
         Ok(Wake::Targets(new)) => targets = Some(new),
@@ -380,10 +667,19 @@ fn wait(rx: &mpsc::Receiver<Wake>) -> Option<Option<Targets>> {
         match rx.recv_timeout(QUIET) {
             Ok(Wake::Targets(new)) => targets = Some(new),
             Ok(Wake::Changed) if burst.elapsed() < MAX_DELAY => {}
-            Ok(Wake::Changed) | Err(RecvTimeoutError::Timeout) => return Some(targets),
+            Ok(Wake::Changed) | Err(RecvTimeoutError::Timeout) => break,
             Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return None,
         }
     }
+    // The backoff: whatever comes before the gap is over joins this rescan.
+    while let Some(left) = gap.checked_sub(last.elapsed()).filter(|d| !d.is_zero()) {
+        match rx.recv_timeout(left) {
+            Ok(Wake::Targets(new)) => targets = Some(new),
+            Ok(Wake::Changed) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+    Some(targets)
 }
 
 /// Watches exactly `want` from now on.
@@ -498,6 +794,123 @@ mod tests {
         drop(discovery);
     }
 
+    /// A projected token of pod `uid` in volume `volume`, as the kubelet lays it out.
+    fn projected_token(pods: &Path, uid: &str, volume: &str) -> PathBuf {
+        let volume = pods
+            .join(uid)
+            .join("volumes/kubernetes.io~projected")
+            .join(volume);
+        let stamp = volume.join("..2026_11_22_10_00_00.1");
+        std::fs::create_dir_all(&stamp).unwrap();
+        std::fs::write(stamp.join("token"), uid).unwrap();
+        std::os::unix::fs::symlink("..data/token", volume.join("token")).unwrap();
+        std::os::unix::fs::symlink("..2026_11_22_10_00_00.1", volume.join("..data")).unwrap();
+        stamp.join("token")
+    }
+
+    fn id_of(path: &Path) -> FileId {
+        file_id_of(&std::fs::metadata(path).unwrap())
+    }
+
+    /// Issue 21 item 2: an attacker pod's own directories (an emptyDir with 16,400 files named
+    /// `token`, more than the kernel's map holds, or 200,001 entries; a projected volume stuffed
+    /// with them) once filled discovery's budgets, so that other pods' tokens went unknown.
+    /// (2,000 here: what matters is that none of them is read.) Only the projected
+    /// volumes are walked now, each pod within its own budget, and the pod is named.
+    #[test]
+    fn a_pod_filling_its_own_volumes_does_not_blind_discovery_for_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = dir.path().join("var/lib/kubelet/pods");
+        let victims: Vec<FileId> = (0..20)
+            .map(|i| {
+                id_of(&projected_token(
+                    &pods,
+                    &format!("victim-{i:02}"),
+                    "kube-api-access",
+                ))
+            })
+            .collect();
+        let attacker = pods.join("attacker");
+        let scratch = attacker.join("volumes/kubernetes.io~empty-dir/scratch");
+        for i in 0..2_000 {
+            let sub = scratch.join(format!("d{i}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            std::fs::write(sub.join("token"), "x").unwrap();
+        }
+        projected_token(&pods, "attacker", "kube-api-access");
+        let stuffed = attacker.join("volumes/kubernetes.io~projected/many/..2026_11_22_10_00_00.1");
+        for i in 0..MAX_FILES_PER_POD * 4 {
+            let sub = stuffed.join(format!("s{i}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            std::fs::write(sub.join("token"), "x").unwrap();
+        }
+        let (found, watch) = scan(&targets(&pods));
+        let ids = found.ids();
+        let missed = victims.iter().filter(|id| !ids.contains(id)).count();
+        assert_eq!(missed, 0, "{missed} of 20 victim tokens unknown");
+        // The attacker's pod: within its budget, its emptyDir never read, and named.
+        assert_eq!(found.len(), victims.len() + MAX_FILES_PER_POD);
+        assert!(
+            found.iter().all(|(_, path)| !path.contains("empty-dir")),
+            "a file of an emptyDir was taken"
+        );
+        assert!(
+            found.entries() < 20 * 8 + MAX_ENTRIES_PER_POD,
+            "{} entries read",
+            found.entries()
+        );
+        assert_eq!(
+            found.over_budget().get("attacker").copied(),
+            Some("files"),
+            "{:?}",
+            found.over_budget()
+        );
+        let attacker_watches = watch.iter().filter(|d| d.starts_with(&attacker)).count();
+        assert!(
+            attacker_watches <= MAX_WATCHES_PER_POD,
+            "{attacker_watches}"
+        );
+    }
+
+    /// Issue 21 item 2: files made after the tokens were found cannot push them out of a full
+    /// map: what is known stays ahead of what is new.
+    #[test]
+    fn known_files_stay_ahead_of_new_ones_when_the_map_is_full() {
+        let t0 = Instant::now();
+        let id = |ino| FileId { dev: 1, ino };
+        let found = |inos: &[u64]| Found {
+            files: inos
+                .iter()
+                .map(|&ino| (id(ino), format!("/f{ino}")))
+                .collect(),
+            ..Found::default()
+        };
+        let mut known = Known::with_capacity(4);
+        known.update(found(&[50, 60]), t0).unwrap();
+        // Many new files, ordered before the known ones.
+        let flooded = known.update(found(&[1, 2, 3, 4, 5, 50, 60]), t0).unwrap();
+        assert_eq!(flooded.len(), 4);
+        assert!(flooded.ids().contains(&id(50)) && flooded.ids().contains(&id(60)));
+    }
+
+    /// Issue 21 item 2: a directory touched in a loop once kept discovery rescanning at once,
+    /// about 95% of a core. Changes within the gap after a rescan make one rescan.
+    #[test]
+    fn changes_in_a_loop_make_one_rescan_per_gap() {
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..1000 {
+            tx.send(Wake::Changed).unwrap();
+        }
+        let gap = Duration::from_millis(200);
+        // The first change starts a wait that takes every other one within the gap.
+        assert!(matches!(wait(&rx, gap), Some(None)));
+        assert!(rx.try_recv().is_err(), "changes left for another rescan");
+        // A slow scan waits longer: discovery's share of a core stays bounded.
+        assert_eq!(backoff(Duration::ZERO), MIN_RESCAN_GAP);
+        assert_eq!(backoff(Duration::from_secs(2)), Duration::from_secs(8));
+        assert_eq!(backoff(Duration::from_secs(60)), RESCAN_EVERY);
+    }
+
     #[test]
     fn a_rotated_file_stays_known_for_a_while() {
         let t0 = Instant::now();
@@ -505,7 +918,7 @@ mod tests {
         let b = FileId { dev: 1, ino: 11 };
         let found = |files: &[(FileId, &str)]| Found {
             files: files.iter().map(|(id, p)| (*id, p.to_string())).collect(),
-            entries: 0,
+            ..Found::default()
         };
         let mut known = Known::default();
         let first = known.update(found(&[(a, "/v/..1/token")]), t0).unwrap();

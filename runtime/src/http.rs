@@ -8,6 +8,13 @@
 //!
 //! It runs on its own thread with its own small runtime, so it answers even while the event loop
 //! is busy, and says so when that loop is stuck instead of getting stuck with it.
+//!
+//! Whoever reaches the port (the agent binds it on the node's network) gets bounded resources:
+//! at most [`MAX_CONNECTIONS`] connections at once, the longest-held giving way to a new one
+//! (so clients that hold connections open, slowloris, cannot lock the kubelet's probes out);
+//! a request head of at most [`MAX_HEAD_BYTES`] (larger is answered 431 and closed), sent
+//! within [`HEADER_READ_TIMEOUT`]; and every connection, keep-alive included, closed after
+//! [`CONNECTION_TIMEOUT`]. Memory is then bounded by about `MAX_CONNECTIONS` read buffers.
 
 use crate::metrics::{Metrics, STALE_AFTER, global};
 use http_body_util::Full;
@@ -16,13 +23,33 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::AbortHandle;
 
-/// Longest a client may take over one connection (slow or idle clients are dropped).
+/// Longest a client may take over one connection, keep-alive included (slow or idle clients
+/// are dropped).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a client may take to send a request's head (request line and headers).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most bytes of a request head, and of a connection's read buffer (hyper's least).
+pub const MAX_HEAD_BYTES: usize = 8192;
+
+/// Most headers in a request: the probes and Prometheus send a handful.
+const MAX_HEADERS: usize = 32;
+
+/// Most connections served at once. Past it, the connection held longest is closed for the new
+/// one: a probe's or a scrape's connection lasts milliseconds, a slowloris one is the oldest.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How often shedding connections is logged again.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Binds `addr` now (so a taken port fails the start) and serves on a thread of its own.
 /// Returns the bound address (the port chosen when `addr`'s is 0).
@@ -50,6 +77,14 @@ async fn accept(listener: std::net::TcpListener) {
             return;
         }
     };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    let connections = Connections::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -60,11 +95,73 @@ async fn accept(listener: std::net::TcpListener) {
                 continue;
             }
         };
-        tokio::spawn(async move {
-            let connection =
-                http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(respond));
+        let id = connections.make_room();
+        let connection = builder.serve_connection(TokioIo::new(stream), service_fn(respond));
+        let done = connections.clone();
+        let task = tokio::spawn(async move {
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            done.remove(id);
         });
+        connections.insert(id, task.abort_handle());
+    }
+}
+
+/// The connections being served, oldest first, to close the oldest when there are too many.
+/// All on the server's one thread: the lock is never contended.
+#[derive(Clone, Default)]
+struct Connections(Arc<Mutex<Open>>);
+
+#[derive(Default)]
+struct Open {
+    by_age: BTreeMap<u64, AbortHandle>,
+    next_id: u64,
+    shed: u64,
+    reported_at: Option<Instant>,
+}
+
+impl Connections {
+    /// Closes the connections held longest until one more fits; returns the new one's id.
+    fn make_room(&self) -> u64 {
+        let mut open = self.lock();
+        while open.by_age.len() >= MAX_CONNECTIONS {
+            let Some((_, oldest)) = open.by_age.pop_first() else {
+                break;
+            };
+            oldest.abort();
+            open.shed += 1;
+        }
+        if open.shed > 0
+            && open
+                .reported_at
+                .is_none_or(|at| at.elapsed() >= REPORT_EVERY)
+        {
+            tracing::warn!(
+                closed = open.shed,
+                "health and metrics endpoint: more than {MAX_CONNECTIONS} connections at once \
+                 (a client holding them open?): closed the ones held longest"
+            );
+            open.shed = 0;
+            open.reported_at = Some(Instant::now());
+        }
+        open.next_id += 1;
+        open.next_id
+    }
+
+    fn insert(&self, id: u64, task: AbortHandle) {
+        // A connection that already ended (removed itself) is not put back.
+        if !task.is_finished() {
+            self.lock().by_age.insert(id, task);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().by_age.remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

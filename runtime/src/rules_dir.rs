@@ -31,7 +31,7 @@ use crate::module_cache::Origin;
 use crate::pipeline::{Installed, Pipeline};
 use crate::safe_file::{self, Refused};
 use crate::sandbox::{LoadError, LoadedModule, Sandbox};
-use crate::signing::Signers;
+use crate::signing::{Signed, Signers};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -92,16 +92,35 @@ pub fn load_file(
 ) -> Result<LoadedModule, LoadError> {
     let bytes = read_module(path, sandbox.limits().max_module_bytes)?;
     let source = path.display().to_string();
-    if let Some(signers) = signers {
-        let signature = Signers::read_signature(path);
-        signers
-            .verify(path, &bytes, signature.as_deref())
-            .map_err(|message| LoadError {
-                source: source.clone(),
-                message,
-            })?;
+    let signed = match signers {
+        Some(signers) => Some(
+            signers
+                .verify(path, &bytes, Signers::read_signature(path).as_deref())
+                .map_err(|message| LoadError {
+                    source: source.clone(),
+                    message,
+                })?,
+        ),
+        None => None,
+    };
+    let module = sandbox.load(&source, &bytes)?;
+    if let Some(signed) = &signed {
+        check_signed_id(signed, &module.manifest.id)
+            .map_err(|message| LoadError { source, message })?;
     }
-    sandbox.load(&source, &bytes)
+    Ok(module)
+}
+
+/// Checks that a module's manifest declares the rule id its signature was made for.
+fn check_signed_id(signed: &Signed, id: &str) -> Result<(), String> {
+    if signed.id == id {
+        return Ok(());
+    }
+    Err(format!(
+        "is signed as rule `{}`, but its manifest declares rule `{id}` (a signature moved to \
+         another module?); sign it as id:{id}",
+        crate::output::escape_controls(&signed.id)
+    ))
 }
 
 /// A change for the pipeline.
@@ -186,6 +205,11 @@ pub struct RuleDirectory {
     /// How long a refused file must stay unchanged before the refusal is reported; `None`
     /// reports at once (a single scan, such as the one at start).
     settle: Option<Duration>,
+    /// What the signature of each module being compiled says it is (under `--trusted-key`).
+    signed: HashMap<PathBuf, Signed>,
+    /// The highest signed version loaded for each rule id while the agent runs: an older one
+    /// put back is refused.
+    signed_versions: HashMap<String, u64>,
 }
 
 impl RuleDirectory {
@@ -202,6 +226,8 @@ impl RuleDirectory {
             stamps: HashMap::new(),
             held: HashMap::new(),
             settle: None,
+            signed: HashMap::new(),
+            signed_versions: HashMap::new(),
         }
     }
 
@@ -338,15 +364,42 @@ impl RuleDirectory {
             }
             // New content: a refusal held for the old one is moot.
             self.held.remove(&path);
-            if let Err(message) = verdict.result {
-                let source = path.display().to_string();
-                self.refuse(path, hash, LoadError { source, message }, &mut scan);
-                continue;
+            match verdict.result {
+                Err(message) => {
+                    let source = path.display().to_string();
+                    self.refuse(path, hash, LoadError { source, message }, &mut scan);
+                    continue;
+                }
+                Ok(Some(signed)) => {
+                    self.signed.insert(path.clone(), signed);
+                }
+                Ok(None) => {
+                    self.signed.remove(&path);
+                }
             }
             self.compiling.insert(path.clone(), hash);
             jobs.push(Job { path, hash, bytes });
         }
         Ok(Survey { scan, jobs })
+    }
+
+    /// Checks a compiled module against what its signature says: the rule id its manifest
+    /// declares, and a version no older than the highest loaded for that id.
+    fn check_signed(&self, signed: &Signed, module: &LoadedModule) -> Result<(), LoadError> {
+        let id = &module.manifest.id;
+        let refused = |message| LoadError {
+            source: module.source.to_string(),
+            message,
+        };
+        check_signed_id(signed, id).map_err(refused)?;
+        match self.signed_versions.get(id) {
+            Some(&highest) if signed.version < highest => Err(refused(format!(
+                "is signed as version {} of rule `{id}`, older than version {highest} already \
+                 loaded (an older signed module put back?); refused, the newer one is kept",
+                signed.version
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn report_skipped(&mut self, skipped: &[(PathBuf, Refused)]) {
@@ -366,14 +419,19 @@ impl RuleDirectory {
     /// to install: see the module documentation for duplicate ids.
     pub fn accept(&mut self, results: Vec<Compiled>) -> Scan {
         let mut scan = Scan::default();
-        let mut loaded: Vec<(PathBuf, blake3::Hash, LoadedModule)> = Vec::new();
+        let mut loaded: Vec<(PathBuf, blake3::Hash, LoadedModule, Option<u64>)> = Vec::new();
         for Compiled { path, hash, result } in results {
             if self.compiling.get(&path) != Some(&hash) {
                 continue; // given up on, or superseded by newer content
             }
             self.compiling.remove(&path);
+            let signed = self.signed.remove(&path);
+            let result = result.and_then(|module| match &signed {
+                Some(signed) => self.check_signed(signed, &module).map(|()| module),
+                None => Ok(module),
+            });
             match result {
-                Ok(module) => loaded.push((path, hash, module)),
+                Ok(module) => loaded.push((path, hash, module, signed.map(|s| s.version))),
                 Err(error) => {
                     self.duplicates.remove(&path);
                     self.refuse(path, hash, error, &mut scan);
@@ -381,13 +439,13 @@ impl RuleDirectory {
             }
         }
         let mut claims: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-        for (path, _, module) in &loaded {
+        for (path, _, module, _) in &loaded {
             claims
                 .entry(module.manifest.id.clone())
                 .or_default()
                 .push(path.clone());
         }
-        for (path, hash, module) in loaded {
+        for (path, hash, module, version) in loaded {
             let id = module.manifest.id.clone();
             let source = path.display().to_string();
             let owner = self
@@ -428,6 +486,10 @@ impl RuleDirectory {
                 });
             }
             self.refused.remove(&path);
+            if let Some(version) = version {
+                let highest = self.signed_versions.entry(id.clone()).or_insert(version);
+                *highest = (*highest).max(version);
+            }
             self.installed.insert(path, Entry { hash, id });
             scan.updates.push(Update::Install(module));
         }

@@ -3,7 +3,7 @@
 use super::pending::{COMMIT_BYTES, Pending};
 use super::recovery::{guarded, panic_message};
 use super::{StateStore, StoreError};
-use crate::state::{RuleChange, Settings};
+use crate::state::{Change, RuleChange, Settings};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Values added (learned) that are committed, since the start, whichever thread did it.
+    added_committed: std::sync::atomic::AtomicU64,
     /// Makes the thread panic on its next batch, to test what follows.
     #[cfg(test)]
     panic_next: std::sync::atomic::AtomicBool,
@@ -248,6 +250,22 @@ fn persist(mut store: StateStore, shared: &Shared) {
         crate::metrics::global().state_saved(saved.is_ok());
         match saved {
             Ok(()) => {
+                // What is committed, in order, for whoever must know a value is on disk (the
+                // kill -9 test waits for this rather than for a time).
+                let added = batch
+                    .batch()
+                    .iter()
+                    .filter(|(_, change)| matches!(change, Change::Value { fresh: true, .. }))
+                    .count() as u64;
+                let total = shared
+                    .added_committed
+                    .fetch_add(added, std::sync::atomic::Ordering::Relaxed)
+                    + added;
+                tracing::debug!(
+                    changes = batch.batch().len(),
+                    added_total = total,
+                    "learned values committed"
+                );
                 batch.done();
                 if let Some(since) = failing_since.take() {
                     tracing::info!(
@@ -300,7 +318,7 @@ fn persist(mut store: StateStore, shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Change, Settings, Verdict};
+    use crate::state::{Settings, Verdict};
 
     fn learned(value: &str) -> Vec<RuleChange> {
         let place = |change| ("rule".to_string(), change);

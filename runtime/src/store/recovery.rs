@@ -58,14 +58,51 @@ fn open_loaded(dir: &Path, capacity: usize) -> Result<Restored, StoreError> {
 }
 
 /// Runs `f`, turning a panic inside it (redb's, on a file it cannot make sense of) into an
-/// error about a damaged file.
+/// error about a damaged file. The panic is not printed (no message and backtrace on stderr
+/// beside the error that says what happened): see [`quiet_panics`].
 pub(super) fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+    let outcome = quiet_panics(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    outcome.unwrap_or_else(|(panic, location)| {
         Err(StoreError::damage(format!(
-            "the state database panicked reading it: {}",
+            "the state database panicked reading it{}: {}",
+            location.map(|at| format!(" (at {at})")).unwrap_or_default(),
             panic_message(&*panic)
         )))
     })
+}
+
+thread_local! {
+    /// Set while this thread runs a guarded call: its panics are caught and reported by the
+    /// caller, so the panic hook stays silent. Holds where the last one happened.
+    static QUIET: std::cell::RefCell<Option<Option<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+type Caught = (Box<dyn std::any::Any + Send>, Option<String>);
+
+/// Runs `f` with the panic hook silent on this thread only (other threads' panics are printed
+/// as ever): the process-wide hook is wrapped once, and asks a thread-local flag.
+fn quiet_panics<T>(f: impl FnOnce() -> std::thread::Result<T>) -> Result<T, Caught> {
+    static WRAP_HOOK: std::sync::Once = std::sync::Once::new();
+    WRAP_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let quiet = QUIET.with(|quiet| {
+                let mut quiet = quiet.borrow_mut();
+                quiet
+                    .as_mut()
+                    .map(|location| *location = info.location().map(|at| at.to_string()))
+                    .is_some()
+            });
+            if !quiet {
+                previous(info);
+            }
+        }));
+    });
+    let outer = QUIET.with(|quiet| quiet.borrow_mut().replace(None));
+    let result = f();
+    let location = QUIET.with(|quiet| std::mem::replace(&mut *quiet.borrow_mut(), outer));
+    result.map_err(|panic| (panic, location.flatten()))
 }
 
 /// The text of a panic payload.
