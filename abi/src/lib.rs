@@ -14,7 +14,10 @@ extern crate alloc;
 
 mod event;
 
-pub use event::{BASE_HEADER_LEN, Event, EventFields, FileId, HEADER_LEN, LayoutError};
+pub use event::{
+    AncestorFields, Ancestors, BASE_HEADER_LEN, Event, EventFields, FULL_HEADER_LEN, FileId,
+    HEADER_LEN, LINEAGE_DEPTH, LINEAGE_LEN, LayoutError,
+};
 
 use alloc::string::String;
 use alloc::vec::Vec;

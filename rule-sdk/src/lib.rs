@@ -34,6 +34,7 @@
 //! the rule's functions directly, which picket uses to measure what the sandbox costs.
 #![warn(missing_docs)]
 
+pub mod familiar;
 mod imports;
 mod manifest;
 pub mod path;
@@ -43,8 +44,8 @@ pub mod __private;
 
 pub use manifest::{ManifestBuilder, days, hours, minutes};
 pub use picket_abi::{
-    ABI_VERSION, Access, Args, EventFields, EventKind, Manifest, NewValueDefaults, Severity,
-    Subscription,
+    ABI_VERSION, Access, AncestorFields, Ancestors, Args, EventFields, EventKind, LINEAGE_DEPTH,
+    Manifest, NewValueDefaults, Severity, Subscription,
 };
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -139,6 +140,7 @@ impl<'a> EventExt<'a> for Event<'a> {
 
 /// Everything a rule usually needs.
 pub mod prelude {
+    pub use crate::familiar::{Unfamiliar, unfamiliar_process, unfamiliar_process_as};
     pub use crate::path::{ProjectedFile, basename};
     pub use crate::{
         Access, Event, EventExt, EventKind, LogLevel, Manifest, ManifestBuilder, Severity, Signal,

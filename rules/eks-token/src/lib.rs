@@ -3,7 +3,7 @@
 //! Pods that use IAM Roles for Service Accounts get a projected token at
 //! `/var/run/secrets/eks.amazonaws.com/serviceaccount/token`. Whoever reads it can exchange it
 //! for the pod role's AWS credentials with `sts:AssumeRoleWithWebIdentity`. The AWS SDK in the
-//! workload reads it routinely, so the rule learns which executables do, per image, and raises a
+//! workload reads it routinely, so the rule learns which executables do, per image (with their content and their parent), and raises a
 //! signal when another one does (MITRE ATT&CK TA0006, T1552).
 
 use picket_rule_sdk::path::EKS_WEB_IDENTITY_TOKEN;
@@ -29,9 +29,20 @@ fn on_event(event: &Event) {
         return;
     }
     let group = event.workload();
-    let exe = event.exe();
-    if new_value("process.exe", group, exe) {
-        Signal::new().new_value("process.exe", exe, group).emit();
+    if let Some(claimed) = event.exe_swapped_to() {
+        // Not a matter of familiarity: the process made itself look like another program after
+        // its exec (prctl PR_SET_MM_MAP), which only evasion needs.
+        Signal::new()
+            .new_value("process.exe_swapped_to", claimed, group)
+            .emit();
+        return;
+    }
+    // The path, the file's content and the parent: a learned path with other bytes, or a
+    // learned program started by an unfamiliar parent, is unfamiliar (docs/new-value.md).
+    if let Some(unfamiliar) = unfamiliar_process(event, group) {
+        Signal::new()
+            .new_value(unfamiliar.field, &unfamiliar.value, group)
+            .emit();
     }
 }
 
