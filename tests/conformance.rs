@@ -5,10 +5,12 @@ mod support;
 use support::{picket, rule_wasm, run, temp_dir, workspace};
 
 const RULES: [&str; 2] = ["eks-token", "k8s-sa-token"];
+/// Bundled rules newer than the token rules, with fewer cases so far.
+const MORE_RULES: [&str; 2] = ["cloud-credentials", "kubelet-credentials"];
 
 #[test]
 fn every_bundled_rule_passes_all_of_its_cases() {
-    for rule in RULES {
+    for rule in RULES.into_iter().chain(MORE_RULES) {
         let cases = workspace().join("rules").join(rule).join("cases");
         let count = std::fs::read_dir(&cases)
             .unwrap()
@@ -20,7 +22,8 @@ fn every_bundled_rule_passes_all_of_its_cases() {
                     .is_some_and(|x| x == "json")
             })
             .count();
-        assert!(count >= 8, "{rule} has only {count} cases");
+        let minimum = if RULES.contains(&rule) { 8 } else { 1 };
+        assert!(count >= minimum, "{rule} has only {count} cases");
         let out = run(picket().arg("test").arg(rule_wasm(rule)).arg(&cases), "");
         assert_eq!(out.code, Some(0), "{rule}:\n{}\n{}", out.stdout, out.stderr);
         assert!(

@@ -21,9 +21,11 @@ pub fn workspace() -> PathBuf {
 }
 
 /// Every wasm package the tests load.
-const WASM_PACKAGES: [&str; 7] = [
+const WASM_PACKAGES: [&str; 9] = [
     "eks-token",
     "k8s-sa-token",
+    "cloud-credentials",
+    "kubelet-credentials",
     "hostile-loop",
     "hostile-memory",
     "hostile-panic",
