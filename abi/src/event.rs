@@ -24,14 +24,39 @@
 //! | 88 | 8 | `file_dev`, u64 (extension 1) |
 //! | 96 | 8 | `file_ino`, u64 (extension 1) |
 //! | 104 | 8 | eighth string slot: `canonical_path` (extension 1) |
-//! | 112 | … | string bytes, UTF-8; `args` holds the arguments joined by NUL bytes |
+//! | 112 | 160 | the lineage block, when flag bit 5 is set (see [`LINEAGE_LEN`]) |
+//! | 112 or 272 | … | string bytes, UTF-8; `args` holds the arguments joined by NUL bytes |
+//!
+//! The lineage block (flag bit 5, only with extension 1):
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 112 | 4 | `euid`, u32 (lineage flag bit 0) |
+//! | 116 | 4 | `egid`, u32 (lineage flag bit 1) |
+//! | 120 | 8 | string slot: `exe_digest` |
+//! | 128 | 8 | string slot: `exe_swapped_to` |
+//! | 136 | 1 | number of ancestors, 0 to 4 |
+//! | 137 | 1 | lineage flags: bit 0 euid valid, bit 1 egid valid |
+//! | 138 | 6 | zero |
+//! | 144 | 4 × 32 | ancestors, parent first: `pid` u32, `uid` u32, number of arguments u32, flags u32 (bit 0 uid valid), string slots `exe` and `args` |
+//!
+//! A host before the lineage block never sets flag bit 5, and a rule built before it ignores
+//! the bit and the block (its strings are found through the slots, wherever they are): both
+//! keep working with the ABI version unchanged.
 
 use crate::{Access, Args, EventKind};
+
+/// Ancestors an event carries at most: the parent and three more.
+pub const LINEAGE_DEPTH: usize = 4;
 use alloc::vec::Vec;
 use core::fmt;
 
-/// Size of the fixed header this version writes (with the file-identity extension).
+/// Size of the fixed header with the file-identity extension (and without the lineage block).
 pub const HEADER_LEN: usize = 112;
+/// Size of the lineage block that follows [`HEADER_LEN`] when flag bit 5 is set.
+pub const LINEAGE_LEN: usize = 160;
+/// Size of the fixed header this version writes: the identity extension and the lineage block.
+pub const FULL_HEADER_LEN: usize = HEADER_LEN + LINEAGE_LEN;
 /// Size of the header without extension, as hosts before the file-identity fields wrote it.
 pub const BASE_HEADER_LEN: usize = 88;
 /// Byte 31: which extension follows the base header.
@@ -47,6 +72,18 @@ const FLAG_UID: u8 = 2;
 const FLAG_GID: u8 = 4;
 const FLAG_CONTAINER: u8 = 8;
 const FLAG_FILE_ID: u8 = 16;
+const FLAG_LINEAGE: u8 = 32;
+const EUID_AT: usize = 112;
+const EGID_AT: usize = 116;
+const DIGEST_SLOT_AT: usize = 120;
+const SWAPPED_SLOT_AT: usize = 128;
+const ANCESTOR_COUNT_AT: usize = 136;
+const LINEAGE_FLAGS_AT: usize = 137;
+const LINEAGE_EUID: u8 = 1;
+const LINEAGE_EGID: u8 = 2;
+const ANCESTORS_AT: usize = 144;
+const ANCESTOR_LEN: usize = 32;
+const ANCESTOR_UID: u32 = 1;
 const ABSENT: u32 = u32::MAX;
 
 #[derive(Clone, Copy)]
@@ -73,6 +110,64 @@ const fn slot_at(index: usize) -> usize {
         SLOTS_AT + index * 8
     } else {
         CANONICAL_SLOT_AT
+    }
+}
+
+/// The string slots of ancestor `index`: its exe, then its args.
+const fn ancestor_slots(index: usize) -> [usize; 2] {
+    let at = ANCESTORS_AT + index * ANCESTOR_LEN;
+    [at + 16, at + 24]
+}
+
+/// One process of the lineage of an event's process: its parent, the parent's parent, and so on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AncestorFields<'a> {
+    /// Process id.
+    pub pid: u32,
+    /// Real user id, when known.
+    pub uid: Option<u32>,
+    /// Executable path.
+    pub exe: &'a str,
+    /// Command line, when known.
+    pub args: Option<Args<'a>>,
+}
+
+/// The ancestors of an event's process, parent first, at most [`LINEAGE_DEPTH`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ancestors<'a> {
+    list: [AncestorFields<'a>; LINEAGE_DEPTH],
+    len: u8,
+}
+
+impl<'a> Ancestors<'a> {
+    /// The first [`LINEAGE_DEPTH`] of `ancestors` (parent first); the rest are dropped.
+    pub fn new(ancestors: impl IntoIterator<Item = AncestorFields<'a>>) -> Ancestors<'a> {
+        let mut out = Ancestors::default();
+        for ancestor in ancestors.into_iter().take(LINEAGE_DEPTH) {
+            out.list[out.len as usize] = ancestor;
+            out.len += 1;
+        }
+        out
+    }
+
+    /// Parent first.
+    pub fn as_slice(&self) -> &[AncestorFields<'a>] {
+        &self.list[..self.len as usize]
+    }
+
+    /// The parent, when known.
+    pub fn parent(&self) -> Option<&AncestorFields<'a>> {
+        self.as_slice().first()
+    }
+
+    /// How many are known.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether none is known.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -125,13 +220,34 @@ pub struct EventFields<'a> {
     /// agent's root, when the file is one it watches by identity: the path a rule recognizes
     /// even when `path` is a hard link's, a bind mount's or a chrooted reader's.
     pub canonical_path: Option<&'a str>,
+    /// Effective user id, when known.
+    pub euid: Option<u32>,
+    /// Effective group id, when known.
+    pub egid: Option<u32>,
+    /// The executable's content digest (`sha256:<hex>`), when known.
+    pub exe_digest: Option<&'a str>,
+    /// The executable the process made itself look like after its exec (what
+    /// `/proc/PID/exe` showed at the event), when it swapped it; `exe` stays what it exec'd.
+    pub exe_swapped_to: Option<&'a str>,
+    /// Parent first.
+    pub ancestors: Ancestors<'a>,
 }
 
 impl EventFields<'_> {
+    /// Whether any lineage field is set, which makes the encoding carry the lineage block.
+    fn has_lineage(&self) -> bool {
+        self.euid.is_some()
+            || self.egid.is_some()
+            || self.exe_digest.is_some()
+            || self.exe_swapped_to.is_some()
+            || !self.ancestors.is_empty()
+    }
+
     /// Encodes the event into `buf`, replacing its contents.
     pub fn encode(&self, buf: &mut Vec<u8>) {
         buf.clear();
-        buf.resize(HEADER_LEN, 0);
+        let lineage = self.has_lineage();
+        buf.resize(if lineage { FULL_HEADER_LEN } else { HEADER_LEN }, 0);
         buf[0..8].copy_from_slice(&self.ts_ns.to_le_bytes());
         let mut flags = 0;
         for (at, value, flag) in [
@@ -164,6 +280,43 @@ impl EventFields<'_> {
             Some(Access::Write) => 2,
             Some(Access::ReadWrite) => 3,
         };
+        if lineage {
+            flags |= FLAG_LINEAGE;
+            let mut lineage_flags = 0;
+            for (at, value, flag) in [
+                (EUID_AT, self.euid, LINEAGE_EUID),
+                (EGID_AT, self.egid, LINEAGE_EGID),
+            ] {
+                if let Some(value) = value {
+                    buf[at..at + 4].copy_from_slice(&value.to_le_bytes());
+                    lineage_flags |= flag;
+                }
+            }
+            buf[LINEAGE_FLAGS_AT] = lineage_flags;
+            buf[ANCESTOR_COUNT_AT] = self.ancestors.len;
+            for (index, ancestor) in self.ancestors.as_slice().iter().enumerate() {
+                let at = ANCESTORS_AT + index * ANCESTOR_LEN;
+                let count = ancestor.args.map_or(0, |a| a.len() as u32);
+                let uid_flag = if ancestor.uid.is_some() {
+                    ANCESTOR_UID
+                } else {
+                    0
+                };
+                for (offset, value) in [
+                    (0, ancestor.pid),
+                    (4, ancestor.uid.unwrap_or(0)),
+                    (8, count),
+                    (12, uid_flag),
+                ] {
+                    buf[at + offset..at + offset + 4].copy_from_slice(&value.to_le_bytes());
+                }
+                let [exe_slot, args_slot] = ancestor_slots(index);
+                put_string(buf, exe_slot, Some(ancestor.exe));
+                put_string(buf, args_slot, ancestor.args.map(|a| a.joined()));
+            }
+            put_string(buf, DIGEST_SLOT_AT, self.exe_digest);
+            put_string(buf, SWAPPED_SLOT_AT, self.exe_swapped_to);
+        }
         buf[30] = flags;
         let strings = [
             self.node_name,
@@ -176,19 +329,23 @@ impl EventFields<'_> {
             self.canonical_path,
         ];
         for (index, string) in strings.into_iter().enumerate() {
-            let slot = slot_at(index);
-            let (offset, len) = match string {
-                Some(s) => {
-                    let offset = buf.len() as u32;
-                    buf.extend_from_slice(s.as_bytes());
-                    (offset, s.len() as u32)
-                }
-                None => (ABSENT, 0),
-            };
-            buf[slot..slot + 4].copy_from_slice(&offset.to_le_bytes());
-            buf[slot + 4..slot + 8].copy_from_slice(&len.to_le_bytes());
+            put_string(buf, slot_at(index), string);
         }
     }
+}
+
+/// Appends `string` to `buf` and points the slot at `slot` to it (or marks it absent).
+fn put_string(buf: &mut Vec<u8>, slot: usize, string: Option<&str>) {
+    let (offset, len) = match string {
+        Some(s) => {
+            let offset = buf.len() as u32;
+            buf.extend_from_slice(s.as_bytes());
+            (offset, s.len() as u32)
+        }
+        None => (ABSENT, 0),
+    };
+    buf[slot..slot + 4].copy_from_slice(&offset.to_le_bytes());
+    buf[slot + 4..slot + 8].copy_from_slice(&len.to_le_bytes());
 }
 
 /// Why bytes are not an event.
@@ -238,8 +395,31 @@ impl<'a> Event<'a> {
         } else {
             SLOTS
         };
+        let mut checked = [0usize; SLOTS + 3 + 2 * LINEAGE_DEPTH];
+        let mut count = 0;
         for index in 0..slots {
-            let at = slot_at(index);
+            checked[count] = slot_at(index);
+            count += 1;
+        }
+        if bytes[30] & FLAG_LINEAGE != 0 {
+            if slots == SLOTS || bytes.len() < FULL_HEADER_LEN {
+                return Err(LayoutError::Short);
+            }
+            if bytes[ANCESTOR_COUNT_AT] as usize > LINEAGE_DEPTH {
+                return Err(LayoutError::UnknownTag);
+            }
+            for at in [DIGEST_SLOT_AT, SWAPPED_SLOT_AT] {
+                checked[count] = at;
+                count += 1;
+            }
+            for index in 0..bytes[ANCESTOR_COUNT_AT] as usize {
+                for at in ancestor_slots(index) {
+                    checked[count] = at;
+                    count += 1;
+                }
+            }
+        }
+        for &at in &checked[..count] {
             let offset = read_u32(bytes, at);
             let len = read_u32(bytes, at + 4) as usize;
             if offset != ABSENT {
@@ -378,6 +558,72 @@ impl<'a> Event<'a> {
         self.string(Slot::CanonicalPath)
     }
 
+    /// Whether the event carries the lineage block (a host before it never writes it).
+    fn has_lineage(&self) -> bool {
+        self.bytes[30] & FLAG_LINEAGE != 0
+    }
+
+    fn lineage_flagged(&self, at: usize, flag: u8) -> Option<u32> {
+        (self.has_lineage() && self.bytes[LINEAGE_FLAGS_AT] & flag != 0)
+            .then(|| read_u32(self.bytes, at))
+    }
+
+    /// Effective user id, when known: the user the kernel checks access as (a setuid program's
+    /// owner), which may differ from [`Event::uid`].
+    pub fn euid(&self) -> Option<u32> {
+        self.lineage_flagged(EUID_AT, LINEAGE_EUID)
+    }
+
+    /// Effective group id, when known.
+    pub fn egid(&self) -> Option<u32> {
+        self.lineage_flagged(EGID_AT, LINEAGE_EGID)
+    }
+
+    /// The executable's content digest, `sha256:<64 hex digits>`, when known: another file at
+    /// the same path has another digest.
+    pub fn exe_digest(&self) -> Option<&'a str> {
+        if !self.has_lineage() {
+            return None;
+        }
+        self.string_at(DIGEST_SLOT_AT)
+    }
+
+    /// When the process swapped its executable after its exec (`prctl(PR_SET_MM_MAP)` and the
+    /// like), what it now claims to be; [`Event::exe`] stays what it exec'd.
+    pub fn exe_swapped_to(&self) -> Option<&'a str> {
+        if !self.has_lineage() {
+            return None;
+        }
+        self.string_at(SWAPPED_SLOT_AT)
+    }
+
+    /// The process's ancestors, parent first (empty when unknown).
+    pub fn ancestors(&self) -> Ancestors<'a> {
+        if !self.has_lineage() {
+            return Ancestors::default();
+        }
+        let count = self.bytes[ANCESTOR_COUNT_AT] as usize;
+        Ancestors::new((0..count).map(|index| {
+            let at = ANCESTORS_AT + index * ANCESTOR_LEN;
+            let [exe_slot, args_slot] = ancestor_slots(index);
+            let uid_valid = read_u32(self.bytes, at + 12) & ANCESTOR_UID != 0;
+            AncestorFields {
+                pid: read_u32(self.bytes, at),
+                uid: uid_valid.then(|| read_u32(self.bytes, at + 4)),
+                exe: self.string_at(exe_slot).unwrap_or(""),
+                args: self
+                    .string_at(args_slot)
+                    .map(|joined| Args::from_joined(joined, read_u32(self.bytes, at + 8))),
+            }
+        }))
+    }
+
+    /// The parent, when known: the process that forked this one (as it was then), which may
+    /// have exited since.
+    pub fn parent(&self) -> Option<AncestorFields<'a>> {
+        self.ancestors().parent().copied()
+    }
+
     /// All fields, for a rule that wants them at once (validates every string).
     pub fn fields(&self) -> EventFields<'a> {
         EventFields {
@@ -398,6 +644,11 @@ impl<'a> Event<'a> {
             container_image: self.container_image(),
             file_id: self.file_id(),
             canonical_path: self.canonical_path(),
+            euid: self.euid(),
+            egid: self.egid(),
+            exe_digest: self.exe_digest(),
+            exe_swapped_to: self.exe_swapped_to(),
+            ancestors: self.ancestors(),
         }
     }
 
@@ -406,7 +657,11 @@ impl<'a> Event<'a> {
     }
 
     fn string(&self, slot: Slot) -> Option<&'a str> {
-        let at = slot_at(slot as usize);
+        self.string_at(slot_at(slot as usize))
+    }
+
+    /// The string whose slot is at `at` (a slot [`Event::parse`] checked).
+    fn string_at(&self, at: usize) -> Option<&'a str> {
         let offset = read_u32(self.bytes, at);
         if offset == ABSENT {
             return None;
@@ -464,6 +719,24 @@ mod tests {
                 ino: 1 << 40,
             }),
             canonical_path: Some("/var/lib/kubelet/pods/p/volumes/kubernetes.io~projected/v/token"),
+            euid: Some(0),
+            egid: None,
+            exe_digest: Some("sha256:00ff"),
+            exe_swapped_to: None,
+            ancestors: Ancestors::new([
+                AncestorFields {
+                    pid: 41,
+                    uid: Some(1000),
+                    exe: "/bin/sh",
+                    args: Some(Args::from_joined("sh\0-c\0cat token", 3)),
+                },
+                AncestorFields {
+                    pid: 1,
+                    uid: None,
+                    exe: "/sbin/init",
+                    args: None,
+                },
+            ]),
         }
     }
 
@@ -525,6 +798,61 @@ mod tests {
         assert_eq!(&buf[96..104], &0x0102u64.to_le_bytes());
         assert_eq!(&buf[104..112], &[116, 0, 0, 0, 2, 0, 0, 0]);
         assert_eq!(&buf[112..], b"/t/x/c");
+    }
+
+    #[test]
+    fn the_lineage_block_is_where_the_documentation_says_and_older_readers_skip_it() {
+        let mut buf = Vec::new();
+        sample().encode(&mut buf);
+        assert_eq!(buf[30] & FLAG_LINEAGE, FLAG_LINEAGE);
+        assert_eq!(buf[EXTENSION_AT], EXTENSION_IDENTITY);
+        assert_eq!(&buf[112..116], &0u32.to_le_bytes());
+        assert_eq!(buf[136], 2);
+        assert_eq!(buf[137], LINEAGE_EUID);
+        assert_eq!(&buf[144..148], &41u32.to_le_bytes());
+        assert_eq!(&buf[148..152], &1000u32.to_le_bytes());
+        assert_eq!(&buf[152..156], &3u32.to_le_bytes());
+        assert_eq!(&buf[156..160], &ANCESTOR_UID.to_le_bytes());
+        assert_eq!(&buf[176..180], &1u32.to_le_bytes());
+        assert_eq!(&buf[188..192], &0u32.to_le_bytes());
+        let event = Event::parse(&buf).unwrap();
+        assert_eq!(event.parent().unwrap().exe, "/bin/sh");
+        let args: Vec<&str> = event.parent().unwrap().args.unwrap().iter().collect();
+        assert_eq!(args, ["sh", "-c", "cat token"]);
+        assert_eq!(event.ancestors().as_slice()[1].uid, None);
+        // What a reader built before the block sees: the same base fields, with every string
+        // found through its slot past the block.
+        let mut old = buf.clone();
+        old[30] &= !FLAG_LINEAGE;
+        let event = Event::parse(&old).unwrap();
+        assert_eq!(event.exe(), "/usr/bin/cat");
+        assert_eq!(event.canonical_path(), sample().canonical_path);
+        assert_eq!(event.euid(), None);
+        assert!(event.ancestors().is_empty());
+        // Without lineage fields the block is not written.
+        let mut bare = Vec::new();
+        EventFields {
+            path: "/t",
+            exe: "/x",
+            ..EventFields::default()
+        }
+        .encode(&mut bare);
+        assert_eq!((bare.len(), bare[30] & FLAG_LINEAGE), (HEADER_LEN + 4, 0));
+        // A block that claims more ancestors than there can be, or is cut short, is refused.
+        let mut bad = buf.clone();
+        bad[ANCESTOR_COUNT_AT] = 5;
+        assert_eq!(Event::parse(&bad).unwrap_err(), LayoutError::UnknownTag);
+        assert_eq!(
+            Event::parse(&buf[..FULL_HEADER_LEN - 1]).unwrap_err(),
+            LayoutError::Short
+        );
+        let mut bad = buf;
+        let [exe_slot, _] = ancestor_slots(1);
+        bad[exe_slot..exe_slot + 4].copy_from_slice(&u32::MAX.wrapping_sub(1).to_le_bytes());
+        assert_eq!(
+            Event::parse(&bad).unwrap_err(),
+            LayoutError::SlotOutOfBounds
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@ extern crate alloc;
 mod event;
 mod explain;
 
-pub use event::{BASE_HEADER_LEN, Event, EventFields, FileId, HEADER_LEN, LayoutError};
+pub use event::{
+    AncestorFields, Ancestors, BASE_HEADER_LEN, Event, EventFields, FULL_HEADER_LEN, FileId,
+    HEADER_LEN, LINEAGE_DEPTH, LINEAGE_LEN, LayoutError,
+};
 pub use explain::{DecodeFailure, decode_manifest, decode_signal_request};
 
 use alloc::string::String;

@@ -162,6 +162,11 @@ pub struct TaskInfo {
     pub uid: u32,
     /// Real gid.
     pub gid: u32,
+    /// Effective uid (`task->cred->euid`): what the kernel checks access with, which a setuid
+    /// program or a `seteuid` changes without changing the real one.
+    pub euid: u32,
+    /// Effective gid (`task->cred->egid`).
+    pub egid: u32,
     /// Bytes of the leaf name of the task's cgroup in the default (v2) hierarchy, NUL included,
     /// at the start of the record's data; 0 when it could not be read.
     pub cgroup_len: u32,
@@ -226,6 +231,31 @@ pub struct OpenRecord {
     ///
     /// [`IDENTITIES`]: names::IDENTITIES
     pub by_identity: u32,
+    /// The executable's identity now (`mm->exe_file`): user space compares it with what the
+    /// process exec'd ([`ExecRecord::exe_id`]) to see an executable swapped after the exec
+    /// (`prctl(PR_SET_MM_EXE_FILE)`, `PR_SET_MM_MAP`).
+    pub exe_id: ExeId,
+}
+
+/// Which file an executable is, read from its inode: what changes when the file is replaced.
+///
+/// A new file at the same path has another inode (`ino`); the same inode written over gets a new
+/// change time (`ctime`, which no system call can set back: `utimensat` sets it to now) and
+/// usually another size. User space caches an executable's content digest under this key, so a
+/// program is hashed once per version rather than at every exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExeId {
+    /// `inode->i_ino`; 0 when there is no executable (kernel threads).
+    pub ino: u64,
+    /// `inode->i_sb->s_dev`, kernel encoding.
+    pub dev: u32,
+    /// Nanoseconds of the inode's change time.
+    pub ctime_nsec: u32,
+    /// Seconds of the inode's change time.
+    pub ctime_sec: i64,
+    /// `inode->i_size`.
+    pub size: i64,
 }
 
 /// A task called `execve` successfully.
@@ -245,6 +275,9 @@ pub struct ExecRecord {
     pub args_truncated: u32,
     /// The new executable.
     pub exe: PathInfo,
+    /// The new executable's identity: at `sched_process_exec`, `mm->exe_file` is the file the
+    /// exec opened (`bprm->file`), before anything the new program runs could change it.
+    pub exe_id: ExeId,
 }
 
 /// A new process (not a thread) was created.
@@ -432,6 +465,19 @@ pub struct Offsets {
     pub signal_live: u64,
     /// `inode.i_generation`.
     pub inode_i_generation: u64,
+    /// `task_struct.cred`.
+    pub task_cred: u64,
+    /// `cred.euid`.
+    pub cred_euid: u64,
+    /// `cred.egid`.
+    pub cred_egid: u64,
+    /// Seconds of `inode`'s change time (`i_ctime_sec` since 6.11, `__i_ctime.tv_sec` in 6.6,
+    /// `i_ctime.tv_sec` before).
+    pub inode_ctime_sec: u64,
+    /// Nanoseconds of the same (read as 4 bytes).
+    pub inode_ctime_nsec: u64,
+    /// `inode.i_size`.
+    pub inode_i_size: u64,
     /// `io_kiocb.opcode`.
     pub io_kiocb_opcode: u64,
     /// `io_kiocb.cmd` + `io_open.file_slot`: non-zero when an open goes to a fixed-file slot.
@@ -578,6 +624,8 @@ mod pod {
     unsafe impl aya::Pod for super::ForkRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExitRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExeId {}
 }
 
 // The fixed parts of the ring buffer records, byte for byte: a change here changes the wire
@@ -586,10 +634,11 @@ mod pod {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<RecordHeader>() == 16);
-    assert!(size_of::<TaskInfo>() == 24 + COMM_LEN);
+    assert!(size_of::<TaskInfo>() == 32 + COMM_LEN);
     assert!(size_of::<PathInfo>() == 8);
-    assert!(size_of::<OpenRecord>() == 16 + 40 + 16 + 2 * 8 + 8 + 8);
-    assert!(size_of::<ExecRecord>() == 16 + 40 + 8 + 8);
+    assert!(size_of::<ExeId>() == 32);
+    assert!(size_of::<OpenRecord>() == 16 + 48 + 16 + 2 * 8 + 8 + 8 + 32);
+    assert!(size_of::<ExecRecord>() == 16 + 48 + 8 + 8 + 32);
     assert!(size_of::<ForkRecord>() == 16 + 8);
     assert!(size_of::<ExitRecord>() == 16 + 8);
 };

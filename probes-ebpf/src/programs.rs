@@ -31,8 +31,8 @@ use aya_ebpf::{
 };
 use picket_probes_common::{
     ARGS_LEN, BASENAME_KEY_LEN, BasenameKey, CGROUP_NAME_LEN, COMM_LEN, EXE_BYTES, EXE_DEPTH,
-    ExecRecord, ExitRecord, FMODE_PATH, FMODE_READ, FMODE_WRITE, FileIdKey, FileIdentity, Filter,
-    ForkRecord, IDENTITY_CAPACITY, INODE_FILTER_BITS, IORING_OP_OPENAT, IORING_OP_OPENAT2,
+    ExeId, ExecRecord, ExitRecord, FMODE_PATH, FMODE_READ, FMODE_WRITE, FileIdKey, FileIdentity,
+    Filter, ForkRecord, IDENTITY_CAPACITY, INODE_FILTER_BITS, IORING_OP_OPENAT, IORING_OP_OPENAT2,
     InodeFilter, LOST_CGROUP_ENTRIES, MAX_BASENAME, MAX_RECORD_DATA, NAME_READ, Offsets,
     OpenRecord, OpenSource, PATH_ABSENT, PATH_BYTES, PATH_COMPLETE, PATH_DEPTH, PATH_READ_ERROR,
     PATH_TOO_DEEP, PATH_TOO_LONG, PREFIX_ANY, PathInfo, REPEAT_ENTRIES, RecordHeader, RecordKind,
@@ -69,7 +69,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Room for a record's fixed part (`OpenRecord`, `ExecRecord`) at the start of a [`Scratch`].
-const HEADER_ROOM: usize = 128;
+const HEADER_ROOM: usize = 160;
 /// Mask applied to data positions where they address a [`Scratch`]. Above every real position
 /// (`MAX_RECORD_DATA`), so it never changes one; it bounds them for the verifier.
 const DATA_MASK: u64 = 8191;
@@ -400,6 +400,23 @@ fn file_identity(file: u64) -> (u32, u64) {
     )
 }
 
+/// The identity of `task->mm->exe_file` (all zero for a task without one): which file, and its
+/// change time and size, so that a file written over in place reads as another one.
+#[inline(always)]
+fn exe_identity(task: u64) -> ExeId {
+    let mm = read_u64(task + off!(task_mm));
+    let exe = read_u64(mm + off!(mm_exe_file));
+    let inode = read_u64(exe + off!(file_f_inode));
+    let sb = read_u64(inode + off!(inode_i_sb));
+    ExeId {
+        ino: read_u64(inode + off!(inode_i_ino)),
+        dev: read_u32(sb + off!(super_block_s_dev)),
+        ctime_nsec: read_u32(inode + off!(inode_ctime_nsec)),
+        ctime_sec: read_u64(inode + off!(inode_ctime_sec)) as i64,
+        size: read_u64(inode + off!(inode_i_size)) as i64,
+    }
+}
+
 /// Whether the file is one approved by identity: its inode number's bit in [`INODE_FILTER`],
 /// then its (device, inode) in [`IDENTITIES`]. Costs nothing while no identity is approved,
 /// two reads and a bit test for an unwatched file.
@@ -507,6 +524,7 @@ fn emit_open(
         (*event).dev = dev;
         (*event).ino = ino;
         (*event).by_identity = by_identity as u32;
+        (*event).exe_id = exe_identity(task);
         let (root_dentry, root_mnt) = task_root(task);
         let vfsmnt = read_u64(file + off!(file_f_path) + off!(path_mnt));
         let (pos, path) = walk::<PATH_DEPTH>(
@@ -551,6 +569,9 @@ unsafe fn fill_task(info: *mut TaskInfo, task: u64, data: *mut u8) -> u64 {
         (*info).ppid = read_u32(parent + off!(task_tgid));
         (*info).uid = uid_gid as u32;
         (*info).gid = (uid_gid >> 32) as u32;
+        let cred = read_u64(task + off!(task_cred));
+        (*info).euid = read_u32(cred + off!(cred_euid));
+        (*info).egid = read_u32(cred + off!(cred_egid));
         bpf_get_current_comm((*info).comm.as_mut_ptr().cast::<c_void>(), COMM_LEN as u32);
         let css_set = read_u64(task + off!(task_cgroups));
         let cgroup = read_u64(css_set + off!(css_set_dfl_cgrp));
@@ -730,6 +751,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         let (root_dentry, root_mnt) = task_root(task);
         let (pos, exe) = walk_exe(data, cursor, pos, task, root_dentry, root_mnt);
         (*event).exe = exe;
+        (*event).exe_id = exe_identity(task);
         let pos = pos & ARGS_MASK;
         let mm = read_u64(task + off!(task_mm));
         let start = read_u64(mm + off!(mm_arg_start));

@@ -8,6 +8,7 @@ use crate::{
     OpenEvent, ProcessInfo,
     clock::boot_ns_to_wall,
     containers::ContainerMetadata,
+    exe_digest::ExeDigests,
     file_id_from_kernel,
     process::{self, Cached, ProcessCache, container_id_from_cgroup},
     records::{self, Exec, Open, Record},
@@ -19,6 +20,7 @@ pub(crate) struct Enricher {
     cache: ProcessCache,
     containers: ContainerMetadata,
     users: UserNames,
+    digests: ExeDigests,
     /// The host's procfs, read for processes no exec record or start-up scan saw.
     proc: PathBuf,
 }
@@ -33,6 +35,7 @@ impl Enricher {
             cache,
             containers: ContainerMetadata::new(root),
             users: UserNames::new(proc),
+            digests: ExeDigests::new(proc),
             proc: proc.to_owned(),
         }
     }
@@ -65,18 +68,32 @@ impl Enricher {
     }
 
     fn exec(&mut self, exec: Exec) {
-        let container_id = self.container_of(exec.raw.task.tgid, &exec.cgroup, false);
+        let task = &exec.raw.task;
+        let tgid = task.tgid;
+        let container_id = self.container_of(tgid, &exec.cgroup, false);
         // First sight of a process: its root is most likely still there to read.
-        self.users
-            .observe(exec.raw.task.tgid, container_id.as_deref());
-        self.cache.exec(
-            exec.raw.task.tgid,
-            Cached {
-                exe: exec.exe,
-                args: exec.args,
-                container_id,
-            },
+        self.users.observe(tgid, container_id.as_deref());
+        let exe_id = exec.raw.exe_id;
+        // Where else the file may be seen if this process is already gone: its ancestors (a
+        // forking shell), then the other processes of its container.
+        let ancestors: Vec<u32> = self
+            .cache
+            .get(tgid)
+            .map(|c| c.ancestors.iter().map(|a| a.pid).collect())
+            .unwrap_or_default();
+        let peers = ancestors.into_iter().chain(
+            self.cache
+                .pids_in(container_id.as_deref())
+                .filter(|&pid| pid != tgid)
+                .take(4)
+                .collect::<Vec<_>>(),
         );
+        let exe_digest = self.digests.digest(exe_id, &exec.exe, tgid, peers);
+        let mut entry = Cached::new(tgid, exec.exe, exec.args, Some(task.uid));
+        entry.container_id = container_id;
+        entry.exe_id = Some(exe_id);
+        entry.exe_digest = exe_digest;
+        self.cache.exec(tgid, entry);
     }
 
     fn open_event(&mut self, open: Open) -> OpenEvent {
@@ -89,7 +106,7 @@ impl Enricher {
         let task = &raw.task;
         let cached = self.cache.get(task.tgid);
         let args = match cached {
-            Some(cached) => cached.args.clone(),
+            Some(cached) => cached.me.args.clone(),
             // Neither an exec event nor the start-up scan saw it: try /proc while it lives.
             None => std::fs::read(self.proc.join(task.tgid.to_string()).join("cmdline"))
                 .map(|raw| process::split_args(&raw))
@@ -107,6 +124,21 @@ impl Enricher {
             container_id.as_deref(),
             &self.cache,
         );
+        // The executable is the one the exec opened; mm->exe_file, which the open record read,
+        // can since have been swapped by the process itself (prctl PR_SET_MM_EXE_FILE or
+        // PR_SET_MM_MAP) to pass for another program.
+        let exec_id = cached.and_then(|c| c.exe_id);
+        let (exe, exe_swapped_to) = match (cached, exec_id) {
+            (Some(cached), Some(id)) if (id.ino, id.dev) != (raw.exe_id.ino, raw.exe_id.dev) => {
+                (cached.me.exe.clone(), Some(exe))
+            }
+            (Some(cached), Some(_)) => (cached.me.exe.clone(), None),
+            _ => (exe, None),
+        };
+        let ancestors = cached
+            .map(|c| c.ancestors.iter().map(|a| (**a).clone()).collect())
+            .unwrap_or_default();
+        let exe_digest = cached.and_then(|c| c.exe_digest.as_deref().map(str::to_owned));
         OpenEvent {
             ts: boot_ns_to_wall(raw.header.ts_boot_ns),
             path,
@@ -121,9 +153,14 @@ impl Enricher {
                 ppid: task.ppid,
                 uid: task.uid,
                 gid: task.gid,
+                euid: task.euid,
+                egid: task.egid,
                 user,
                 comm: records::c_string(&task.comm),
                 exe,
+                exe_digest,
+                exe_swapped_to,
+                ancestors,
                 args,
                 container_id,
                 container_image: meta.and_then(|m| m.image.clone()),
@@ -138,8 +175,8 @@ impl Enricher {
 mod tests {
     use picket_abi::Access;
     use picket_probes_common::{
-        ExecRecord, ExitRecord, ForkRecord, OpenRecord, PATH_COMPLETE, PathInfo, RecordHeader,
-        RecordKind, TaskInfo,
+        ExeId, ExecRecord, ExitRecord, ForkRecord, OpenRecord, PATH_COMPLETE, PathInfo,
+        RecordHeader, RecordKind, TaskInfo,
     };
 
     use super::*;
@@ -165,6 +202,8 @@ mod tests {
             ppid: 1,
             uid: 1000,
             gid: 1001,
+            euid: 0,
+            egid: 1001,
             cgroup_len: 0,
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
         }
@@ -188,6 +227,10 @@ mod tests {
                 ino: 12,
                 dev: 34,
                 by_identity: 1,
+                exe_id: ExeId {
+                    ino: 5,
+                    ..ExeId::default()
+                },
             },
             cgroup: cgroup.to_owned(),
             path: ("/run/token".to_owned(), false),
@@ -203,6 +246,10 @@ mod tests {
                 args_len: 0,
                 args_truncated: 0,
                 exe: PathInfo::default(),
+                exe_id: ExeId {
+                    ino: 5,
+                    ..ExeId::default()
+                },
             },
             cgroup: cgroup.to_owned(),
             exe: "/usr/bin/cat".to_owned(),

@@ -17,13 +17,28 @@ pub struct ProcessInfo {
     pub uid: u32,
     /// Real group id.
     pub gid: u32,
+    /// Effective user id: what the kernel checks the open against (a setuid program's owner).
+    pub euid: u32,
+    /// Effective group id.
+    pub egid: u32,
     /// The name of `uid` in the process's own root (its `/etc/passwd`), when it has one.
     pub user: Option<String>,
     /// The opening thread's name (`comm`, at most 15 bytes).
     pub comm: String,
-    /// Executable path, resolved in the kernel from `mm->exe_file` at the time of the open, as
-    /// the process sees it (container paths for containers).
+    /// Executable path, as the process sees it (container paths for containers): the file its
+    /// exec opened, resolved in the kernel at the exec. For a process no exec record saw (older
+    /// than the probes, or its record lost), `mm->exe_file` at the time of the open.
     pub exe: String,
+    /// The executable's content digest, `sha256:<64 hex digits>`, of the file the exec opened;
+    /// `None` when no live process could show that file to the agent (see `exe_digest.rs`).
+    pub exe_digest: Option<String>,
+    /// What `mm->exe_file` (`/proc/PID/exe`) pointed at when the file was opened, when it is no
+    /// longer the file the process exec'd: the process swapped its executable
+    /// (`prctl(PR_SET_MM_EXE_FILE)` or `PR_SET_MM_MAP`) to look like another program.
+    pub exe_swapped_to: Option<String>,
+    /// The parent first, then its parent, at most [`LINEAGE_DEPTH`](crate::LINEAGE_DEPTH), each
+    /// as it was when it forked its child; empty when not known.
+    pub ancestors: Vec<Ancestor>,
     /// Command line, from the exec event (or `/proc` for processes older than the probes).
     /// Empty when unknown.
     pub args: Vec<String>,
@@ -35,6 +50,19 @@ pub struct ProcessInfo {
     pub container_name: Option<String>,
     /// The Kubernetes pod of the container, from the same metadata.
     pub pod: Option<Pod>,
+}
+
+/// A process of a lineage, as its child saw it at the fork.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ancestor {
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Real user id, when known.
+    pub uid: Option<u32>,
+    /// Executable path, as for [`ProcessInfo::exe`].
+    pub exe: String,
+    /// Command line; empty when unknown.
+    pub args: Vec<String>,
 }
 
 /// A file with an approved basename was opened.

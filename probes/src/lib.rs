@@ -39,6 +39,7 @@ mod clock;
 mod containers;
 mod enrich;
 mod event;
+mod exe_digest;
 mod filter;
 mod identity;
 mod maps;
@@ -54,10 +55,10 @@ mod verifier;
 
 pub use crate::cgroups::CgroupLoss;
 pub use crate::containers::Pod;
-pub use crate::event::{OpenEvent, ProcessInfo};
+pub use crate::event::{Ancestor, OpenEvent, ProcessInfo};
 pub use crate::identity::{FileId, file_id_from_kernel, file_id_of, kernel_dev};
 pub use crate::probes::{HostPaths, Probes};
-pub use crate::process::container_id_from_cgroup;
+pub use crate::process::{LINEAGE_DEPTH, container_id_from_cgroup};
 pub use crate::strategy::Strategy;
 /// How a file was opened: the rule ABI's type, re-exported for [`OpenEvent::access`].
 pub use picket_abi::Access;

@@ -46,8 +46,13 @@ pub(crate) fn from_kernel(btf: &Btf) -> Result<(Offsets, bool)> {
         task_signal: o("task_struct", "signal")?,
         signal_live: o("signal_struct", "live")?,
         inode_i_generation: o("inode", "i_generation")?,
+        task_cred: o("task_struct", "cred")?,
+        cred_euid: o("cred", "euid")?,
+        cred_egid: o("cred", "egid")?,
+        inode_i_size: o("inode", "i_size")?,
         ..Offsets::default()
     };
+    (offsets.inode_ctime_sec, offsets.inode_ctime_nsec) = ctime_offsets(btf)?;
     // The prefilter reads hash_len and the name pointer with one 16-byte read.
     ensure!(
         offsets.qstr_name == offsets.qstr_hash_len + 8 && btf.member_size("qstr", "hash_len")? == 8,
@@ -66,6 +71,9 @@ pub(crate) fn from_kernel(btf: &Btf) -> Result<(Offsets, bool)> {
         ("inode", "i_ino", 8),
         ("inode", "i_generation", 4),
         ("super_block", "s_dev", 4),
+        ("cred", "euid", 4),
+        ("cred", "egid", 4),
+        ("inode", "i_size", 8),
     ] {
         let actual = btf.member_size(s, m)?;
         ensure!(
@@ -79,6 +87,24 @@ pub(crate) fn from_kernel(btf: &Btf) -> Result<(Offsets, bool)> {
         tracing::info!("io_uring opens will not be seen by the tracepoint strategy: {err:#}");
     }
     Ok((offsets, io_uring.is_ok()))
+}
+
+/// Where `inode`'s change time is: its spelling moved twice (`i_ctime` until 6.5, `__i_ctime` in
+/// 6.6 to 6.10, `i_ctime_sec` and `i_ctime_nsec` since 6.11); seconds are 8 bytes in each, the
+/// nanoseconds 4 or 8 (the programs read their low 4 bytes, little endian).
+fn ctime_offsets(btf: &Btf) -> Result<(u64, u64)> {
+    let at = |path: &str| btf.member_offset("inode", path).map(u64::from);
+    let pair = |sec: &str, nsec: &str| -> Result<(u64, u64)> {
+        ensure!(
+            btf.member_size("inode", sec)? == 8,
+            "kernel BTF: inode.{sec} is not 8 bytes"
+        );
+        Ok((at(sec)?, at(nsec)?))
+    };
+    pair("i_ctime_sec", "i_ctime_nsec")
+        .or_else(|_| pair("__i_ctime.tv_sec", "__i_ctime.tv_nsec"))
+        .or_else(|_| pair("i_ctime.tv_sec", "i_ctime.tv_nsec"))
+        .context("kernel BTF: no inode change time (i_ctime_sec, __i_ctime or i_ctime)")
 }
 
 fn io_uring_offsets(btf: &Btf, offsets: &mut Offsets) -> Result<()> {

@@ -1,14 +1,51 @@
 //! User-space process cache: fed by exec/fork/exit events and a `/proc` scan at start, so that an
 //! open event from a process that has already exited still gets its arguments and container.
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{collections::HashMap, fs, path::Path, sync::Arc};
+
+use picket_probes_common::ExeId;
+
+use crate::event::Ancestor;
+
+/// Ancestors kept per process: the parent and three more. Enough to see what started a shell
+/// (`runc init`, `sshd`, the app) and what started that; each one costs an event a few hundred
+/// bytes, and a chain kept alive only by its descendants cannot grow a process's memory beyond
+/// this.
+pub const LINEAGE_DEPTH: usize = 4;
 
 /// What is known of a process besides what each open event carries.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cached {
-    pub exe: String,
-    pub args: Vec<String>,
+    /// This process as its children will remember it (pid, executable, arguments, uid), shared
+    /// with the entries of its descendants.
+    pub me: Arc<Ancestor>,
     pub container_id: Option<String>,
+    /// The executable's identity at its exec (`None` for a process only the `/proc` scan saw).
+    pub exe_id: Option<ExeId>,
+    /// The executable's content digest (`sha256:<hex>`), when it could be read.
+    pub exe_digest: Option<Arc<str>>,
+    /// Parent first, at most [`LINEAGE_DEPTH`]; each as it was when the child was forked, kept
+    /// here (not looked up by pid) so that it stays right after the ancestor exits and its pid is
+    /// reused.
+    pub ancestors: Arc<[Arc<Ancestor>]>,
+}
+
+impl Cached {
+    /// A process seen for the first time, without ancestors.
+    pub(crate) fn new(pid: u32, exe: String, args: Vec<String>, uid: Option<u32>) -> Cached {
+        Cached {
+            me: Arc::new(Ancestor {
+                pid,
+                uid,
+                exe,
+                args,
+            }),
+            container_id: None,
+            exe_id: None,
+            exe_digest: None,
+            ancestors: Arc::new([]),
+        }
+    }
 }
 
 /// Processes by tgid.
@@ -18,12 +55,14 @@ pub(crate) struct ProcessCache {
 }
 
 impl ProcessCache {
-    /// Reads every process in `proc_root` (normally `/proc`).
+    /// Reads every process in `proc_root` (normally `/proc`), and links each to its parent's
+    /// entry to give it its ancestors.
     pub(crate) fn scan(proc_root: &Path) -> ProcessCache {
         let mut cache = ProcessCache::default();
         let Ok(entries) = fs::read_dir(proc_root) else {
             return cache;
         };
+        let mut parents = HashMap::new();
         for entry in entries.flatten() {
             let Some(pid) = entry
                 .file_name()
@@ -39,30 +78,75 @@ impl ProcessCache {
             let args = fs::read(dir.join("cmdline"))
                 .map(|raw| split_args(&raw))
                 .unwrap_or_default();
-            let container_id = fs::read_to_string(dir.join("cgroup"))
+            let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|n| n.parse::<u32>().ok())
+            };
+            if let Some(ppid) = field("PPid:") {
+                parents.insert(pid, ppid);
+            }
+            let mut cached = Cached::new(pid, exe, args, field("Uid:"));
+            cached.container_id = fs::read_to_string(dir.join("cgroup"))
                 .ok()
                 .and_then(|text| container_id_from_proc_cgroup(&text));
-            cache.procs.insert(
-                pid,
-                Cached {
-                    exe,
-                    args,
-                    container_id,
-                },
-            );
+            cache.procs.insert(pid, cached);
+        }
+        let chains: Vec<(u32, Arc<[Arc<Ancestor>]>)> = cache
+            .procs
+            .keys()
+            .map(|&pid| {
+                let mut chain = Vec::new();
+                let mut at = pid;
+                while chain.len() < LINEAGE_DEPTH {
+                    let Some(parent) = parents.get(&at).and_then(|ppid| cache.procs.get(ppid))
+                    else {
+                        break;
+                    };
+                    chain.push(parent.me.clone());
+                    at = parent.me.pid;
+                }
+                (pid, chain.into())
+            })
+            .collect();
+        for (pid, chain) in chains {
+            if let Some(entry) = cache.procs.get_mut(&pid) {
+                entry.ancestors = chain;
+            }
         }
         cache
     }
 
-    pub(crate) fn exec(&mut self, tgid: u32, entry: Cached) {
+    /// A process exec'd: it keeps its ancestors (a fork, not an exec, makes a parent).
+    pub(crate) fn exec(&mut self, tgid: u32, mut entry: Cached) {
+        if let Some(before) = self.procs.get(&tgid) {
+            entry.ancestors = before.ancestors.clone();
+        }
         self.procs.insert(tgid, entry);
     }
 
-    /// A new process starts as a copy of its parent.
+    /// A new process starts as a copy of its parent, with the parent first in its ancestors.
     pub(crate) fn fork(&mut self, parent: u32, child: u32) {
-        if let Some(entry) = self.procs.get(&parent).cloned() {
-            self.procs.insert(child, entry);
-        }
+        let Some(entry) = self.procs.get(&parent) else {
+            return;
+        };
+        let ancestors: Arc<[Arc<Ancestor>]> = std::iter::once(entry.me.clone())
+            .chain(entry.ancestors.iter().cloned())
+            .take(LINEAGE_DEPTH)
+            .collect();
+        let me = Arc::new(Ancestor {
+            pid: child,
+            ..Ancestor::clone(&entry.me)
+        });
+        let copy = Cached {
+            me,
+            ancestors,
+            ..entry.clone()
+        };
+        self.procs.insert(child, copy);
     }
 
     pub(crate) fn exit(&mut self, tgid: u32) {
@@ -218,18 +302,69 @@ mod tests {
     #[test]
     fn cache_follows_fork_exec_exit() {
         let mut cache = ProcessCache::default();
-        let entry = Cached {
-            exe: "/bin/sh".into(),
-            args: vec!["sh".into()],
-            container_id: None,
-        };
-        cache.exec(10, entry.clone());
+        let shell = Cached::new(10, "/bin/sh".into(), vec!["sh".into()], Some(0));
+        cache.exec(10, shell.clone());
         cache.fork(10, 11);
-        assert_eq!(cache.get(11), Some(&entry));
+        let child = cache.get(11).unwrap().clone();
+        assert_eq!(child.me.exe, "/bin/sh");
+        assert_eq!(child.me.pid, 11);
+        assert_eq!(*child.ancestors, [shell.me.clone()]);
         cache.exit(10);
-        assert_eq!(cache.get(10), None);
-        assert_eq!(cache.get(11), Some(&entry));
+        assert!(cache.get(10).is_none());
+        // The child execs: new program, same ancestors, the exited parent still among them.
+        cache.exec(
+            11,
+            Cached::new(11, "/usr/bin/python3".into(), vec![], Some(0)),
+        );
+        let python = cache.get(11).unwrap();
+        assert_eq!(python.me.exe, "/usr/bin/python3");
+        assert_eq!(python.ancestors[0].exe, "/bin/sh");
         cache.fork(99, 100);
-        assert_eq!(cache.get(100), None);
+        assert!(cache.get(100).is_none());
+    }
+
+    #[test]
+    fn ancestors_stop_at_the_lineage_depth() {
+        let mut cache = ProcessCache::default();
+        cache.exec(1, Cached::new(1, "/sbin/init".into(), vec![], Some(0)));
+        for pid in 2..10 {
+            cache.fork(pid - 1, pid);
+            cache.exec(
+                pid,
+                Cached::new(pid, format!("/bin/p{pid}"), vec![], Some(0)),
+            );
+            // The parent exits: its children keep it.
+            cache.exit(pid - 1);
+        }
+        let last = cache.get(9).unwrap();
+        let pids: Vec<u32> = last.ancestors.iter().map(|a| a.pid).collect();
+        assert_eq!(pids, [8, 7, 6, 5]);
+        assert_eq!(last.ancestors[0].exe, "/bin/p8");
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn the_scan_links_parents() {
+        let cache = ProcessCache::scan(Path::new("/proc"));
+        let me = cache.get(std::process::id()).expect("this process");
+        let parent = me.ancestors.first().expect("a parent");
+        assert_eq!(
+            parent.pid,
+            std::os::unix::process::parent_id(),
+            "{:?}",
+            me.ancestors
+        );
+        assert_eq!(me.me.uid, Some(own_uid()));
+    }
+
+    fn own_uid() -> u32 {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 }

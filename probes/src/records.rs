@@ -81,13 +81,18 @@ fn split<'a, const N: usize>(
     Ok(out)
 }
 
+/// The nanoseconds of an inode's change time: since 6.13 (multigrain timestamps) the kernel keeps
+/// a flag in the top bit of `i_ctime_nsec` (`I_CTIME_QUERIED`), which `stat` never shows.
+const CTIME_NSEC_MASK: u32 = (1 << 30) - 1;
+
 /// Decodes one ring buffer record, checking every length it gives against its limit and
 /// against the record's size.
 pub(crate) fn parse(bytes: &[u8]) -> Result<Record> {
     let (header, _) = read::<RecordHeader>(bytes)?;
     Ok(match RecordKind::from_u32(header.kind) {
         Some(RecordKind::Open) => {
-            let (raw, data) = read::<OpenRecord>(bytes)?;
+            let (mut raw, data) = read::<OpenRecord>(bytes)?;
+            raw.exe_id.ctime_nsec &= CTIME_NSEC_MASK;
             let [cgroup, path, exe] = split(
                 data,
                 [
@@ -105,7 +110,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Record> {
             })
         }
         Some(RecordKind::Exec) => {
-            let (raw, data) = read::<ExecRecord>(bytes)?;
+            let (mut raw, data) = read::<ExecRecord>(bytes)?;
+            raw.exe_id.ctime_nsec &= CTIME_NSEC_MASK;
             let [cgroup, exe, args] = split(
                 data,
                 [
@@ -170,7 +176,7 @@ pub(crate) fn access(f_mode: u32) -> Option<Access> {
 
 #[cfg(test)]
 mod tests {
-    use picket_probes_common::{PATH_ABSENT, TaskInfo};
+    use picket_probes_common::{ExeId, PATH_ABSENT, TaskInfo};
 
     use super::*;
 
@@ -234,6 +240,8 @@ mod tests {
             ppid: 1,
             uid: 0,
             gid: 0,
+            euid: 0,
+            egid: 0,
             cgroup_len,
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
         }
@@ -257,6 +265,7 @@ mod tests {
             ino: 12,
             dev: 34,
             by_identity: 0,
+            exe_id: ExeId::default(),
         };
         (raw, [cgroup, path, exe].concat())
     }

@@ -45,6 +45,7 @@
 #![warn(missing_docs)]
 
 mod image;
+pub mod familiar;
 mod imports;
 mod manifest;
 pub mod path;
@@ -56,8 +57,8 @@ pub mod __private;
 pub use image::image_repository;
 pub use manifest::{ManifestBuilder, days, hours, minutes};
 pub use picket_abi::{
-    ABI_VERSION, Access, Args, EventFields, EventKind, Manifest, NewValueDefaults, Severity,
-    Subscription,
+    ABI_VERSION, Access, AncestorFields, Ancestors, Args, EventFields, EventKind, LINEAGE_DEPTH,
+    Manifest, NewValueDefaults, Severity, Subscription,
 };
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -225,6 +226,7 @@ mod tests {
 
 /// Everything a rule usually needs.
 pub mod prelude {
+    pub use crate::familiar::{Unfamiliar, unfamiliar_process, unfamiliar_process_as};
     pub use crate::path::{ProjectedFile, basename};
     pub use crate::{
         Access, Event, EventExt, EventKind, LogLevel, Manifest, ManifestBuilder, Severity, Signal,

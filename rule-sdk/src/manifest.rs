@@ -18,6 +18,16 @@ pub const fn days(n: u64) -> u64 {
     hours(n * 24)
 }
 
+/// Appends the `items` not already in `list`, in order: subscribing twice to the same name or
+/// prefix lists it once.
+fn add_new(list: &mut Vec<String>, items: &[&str]) {
+    for item in items {
+        if !list.iter().any(|have| have == item) {
+            list.push(String::from(*item));
+        }
+    }
+}
+
 /// Builds a [`Manifest`]; unset fields take sensible defaults (severity medium, learning period
 /// 7 days, forget after 28 days).
 #[derive(Clone, Debug)]
@@ -82,19 +92,17 @@ impl ManifestBuilder {
         if !subscription.kinds.contains(&kind) {
             subscription.kinds.push(kind);
         }
-        subscription
-            .basenames
-            .extend(basenames.iter().map(|name| String::from(*name)));
+        add_new(&mut subscription.basenames, basenames);
         self
     }
 
     /// Narrows the subscription to paths under these prefixes, so that the host does not even
     /// enter the rule for other files that share a basename.
+    ///
+    /// A `*` segment stands for any one path segment: `/home/*/.aws/` covers every user's
+    /// `.aws` directory (matched by the host; the kernel prefilter works on basenames).
     pub fn under(mut self, prefixes: &[&str]) -> Self {
-        self.manifest
-            .subscription
-            .path_prefixes
-            .extend(prefixes.iter().map(|prefix| String::from(*prefix)));
+        add_new(&mut self.manifest.subscription.path_prefixes, prefixes);
         self
     }
 
@@ -121,5 +129,29 @@ impl ManifestBuilder {
     /// The finished manifest.
     pub fn build(self) -> Manifest {
         self.manifest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribing_twice_lists_each_name_and_prefix_once() {
+        let file = crate::path::KUBERNETES_SERVICE_ACCOUNT_TOKEN;
+        let once = ManifestBuilder::new("x")
+            .subscribe_projected(EventKind::Open, &file)
+            .build();
+        let twice = ManifestBuilder::new("x")
+            .subscribe_projected(EventKind::Open, &file)
+            .subscribe_projected(EventKind::Open, &file)
+            .subscribe(EventKind::Open, &["token", "other", "other"])
+            .build();
+        assert_eq!(twice.subscription.kinds, [EventKind::Open]);
+        assert_eq!(twice.subscription.basenames, ["token", "other"]);
+        assert_eq!(
+            twice.subscription.path_prefixes,
+            once.subscription.path_prefixes
+        );
     }
 }

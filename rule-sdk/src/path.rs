@@ -179,6 +179,65 @@ impl ProjectedFile {
     }
 }
 
+/// A file in a user's home directory, such as `~/.aws/credentials`: `/root/<dir>/<name>` for
+/// root, `/home/<user>/<dir>/<name>` for every other user whose home is under `/home`.
+#[derive(Clone, Copy, Debug)]
+pub struct HomeFile {
+    dir: &'static str,
+    name: &'static str,
+}
+
+/// AWS's shared credentials file, `~/.aws/credentials`.
+pub const AWS_CREDENTIALS: HomeFile = HomeFile::new(".aws", "credentials");
+/// Google Cloud's application default credentials,
+/// `~/.config/gcloud/application_default_credentials.json`.
+pub const GCP_APPLICATION_DEFAULT_CREDENTIALS: HomeFile =
+    HomeFile::new(".config/gcloud", "application_default_credentials.json");
+/// The Azure CLI's token cache, `~/.azure/msal_token_cache.json`.
+pub const AZURE_MSAL_TOKEN_CACHE: HomeFile = HomeFile::new(".azure", "msal_token_cache.json");
+
+impl HomeFile {
+    /// The file `name` in the directory `dir` of a home (for example `.aws` and `credentials`).
+    pub const fn new(dir: &'static str, name: &'static str) -> Self {
+        HomeFile { dir, name }
+    }
+
+    /// The file's basename, for the manifest's subscription.
+    pub const fn basename(&self) -> &'static str {
+        self.name
+    }
+
+    /// Root's directory and every home's, as path prefixes (`/home/*/.aws/`: a `*` segment
+    /// stands for any one user).
+    pub fn path_prefixes(&self) -> [String; 2] {
+        [
+            format!("/root/{}/", self.dir),
+            format!("/home/*/{}/", self.dir),
+        ]
+    }
+
+    /// Whether the event is about this file, by its path or its canonical path.
+    pub fn matches_event(&self, event: &crate::Event<'_>) -> bool {
+        self.matches(event.path())
+            || event
+                .canonical_path()
+                .is_some_and(|path| self.matches(path))
+    }
+
+    /// Whether `path` is this file in root's home or in one under `/home`.
+    pub fn matches(&self, path: &str) -> bool {
+        let in_home = strip_prefix(path, "/root/").or_else(|| {
+            let rest = strip_prefix(path, "/home/")?;
+            let (user, rest) = rest.split_once('/')?;
+            (!user.is_empty()).then_some(rest)
+        });
+        in_home
+            .and_then(|rest| strip_prefix(rest, self.dir))
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|name| eq(name, self.name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,5 +374,30 @@ mod tests {
         assert_eq!(strip_prefix("/run/x", "/run/"), Some("x"));
         assert_eq!(strip_prefix("/ru", "/run/"), None);
         assert_eq!(strip_prefix("/rün/x", "/ru"), None);
+    }
+
+    #[test]
+    fn home_files_match_root_and_every_home_only() {
+        let aws = AWS_CREDENTIALS;
+        for path in ["/root/.aws/credentials", "/home/alice/.aws/credentials"] {
+            assert!(aws.matches(path), "{path}");
+        }
+        for path in [
+            "/home/.aws/credentials",
+            "/home/a/b/.aws/credentials",
+            "/root/.aws/credentials.bak",
+            "/root/.aws/config",
+            "/tmp/.aws/credentials",
+            "/root/.aws/x/credentials",
+        ] {
+            assert!(!aws.matches(path), "{path}");
+        }
+        let gcp = GCP_APPLICATION_DEFAULT_CREDENTIALS;
+        assert!(gcp.matches("/home/b/.config/gcloud/application_default_credentials.json"));
+        assert_eq!(
+            gcp.path_prefixes(),
+            ["/root/.config/gcloud/", "/home/*/.config/gcloud/"]
+        );
+        assert!(AZURE_MSAL_TOKEN_CACHE.matches("/root/.azure/msal_token_cache.json"));
     }
 }

@@ -131,8 +131,10 @@ impl NativePipeline {
 /// A day of token reads after a week of learning: 40 images with 4 known readers each, both
 /// tokens, through every path spelling; one read in 10,000 is by an unfamiliar program.
 /// `token_share` of the events are token reads; the rest open other files (which the kernel
-/// prefilter would drop, but replays contain).
-fn workload(events: usize, token_share: f64) -> String {
+/// prefilter would drop, but replays contain). With `lineage`, each event also carries what the
+/// live agent adds (effective ids, the executable's digest, the parent and two more ancestors),
+/// which makes the bundled rules ask three new-value states instead of one.
+fn workload(events: usize, token_share: f64, lineage: bool) -> String {
     let spellings = [
         "/var/run/secrets/kubernetes.io/serviceaccount/token",
         "/run/secrets/kubernetes.io/serviceaccount/..2026_11_22_10_00_00.123456789/token",
@@ -172,7 +174,7 @@ fn workload(events: usize, token_share: f64) -> String {
                 (r >> 40) % 500
             )
         };
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "ts": picket::time::Timestamp::from_nanos(secs * 1_000_000_000 + (i as i64 % 1_000_000_000)).to_string(),
             "kind": "open",
             "host": "node-a",
@@ -181,6 +183,18 @@ fn workload(events: usize, token_share: f64) -> String {
                         "comm": "reader", "exe": exe, "args": [exe.as_str(), "--serve"]},
             "container": {"id": format!("{image:064x}"), "image": format!("registry.example/svc-{image}:1.0")},
         });
+        if lineage {
+            let process = &mut line["process"];
+            process["euid"] = 1000.into();
+            process["egid"] = 1000.into();
+            process["exe_digest"] = format!("sha256:{:064x}", (r >> 20) % 4).into();
+            process["parent"] = serde_json::json!({"pid": 900, "uid": 1000,
+                "exe": "/usr/local/bin/app", "args": ["app", "--workers", "4"]});
+            process["ancestors"] = serde_json::json!([
+                {"pid": 800, "uid": 0, "exe": "/usr/bin/containerd-shim-runc-v2",
+                 "args": ["containerd-shim-runc-v2", "-namespace", "k8s.io"]},
+                {"pid": 1, "uid": 0, "exe": "/usr/lib/systemd/systemd", "args": ["/sbin/init"]}]);
+        }
         out.push_str(&line.to_string());
         out.push('\n');
     }
@@ -220,7 +234,7 @@ fn main() {
     let sandbox = Arc::new(Sandbox::new(Limits::default()).unwrap());
     if std::env::args().any(|a| a == "--profile-wasm") {
         // For `perf record`: only the sandboxed stage, long enough to dominate the profile.
-        let text = workload(200_000, 1.0);
+        let text = workload(200_000, 1.0, false);
         let parsed: Vec<Event<'_>> = text.lines().map(|l| parse_event(l).unwrap()).collect();
         let mut pipeline = wasm_pipeline(&sandbox);
         let mut sink = CountingSink::default();
@@ -238,8 +252,12 @@ fn main() {
         "{:<44} {:>14} {:>14} {:>8}",
         "workload / stage", "wasm ev/s", "native ev/s", "ratio"
     );
-    for (name, share) in [("token reads only", 1.0), ("10% token reads", 0.1)] {
-        let text = workload(events, share);
+    for (name, share, lineage) in [
+        ("token reads only", 1.0, false),
+        ("token reads only, with lineage", 1.0, true),
+        ("10% token reads", 0.1, false),
+    ] {
+        let text = workload(events, share, lineage);
         let parsed: Vec<Event<'_>> = text.lines().map(|l| parse_event(l).unwrap()).collect();
 
         let mut stages: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![

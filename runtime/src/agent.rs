@@ -4,7 +4,7 @@
 //! between events.
 
 use crate::discovery::{Discovery, Found, Targets};
-use crate::event::{ArgList, Container, Event, File, Pod, Process};
+use crate::event::{Ancestor, ArgList, Container, Event, File, Pod, Process};
 use crate::kernel_report::KernelReport;
 use crate::outputs::{MeteredOutput, OutputSettings, OutputSpec, Outputs};
 use crate::rule_engine::{RuleEngine, RuleEngineOptions, SAVE_EVERY};
@@ -252,6 +252,12 @@ pub fn normalize(
         .path_of(&opened.file)
         .map(|path| Cow::Owned(path.to_string()));
     let process = opened.process;
+    let mut ancestors = process.ancestors.into_iter().map(|a| Ancestor {
+        pid: a.pid,
+        uid: a.uid,
+        exe: Cow::Owned(a.exe),
+        args: args_of(&a.args),
+    });
     let container = (process.container_id.is_some()
         || process.container_image.is_some()
         || process.container_name.is_some())
@@ -284,11 +290,22 @@ pub fn normalize(
             user: process.user.map(Cow::Owned),
             comm: Some(Cow::Owned(process.comm)),
             exe: Cow::Owned(process.exe),
-            args: (!process.args.is_empty()).then(|| process.args.iter().collect::<ArgList>()),
+            args: args_of(&process.args),
+            euid: Some(process.euid),
+            egid: Some(process.egid),
+            exe_digest: process.exe_digest.map(Cow::Owned),
+            exe_swapped_to: process.exe_swapped_to.map(Cow::Owned),
+            parent: ancestors.next(),
+            ancestors: ancestors.collect(),
         },
         container,
         pod,
     }
+}
+
+/// A command line for the event; `None` when the probes know none.
+fn args_of(args: &[String]) -> Option<ArgList> {
+    (!args.is_empty()).then(|| args.iter().collect())
 }
 
 /// The node's name: `NODE_NAME` (as a Kubernetes DaemonSet passes it), else the hostname.

@@ -47,6 +47,8 @@ pub struct Expectation {
     pub event: usize,
     /// Its `new_value.value`.
     pub new_value: Option<String>,
+    /// Its `new_value.field`.
+    pub field: Option<String>,
     /// Its `new_value.group`.
     pub group: Option<String>,
     /// Its `rule`.
@@ -78,6 +80,8 @@ pub struct Observed {
     pub technique: String,
     /// `new_value.value`.
     pub new_value: Option<String>,
+    /// `new_value.field`.
+    pub field: Option<String>,
     /// `new_value.group`.
     pub group: Option<String>,
 }
@@ -205,6 +209,7 @@ pub fn compare(expected: &[Expectation], observed: &[Observed]) -> Vec<String> {
             want.new_value.as_deref(),
             got.new_value.as_deref(),
         );
+        check("field", want.field.as_deref(), got.field.as_deref());
         check("group", want.group.as_deref(), got.group.as_deref());
         check("rule", want.rule.as_deref(), Some(&got.rule));
         check("title", want.title.as_deref(), Some(&got.title));
@@ -215,6 +220,9 @@ pub fn compare(expected: &[Expectation], observed: &[Observed]) -> Vec<String> {
     if !problems.is_empty() {
         for got in observed {
             let mut line = format!("raised: event {}", got.event);
+            if let Some(field) = &got.field {
+                let _ = write!(line, ", field {field:?}");
+            }
             if let Some(value) = &got.new_value {
                 let _ = write!(line, ", new_value {value:?}");
             }
@@ -245,6 +253,7 @@ impl Sink for Recorder {
             tactic: rule.tactic.clone(),
             technique: rule.technique.clone(),
             new_value: signal.new_value.map(|nv| nv.value.clone()),
+            field: signal.new_value.map(|nv| nv.field.clone()),
             group: signal.new_value.map(|nv| nv.group.clone()),
         });
     }

@@ -91,6 +91,8 @@ impl Targets {
 
     /// Looks for files named `basenames` (all files when empty) under `prefix`.
     pub fn add(&mut self, prefix: &str, basenames: impl IntoIterator<Item = String>) {
+        // A prefix with `*` segments (`/home/*/.aws/`) is looked for from its literal part.
+        let prefix = prefix.find("/*/").map_or(prefix, |at| &prefix[..=at]);
         // A prefix ending inside a name (`/run/sec`) is looked for from its directory.
         let dir = match prefix.rfind('/') {
             Some(end) => &prefix[..=end],

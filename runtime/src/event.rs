@@ -2,7 +2,9 @@
 //! field of bad input.
 
 use crate::time::Timestamp;
-use picket_abi::{Access, Args, EventFields, EventKind, FileId};
+use picket_abi::{
+    Access, AncestorFields, Ancestors, Args, EventFields, EventKind, FileId, LINEAGE_DEPTH,
+};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
@@ -116,6 +118,63 @@ pub struct Process<'a> {
     /// Command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<ArgList>,
+    /// Effective user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub euid: Option<u32>,
+    /// Effective group id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egid: Option<u32>,
+    /// The executable's content digest, `sha256:<hex>`.
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exe_digest: Option<Cow<'a, str>>,
+    /// What the process made `/proc/PID/exe` point at after its exec, when that is not what it
+    /// exec'd (`exe`).
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exe_swapped_to: Option<Cow<'a, str>>,
+    /// The process that forked this one, as it was then.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Ancestor<'a>>,
+    /// The parent's parent and on up, nearest first, at most `LINEAGE_DEPTH - 1`.
+    #[serde(borrow, default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Ancestor<'a>>,
+}
+
+/// A process of the lineage of an event's process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ancestor<'a> {
+    /// Process id.
+    pub pid: u32,
+    /// Real user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Executable path.
+    #[serde(borrow)]
+    pub exe: Cow<'a, str>,
+    /// Command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<ArgList>,
+}
+
+impl Ancestor<'_> {
+    fn fields(&self) -> AncestorFields<'_> {
+        AncestorFields {
+            pid: self.pid,
+            uid: self.uid,
+            exe: &self.exe,
+            args: self.args.as_ref().map(ArgList::view),
+        }
+    }
 }
 
 /// The container behind an event.
@@ -300,6 +359,17 @@ impl Event<'_> {
             container_image: self.container.as_ref().and_then(|c| c.image.as_deref()),
             file_id: self.file.id(),
             canonical_path: self.file.canonical_path.as_deref(),
+            euid: self.process.euid,
+            egid: self.process.egid,
+            exe_digest: self.process.exe_digest.as_deref(),
+            exe_swapped_to: self.process.exe_swapped_to.as_deref(),
+            ancestors: Ancestors::new(
+                self.process
+                    .parent
+                    .iter()
+                    .chain(&self.process.ancestors)
+                    .map(Ancestor::fields),
+            ),
         }
     }
 
@@ -311,7 +381,21 @@ impl Event<'_> {
             (Some(_), None) => Err(format!("field `{at}file.ino`: required with `file.dev`")),
             (None, Some(_)) => Err(format!("field `{at}file.dev`: required with `file.ino`")),
             _ => Ok(()),
+        }?;
+        let ancestors = self.process.ancestors.len();
+        if ancestors > 0 && self.process.parent.is_none() {
+            return Err(format!(
+                "field `{at}process.ancestors`: given without `{at}process.parent`"
+            ));
         }
+        if ancestors >= LINEAGE_DEPTH {
+            return Err(format!(
+                "field `{at}process.ancestors`: {ancestors} given, at most {} (the parent and {} more make {LINEAGE_DEPTH})",
+                LINEAGE_DEPTH - 1,
+                LINEAGE_DEPTH - 1
+            ));
+        }
+        Ok(())
     }
 
     /// The event with every string owned, to keep beyond the input it was parsed from (a

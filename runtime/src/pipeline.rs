@@ -166,7 +166,61 @@ pub fn subscribed(
             || subscription
                 .path_prefixes
                 .iter()
-                .any(|prefix| path.starts_with(prefix.as_str())))
+                .any(|prefix| prefix_matches(prefix, path)))
+}
+
+/// Whether `path` starts with `prefix`, where a `*` segment of the prefix (`/home/*/.aws/`)
+/// stands for any one whole, non-empty path segment. Loading refuses a `*` anywhere else
+/// (`sandbox/load.rs`), so a prefix is never matched with a literal `*` by mistake.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if !prefix.contains('*') {
+        return path.starts_with(prefix);
+    }
+    let mut want = prefix.split('/').peekable();
+    let mut have = path.split('/');
+    while let Some(piece) = want.next() {
+        let Some(segment) = have.next() else {
+            return false;
+        };
+        let last = want.peek().is_none();
+        let fits = match piece {
+            "*" => !segment.is_empty(),
+            // The prefix may end inside a name, as `/run/sec` does.
+            _ if last => segment.starts_with(piece),
+            _ => segment == piece,
+        };
+        if !fits {
+            return false;
+        }
+    }
+    true
+}
+
+/// Why a path prefix cannot be a subscription's, if it cannot: a `*` must be a whole segment
+/// followed by more of the path (`/home/*/.aws/`), since it is matched segment by segment.
+pub fn prefix_pattern_error(prefix: &str) -> Option<String> {
+    let segments: Vec<&str> = prefix.split('/').collect();
+    for (index, segment) in segments.iter().enumerate() {
+        if !segment.contains('*') {
+            continue;
+        }
+        if *segment != "*" {
+            return Some(format!(
+                "path prefix `{}`: `*` stands for a whole path segment (`/home/*/.aws/`), not part \
+                 of one (`{segment}`)",
+                prefix.escape_debug()
+            ));
+        }
+        if index + 1 == segments.len() {
+            return Some(format!(
+                "path prefix `{}` ends with `*`: write the directory itself (`{}`), which \
+                 covers every path under it",
+                prefix.escape_debug(),
+                &prefix[..prefix.len() - 1]
+            ));
+        }
+    }
+    None
 }
 
 /// Whether installing a module added a rule or replaced one.
@@ -372,6 +426,53 @@ impl Pipeline {
             slot.status.quarantined = Some(reason.clone());
             sink.rule_quarantined(&slot.status, &reason);
         }
+    }
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    use super::*;
+
+    #[test]
+    fn star_segments_match_one_whole_segment() {
+        let aws = "/home/*/.aws/";
+        assert!(prefix_matches(aws, "/home/alice/.aws/credentials"));
+        assert!(!prefix_matches(aws, "/home/.aws/credentials"));
+        assert!(!prefix_matches(aws, "/home/a/b/.aws/credentials"));
+        assert!(!prefix_matches(aws, "/home/alice/.aws"));
+        assert!(!prefix_matches(aws, "/root/.aws/credentials"));
+        assert!(prefix_matches(
+            "/home/*/.config/gcloud/",
+            "/home/b/.config/gcloud/x.json"
+        ));
+        assert!(prefix_matches(
+            "/home/*/.az",
+            "/home/b/.azure/msal_token_cache.json"
+        ));
+        // Literal prefixes keep their meaning, down to a prefix ending inside a name.
+        for (prefix, path) in [
+            ("/run/sec", "/run/secrets/x"),
+            ("/a/", "/a/b"),
+            ("/a/", "/ab"),
+        ] {
+            assert_eq!(
+                prefix_matches(prefix, path),
+                path.starts_with(prefix),
+                "{prefix} {path}"
+            );
+        }
+        // A literal `*` never matches a path holding one.
+        assert!(!prefix_matches("/x/*/y/", "/x/*"));
+    }
+
+    #[test]
+    fn a_star_that_is_not_a_whole_inner_segment_is_refused() {
+        assert_eq!(prefix_pattern_error("/home/*/.aws/"), None);
+        assert_eq!(prefix_pattern_error("/var/lib/kubelet/pods/"), None);
+        let part = prefix_pattern_error("/home/a*/.aws/").unwrap();
+        assert!(part.contains("whole path segment"), "{part}");
+        let last = prefix_pattern_error("/home/*").unwrap();
+        assert!(last.contains("`/home/`"), "{last}");
     }
 }
 

@@ -3,7 +3,8 @@
 //! Pods that use IAM Roles for Service Accounts get a projected token at
 //! `/var/run/secrets/eks.amazonaws.com/serviceaccount/token`. Whoever reads it can exchange it
 //! for the pod role's AWS credentials with `sts:AssumeRoleWithWebIdentity`. The AWS SDK in the
-//! workload reads it routinely, so the rule learns which executables do, per workload, and raises
+//! workload reads it routinely, so the rule learns which executables do (with their content and their parent), per
+//! workload, and raises
 //! a signal when another one does (MITRE ATT&CK TA0006, T1552). What it does is the SDK's
 //! [`UnfamiliarReader`]; this crate gives it its file and words.
 

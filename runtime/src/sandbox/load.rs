@@ -288,6 +288,15 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
                 name.escape_debug()
             ));
         }
+        if name.contains('*') {
+            // Refused rather than matched literally: the kernel prefilter approves a basename
+            // by its exact length and bytes, so it cannot pass every name a pattern stands for.
+            return Err(format!(
+                "basename `{}` is a pattern, which the kernel prefilter cannot check (it matches \
+                 basenames exactly): list the names it stands for (`id_rsa`, `id_ed25519`, ...)",
+                name.escape_debug()
+            ));
+        }
     }
     if subscription.path_prefixes.len() > MAX_PATH_PREFIXES {
         return Err(format!(
@@ -302,6 +311,9 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
                  bytes without NUL",
                 prefix.escape_debug()
             ));
+        }
+        if let Some(error) = crate::pipeline::prefix_pattern_error(prefix) {
+            return Err(error);
         }
     }
     Ok(())
