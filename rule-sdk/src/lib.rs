@@ -44,8 +44,8 @@
 //! what the sandbox costs.
 #![warn(missing_docs)]
 
-mod image;
 pub mod familiar;
+mod image;
 mod imports;
 mod manifest;
 pub mod path;

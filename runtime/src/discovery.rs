@@ -542,11 +542,11 @@ impl Scanner {
                     _ => MAX_WATCHES_PER_POD,
                 };
                 tracing::warn!(
-                    pod_uid = %crate::output::escape_controls(pod),
+                    pod_uid = %crate::text::escape_controls(pod),
                     "file discovery: pod {} has more {what} in its projected volumes than the \
                      {limit} looked at per pod; the rest of that pod is not watched by identity \
                      (other pods are not affected)",
-                    crate::output::escape_controls(pod)
+                    crate::text::escape_controls(pod)
                 );
             }
         }

@@ -167,6 +167,16 @@ pub struct Ancestor<'a> {
 }
 
 impl Ancestor<'_> {
+    /// The ancestor with its strings owned.
+    pub fn into_owned(self) -> Ancestor<'static> {
+        Ancestor {
+            pid: self.pid,
+            uid: self.uid,
+            exe: Cow::Owned(self.exe.into_owned()),
+            args: self.args,
+        }
+    }
+
     fn fields(&self) -> AncestorFields<'_> {
         AncestorFields {
             pid: self.pid,
@@ -424,6 +434,17 @@ impl Event<'_> {
                 comm: own(self.process.comm),
                 exe: Cow::Owned(self.process.exe.into_owned()),
                 args: self.process.args,
+                euid: self.process.euid,
+                egid: self.process.egid,
+                exe_digest: own(self.process.exe_digest),
+                exe_swapped_to: own(self.process.exe_swapped_to),
+                parent: self.process.parent.map(Ancestor::into_owned),
+                ancestors: self
+                    .process
+                    .ancestors
+                    .into_iter()
+                    .map(Ancestor::into_owned)
+                    .collect(),
             },
             container: self.container.map(|c| Container {
                 id: own(c.id),

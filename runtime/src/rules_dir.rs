@@ -119,7 +119,7 @@ fn check_signed_id(signed: &Signed, id: &str) -> Result<(), String> {
     Err(format!(
         "is signed as rule `{}`, but its manifest declares rule `{id}` (a signature moved to \
          another module?); sign it as id:{id}",
-        crate::output::escape_controls(&signed.id)
+        crate::text::escape_controls(&signed.id)
     ))
 }
 

@@ -187,7 +187,7 @@ fn signed_for(module: &Path, sig_path: &Path, comment: &str) -> Result<Signed, S
             "has a valid signature ({}) whose trusted comment does not say which rule it is for \
              (an old-style signature, trusted comment \"{}\"); {how}",
             sig_path.display(),
-            crate::output::escape_controls(comment)
+            crate::text::escape_controls(comment)
         ));
     };
     if signed_file != file {
@@ -195,7 +195,7 @@ fn signed_for(module: &Path, sig_path: &Path, comment: &str) -> Result<Signed, S
             "has a signature ({}) made for the file {}, not {file} (a signed module renamed or \
              copied?); {how}",
             sig_path.display(),
-            crate::output::escape_controls(signed_file)
+            crate::text::escape_controls(signed_file)
         ));
     }
     Ok(Signed {

@@ -8,8 +8,8 @@
 //! (see [`require_root`]). No other test is ignored, so that flag runs exactly these.
 #![allow(dead_code)]
 
-pub mod redis;
 pub mod receiver;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
