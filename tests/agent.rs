@@ -788,6 +788,8 @@ fn a_running_agent_in_a_fleet_is_seen_and_edited_through_its_control_socket() {
         values.contains(&ycat.as_str()) && values.contains(&xcat.as_str()),
         "{shown}"
     );
+}
+
 #[test]
 #[ignore = "needs root: BPF and mounts (./run-tests runs it)"]
 fn a_familiar_name_in_an_unfamiliar_chain_or_with_other_contents_is_caught() {

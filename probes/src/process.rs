@@ -308,7 +308,7 @@ mod tests {
         let child = cache.get(11).unwrap().clone();
         assert_eq!(child.me.exe, "/bin/sh");
         assert_eq!(child.me.pid, 11);
-        assert_eq!(*child.ancestors, [shell.me.clone()]);
+        assert_eq!(*child.ancestors, *std::slice::from_ref(&shell.me));
         cache.exit(10);
         assert!(cache.get(10).is_none());
         // The child execs: new program, same ancestors, the exited parent still among them.

@@ -191,6 +191,11 @@ mod tests {
             container_image: image,
             file_id: None,
             canonical_path: None,
+            euid: None,
+            egid: None,
+            exe_digest: None,
+            exe_swapped_to: None,
+            ancestors: picket_abi::Ancestors::default(),
         };
         let mut buf = Vec::new();
         fields.encode(&mut buf);

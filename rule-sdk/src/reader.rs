@@ -30,7 +30,7 @@
 //! ```
 
 use crate::path::ProjectedFile;
-use crate::{EventExt, EventKind, Manifest, ManifestBuilder, Severity, Signal, days, new_value};
+use crate::{EventExt, EventKind, Manifest, ManifestBuilder, Severity, Signal, days};
 
 /// The new-value state the rule keeps, and the event field it learns: the reader's executable.
 pub const STATE: &str = "process.exe";
