@@ -70,6 +70,9 @@ trap cleanup EXIT
 
 # The agent, as the chart's DaemonSet declares it; the learning period is the one deviation, so that
 # the second reader raises a signal without waiting a week.
+# What the image says it is (its OCI labels).
+podman image inspect --format '{{json .Labels}}' "$IMAGE_UNDER_TEST" > "$WORK/labels.json"
+
 # Signed rules, as the README's recipe deploys them: a key pair, each module signed, the rules
 # ConfigMap with the signatures (deploy/rules-configmap), the public key in a ConfigMap of its
 # own (kubectl), and the chart told to mount it and trust it.
@@ -86,7 +89,7 @@ for module in "$WORK"/rules/*.wasm; do minisign -S -s "$WORK/rules.key" -m "$mod
 grep -q -- '--trusted-key=/etc/picket/keys/rules.pub' "$WORK/chart.yaml" \
     || { echo "the chart did not pass the trusted key" >&2; exit 6; }
 "$PYTHON" "$TRANSLATOR" --daemonset "$WORK/chart.yaml" --configmap "$WORK/rules-configmap.yaml" \
-    --configmap "$WORK/keys-configmap.yaml" --node "$node" \
+    --configmap "$WORK/keys-configmap.yaml" --configmap "$WORK/chart.yaml" --node "$node" \
     --image "$IMAGE_UNDER_TEST" --node-name test-node --extra-arg=--learning-period=0s \
     > "$WORK/podman-args"
 mapfile -t args < "$WORK/podman-args"
@@ -256,7 +259,10 @@ fn the_image_run_as_the_daemonset_declares_names_the_pod_container_and_user() {
         .env("CHART", workspace().join("deploy/helm/picket"))
         .env("KUBECTL", &kubectl)
         .env("RULES_BUILT", &rules_built)
-        .env("RULES_CONFIGMAP", workspace().join("deploy/rules-configmap"))
+        .env(
+            "RULES_CONFIGMAP",
+            workspace().join("deploy/rules-configmap"),
+        )
         .output()
         .expect("running unshare");
     let log = read(work.path(), "agent.log");
@@ -268,6 +274,22 @@ fn the_image_run_as_the_daemonset_declares_names_the_pod_container_and_user() {
         read(work.path(), "podman-args"),
     );
     let context = format!("agent log:\n{log}");
+
+    // The image's OCI labels: what it is, from which commit, under which license.
+    let labels: serde_json::Value =
+        serde_json::from_str(&read(work.path(), "labels.json")).expect("labels.json");
+    let label = |name: &str| labels[format!("org.opencontainers.image.{name}")].clone();
+    assert_eq!(label("title"), "picket", "{labels:#}");
+    assert_eq!(label("version"), env!("CARGO_PKG_VERSION"), "{labels:#}");
+    assert_eq!(label("licenses"), "Apache-2.0", "{labels:#}");
+    assert!(
+        label("revision")
+            .as_str()
+            .is_some_and(|r| r.len() >= 40 && r[..40].chars().all(|c| c.is_ascii_hexdigit())),
+        "{labels:#}"
+    );
+    assert!(label("created").is_string(), "{labels:#}");
+    assert!(label("source").is_string(), "{labels:#}");
 
     // The endpoints answered.
     assert_eq!(read(work.path(), "readyz.status"), "200", "{context}");

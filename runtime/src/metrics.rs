@@ -65,10 +65,15 @@ pub struct Metrics {
     state_files_set_aside: Counter,
     state_persister_restarts: Counter,
     strategy: Family<StrategyLabel, Gauge>,
+    probe_blind: Gauge,
+    ready_gauge: Gauge,
+    signals_dropped: Counter,
+    events_without_pod: Counter,
     started: Instant,
     /// Milliseconds after `started` of the event loop's last turn.
     last_turn_ms: AtomicU64,
     ready: AtomicBool,
+    blind: AtomicBool,
 }
 
 /// The process's metrics.
@@ -132,10 +137,15 @@ impl Metrics {
             state_files_set_aside: Counter::default(),
             state_persister_restarts: Counter::default(),
             strategy: Family::default(),
+            probe_blind: Gauge::default(),
+            ready_gauge: Gauge::default(),
+            signals_dropped: Counter::default(),
+            events_without_pod: Counter::default(),
             registry: Registry::default(),
             started: Instant::now(),
             last_turn_ms: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            blind: AtomicBool::new(false),
         };
         let r = &mut registry;
         r.register(
@@ -213,6 +223,26 @@ impl Metrics {
             "probe_strategy",
             "The kernel hook reporting file opens (1 for the attached one)",
             metrics.strategy.clone(),
+        );
+        r.register(
+            "probe_blind",
+            "1 while the kernel hook did not report the agent's canary open (blind), else 0",
+            metrics.probe_blind.clone(),
+        );
+        r.register(
+            "ready",
+            "1 while /readyz answers 200 (probes attached and proven, rules loaded), else 0",
+            metrics.ready_gauge.clone(),
+        );
+        r.register(
+            "signals_dropped",
+            "Signals dropped because the output's queue was full",
+            metrics.signals_dropped.clone(),
+        );
+        r.register(
+            "events_without_pod",
+            "Events from a container whose runtime metadata names no pod (metadata not found)",
+            metrics.events_without_pod.clone(),
         );
         r.register(
             "build",
@@ -319,11 +349,34 @@ impl Metrics {
     /// Probes attached and rules loaded (`true`), or not yet / no longer.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+        self.ready_gauge.set(i64::from(self.ready()));
     }
 
-    /// Whether the agent is ready.
+    /// Whether the agent is ready: started, and not blind.
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && !self.blind()
+    }
+
+    /// The kernel hook did not report the canary open (`true`), or did.
+    pub fn set_blind(&self, blind: bool) {
+        self.blind.store(blind, Ordering::Relaxed);
+        self.probe_blind.set(i64::from(blind));
+        self.ready_gauge.set(i64::from(self.ready()));
+    }
+
+    /// Whether the kernel hook is blind (see [`crate::canary`]).
+    pub fn blind(&self) -> bool {
+        self.blind.load(Ordering::Relaxed)
+    }
+
+    /// The output's count of dropped signals, as a running total.
+    pub fn set_signals_dropped(&self, total: u64) {
+        self.signals_dropped.inner().store(total, Ordering::Relaxed);
+    }
+
+    /// An event came from a container whose metadata names no pod.
+    pub fn event_without_pod(&self) {
+        self.events_without_pod.inc();
     }
 
     /// The metrics in the OpenMetrics text format.
@@ -354,6 +407,9 @@ mod tests {
         metrics.state_saved(true);
         metrics.state_file_set_aside();
         metrics.set_strategy("tracepoint");
+        metrics.set_signals_dropped(4);
+        metrics.event_without_pod();
+        metrics.set_ready(true);
         metrics
     }
 
@@ -376,6 +432,10 @@ mod tests {
             "picket_state_save_failures_total 0",
             "picket_state_files_set_aside_total 1",
             r#"picket_probe_strategy{strategy="tracepoint"} 1"#,
+            "picket_probe_blind 0",
+            "picket_ready 1",
+            "picket_signals_dropped_total 4",
+            "picket_events_without_pod_total 1",
             &format!(
                 r#"picket_build_info{{version="{}"}} 1"#,
                 env!("CARGO_PKG_VERSION")
@@ -423,6 +483,14 @@ mod tests {
         metrics.heartbeat();
         assert!(metrics.since_last_turn().unwrap() < STALE_AFTER);
         metrics.set_ready(true);
+        assert!(metrics.ready());
+        // Blind: not ready, and both gauges say so, until the hook is proven again.
+        metrics.set_blind(true);
+        assert!(!metrics.ready());
+        let text = metrics.encode();
+        assert!(text.contains("\npicket_ready 0\n"), "{text}");
+        assert!(text.contains("\npicket_probe_blind 1\n"), "{text}");
+        metrics.set_blind(false);
         assert!(metrics.ready());
     }
 }

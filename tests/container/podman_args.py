@@ -66,7 +66,8 @@ def main():
     configmaps = {}
     for manifest in options.configmap:
         with open(manifest) as f:
-            configmaps.update({c["metadata"]["name"]: c for c in yaml.safe_load_all(f) if c})
+            configmaps.update({c["metadata"]["name"]: c for c in yaml.safe_load_all(f)
+                               if c and c.get("kind") == "ConfigMap"})
     pod = daemonset["spec"]["template"]["spec"]
     if len(pod["containers"]) != 1:
         fail("expected one container")

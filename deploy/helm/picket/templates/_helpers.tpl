@@ -47,6 +47,29 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+The agent's config file (picket run --config, docs/cli.md): every setting of the values as the
+key of its `picket run` option, then `config`'s keys over them.
+*/}}
+{{- define "picket.config" -}}
+{{- $v := .Values -}}
+{{- $config := dict "rules" "/etc/picket/rules" "state" "/var/lib/picket" "host-root" "/host" "host-proc" "/proc" -}}
+{{- $_ := set $config "listen" (printf "0.0.0.0:%v" $v.metrics.port) -}}
+{{- $_ := set $config "output" (ternary (first $v.outputs) $v.outputs (eq (len $v.outputs) 1)) -}}
+{{- if $v.trustedKeys.files -}}
+{{- $keys := list -}}
+{{- range $v.trustedKeys.files }}{{ $keys = append $keys (printf "/etc/picket/keys/%s" .) }}{{ end -}}
+{{- $_ := set $config "trusted-key" $keys -}}
+{{- end -}}
+{{- $_ := set $config "probe" $v.probe -}}
+{{- with $v.learning.period }}{{ $_ := set $config "learning-period" . }}{{ end -}}
+{{- with $v.learning.forgetAfter }}{{ $_ := set $config "forget-after" . }}{{ end -}}
+{{- with $v.state.capacity }}{{ $_ := set $config "state-capacity" . }}{{ end -}}
+{{- with $v.state.bytesPerRule }}{{ $_ := set $config "state-bytes-per-rule" . }}{{ end -}}
+{{- with $v.state.bytesTotal }}{{ $_ := set $config "state-bytes-total" . }}{{ end -}}
+{{- toYaml (mergeOverwrite $config ($v.config | default dict)) -}}
+{{- end -}}
+
 {{/* securityContext.appArmorProfile is a field from Kubernetes 1.30 on; before, an annotation. */}}
 {{- define "picket.appArmorField" -}}
 {{- semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version -}}
