@@ -113,11 +113,19 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
         .rules()
         .map(|r| r.manifest.id.clone())
         .collect();
-    tracing::info!(
-        rules = ?rules,
-        rules_dir = %options.engine.rules.display(),
-        "agent ready"
-    );
+    if canary.blind() {
+        tracing::warn!(
+            rules = ?rules,
+            rules_dir = %options.engine.rules.display(),
+            "agent running blind: not ready until the kernel hook reports the canary open"
+        );
+    } else {
+        tracing::info!(
+            rules = ?rules,
+            rules_dir = %options.engine.rules.display(),
+            "agent ready"
+        );
+    }
     metrics.set_ready(true);
 
     loop {

@@ -112,7 +112,17 @@ fn read(file: &Path, keys: &BTreeSet<String>) -> anyhow::Result<Vec<(String, Set
             return Ok(Vec::new());
         }
         seed.deserialize(serde_yaml_ng::Deserializer::from_str(&text))
-            .map_err(|err| anyhow::anyhow!("--config {}: {err}", file.display()))?
+            .map_err(|err| {
+                // The YAML parser gives no position for an error raised at a key: find the
+                // key's line (keys are top-level, one per line).
+                let message = err.to_string();
+                let line = (!message.contains(" line "))
+                    .then(|| top_level_key_line(&text, &message))
+                    .flatten()
+                    .map(|line| format!(" at line {line}"))
+                    .unwrap_or_default();
+                anyhow::anyhow!("--config {}: {message}{line}", file.display())
+            })?
     } else {
         seed.deserialize(
             toml::Deserializer::parse(&text)
@@ -121,6 +131,19 @@ fn read(file: &Path, keys: &BTreeSet<String>) -> anyhow::Result<Vec<(String, Set
         .map_err(|err| anyhow::anyhow!("--config {}: {err}", file.display()))?
     };
     Ok(settings)
+}
+
+/// The line (from 1) of the top-level YAML key that `message` names between backticks.
+fn top_level_key_line(text: &str, message: &str) -> Option<usize> {
+    let named = message.split('`').nth(1)?;
+    text.lines()
+        .position(|line| {
+            let key = line.split(':').next().unwrap_or("");
+            !line.starts_with([' ', '\t', '#', '-'])
+                && line.contains(':')
+                && key.trim().trim_matches(['"', '\'']) == named
+        })
+        .map(|index| index + 1)
 }
 
 /// Deserializes a config file's top-level map, checking each key as it is read, so that the
