@@ -850,4 +850,127 @@ fn a_familiar_name_in_an_unfamiliar_chain_or_with_other_contents_is_caught() {
     let swapped = &signals[3]["event"]["process"];
     assert_eq!(swapped["exe"], read("loader").as_str());
     assert_eq!(swapped["exe_swapped_to"], interp.as_str());
+
+/// `GET path` on the agent's endpoint; the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Starts `picket run --listen 127.0.0.1:0` on the bundled k8s-sa-token rule with `env`; returns
+/// the agent and the address it serves on (from its log).
+fn agent_with_endpoint(work: &Path, env: &[(&str, &str)]) -> (support::Streaming, String) {
+    let rules = work.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::copy(rule_wasm("k8s-sa-token"), rules.join("k8s_sa_token.wasm")).unwrap();
+    let mut command = support::picket();
+    command
+        .arg("run")
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--state")
+        .arg(work.join("state"))
+        .args(["--listen", "127.0.0.1:0"]);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let agent = support::Streaming::spawn(&mut command);
+    let serving = "serving /healthz, /readyz and /metrics";
+    assert!(
+        agent.wait_for_log(serving, std::time::Duration::from_secs(60)),
+        "{}",
+        agent.stderr()
+    );
+    let log = agent.stderr();
+    let addr = log
+        .lines()
+        .find(|l| l.contains(serving))
+        .and_then(|l| l.split("address=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {log}"))
+        .to_string();
+    (agent, addr)
+}
+
+/// SIGTERM, as the kubelet stops a pod; the exit code and the log.
+fn terminate(agent: support::Streaming) -> (Option<i32>, String) {
+    let status = Command::new("kill")
+        .args(["-TERM", &agent.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, _, log) = agent.finish();
+    (code, log)
+}
+
+/// After attaching, the hook must report the agent's canary open before it is ready; the canary
+/// goes to no rule.
+#[test]
+#[ignore = "needs root: BPF and mounts (./run-tests runs it)"]
+fn the_hook_is_proven_by_the_canary_before_the_agent_is_ready() {
+    require_root("the canary test");
+    let work = temp_dir();
+    let (agent, addr) = agent_with_endpoint(work.path(), &[]);
+    assert!(
+        agent.wait_for_log("agent ready", std::time::Duration::from_secs(60)),
+        "{}",
+        agent.stderr()
+    );
+    let log = agent.stderr();
+    let proven = log
+        .find("the kernel hook reported the canary open")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(proven < log.find("agent ready").unwrap(), "{log}");
+    assert!(http_get(&addr, "/readyz").starts_with("HTTP/1.1 200"));
+    let metrics = http_get(&addr, "/metrics");
+    assert!(metrics.contains("\npicket_probe_blind 0\n"), "{metrics}");
+    assert!(metrics.contains("\npicket_ready 1\n"), "{metrics}");
+    assert!(
+        work.path().join("state/picket-canary").is_file(),
+        "the canary is in the state directory"
+    );
+    let (code, log) = terminate(agent);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("blind"), "{log}");
+}
+
+/// A hook that attaches but reports nothing (the probes' measurement mode that stops the open
+/// programs at once, `PICKET_PROBES_STOP_AFTER=0`, stands for a hook that an inactive LSM or a
+/// confinement blinds): the agent says it is blind, `/readyz` fails and the metrics say so,
+/// while it stays alive and stops cleanly.
+#[test]
+#[ignore = "needs root: BPF and mounts (./run-tests runs it)"]
+fn a_blind_hook_is_never_ready_and_says_so() {
+    require_root("the blind hook test");
+    let work = temp_dir();
+    let (agent, addr) = agent_with_endpoint(work.path(), &[("PICKET_PROBES_STOP_AFTER", "0")]);
+    assert!(
+        agent.wait_for_log(
+            "blind: no kernel hook reported the canary open",
+            std::time::Duration::from_secs(120)
+        ),
+        "{}",
+        agent.stderr()
+    );
+    let readyz = http_get(&addr, "/readyz");
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(readyz.contains("blind"), "{readyz}");
+    assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200"));
+    let metrics = http_get(&addr, "/metrics");
+    assert!(metrics.contains("\npicket_probe_blind 1\n"), "{metrics}");
+    assert!(metrics.contains("\npicket_ready 0\n"), "{metrics}");
+    let (code, log) = terminate(agent);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("did not report the canary open within"),
+        "the warning names the strategy that failed: {log}"
+    );
 }

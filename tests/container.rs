@@ -1,4 +1,5 @@
-//! The OCI image under podman, run exactly as the DaemonSet in `deploy/kubernetes/` declares
+//! The OCI image under podman, run exactly as the DaemonSet of the Helm chart
+//! (`deploy/helm/picket`, rendered by `helm template` with its default values) declares
 //! (its args, env, security context, hostPID and volumes, translated by
 //! `tests/container/podman_args.py`), next to a fake "pod": a containerd-style bundle whose
 //! `config.json` annotates the pod, a process in that container's cgroup and in a mount namespace
@@ -69,9 +70,28 @@ cleanup() {
 name="picket-test-$$"
 trap cleanup EXIT
 
-# The agent, as the DaemonSet declares it; the learning period is the one deviation, so that
+# The agent, as the chart's DaemonSet declares it; the learning period is the one deviation, so that
 # the second reader raises a signal without waiting a week.
-"$PYTHON" "$TRANSLATOR" --daemonset "$DAEMONSET" --configmap "$CONFIGMAP" --node "$node" \
+# What the image says it is (its OCI labels).
+podman image inspect --format '{{json .Labels}}' "$IMAGE_UNDER_TEST" > "$WORK/labels.json"
+
+# Signed rules, as the README's recipe deploys them: a key pair, each module signed, the rules
+# ConfigMap with the signatures (deploy/rules-configmap), the public key in a ConfigMap of its
+# own (kubectl), and the chart told to mount it and trust it.
+minisign -G -W -p "$WORK/rules.pub" -s "$WORK/rules.key" > /dev/null
+mkdir -p "$WORK/rules"
+cp "$RULES_BUILT/eks_token.wasm" "$RULES_BUILT/k8s_sa_token.wasm" "$WORK/rules/"
+for module in "$WORK"/rules/*.wasm; do minisign -S -s "$WORK/rules.key" -m "$module" > /dev/null; done
+"$RULES_CONFIGMAP" "$WORK"/rules/*.wasm > "$WORK/rules-configmap.yaml"
+(cd "$WORK" && "$KUBECTL" -n picket create configmap picket-trusted-keys --from-file=rules.pub \
+    --dry-run=client -o yaml > "$WORK/keys-configmap.yaml")
+"$HELM" template picket "$CHART" --namespace picket \
+    --set trustedKeys.configMap=picket-trusted-keys --set 'trustedKeys.files={rules.pub}' \
+    > "$WORK/chart.yaml"
+grep -q -- '--trusted-key=/etc/picket/keys/rules.pub' "$WORK/chart.yaml" \
+    || { echo "the chart did not pass the trusted key" >&2; exit 6; }
+"$PYTHON" "$TRANSLATOR" --daemonset "$WORK/chart.yaml" --configmap "$WORK/rules-configmap.yaml" \
+    --configmap "$WORK/keys-configmap.yaml" --configmap "$WORK/chart.yaml" --node "$node" \
     --image "$IMAGE_UNDER_TEST" --node-name test-node --extra-arg=--learning-period=0s \
     > "$WORK/podman-args"
 mapfile -t args < "$WORK/podman-args"
@@ -168,7 +188,9 @@ fn unavailable() -> Option<String> {
             "PICKET_TEST_IMAGE is not set (./run-tests builds the image and sets it)".into(),
         );
     }
-    for tool in ["podman", "runc", "nsenter", "curl", "setpriv", "unshare"] {
+    for tool in [
+        "podman", "runc", "nsenter", "curl", "setpriv", "unshare", "minisign",
+    ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -201,13 +223,16 @@ fn the_image_run_as_the_daemonset_declares_names_the_pod_container_and_user() {
         panic!("the container test cannot run: {why}");
     }
     let image = std::env::var("PICKET_TEST_IMAGE").unwrap();
-    let configmap = std::env::var("PICKET_TEST_CONFIGMAP").unwrap_or_else(|_| {
-        workspace()
-            .join("target/deploy/rules-configmap.yaml")
-            .display()
-            .to_string()
-    });
+    // The bundled rules as deploy/build-image built them, to sign.
+    let rules_built = workspace().join("target/wasm32-unknown-unknown/release");
+    assert!(
+        rules_built.join("k8s_sa_token.wasm").is_file(),
+        "no rule modules in {} (deploy/build-image builds them)",
+        rules_built.display()
+    );
     let venv = std::env::var("PICKET_K8S_VENV").expect("PICKET_K8S_VENV (set by dev/setup)");
+    let helm = std::env::var("PICKET_HELM").expect("PICKET_HELM (set by dev/setup)");
+    let kubectl = std::env::var("PICKET_KUBECTL").expect("PICKET_KUBECTL (set by dev/setup)");
     let work = temp_dir();
     let output = Command::new("unshare")
         .args([
@@ -232,11 +257,14 @@ fn the_image_run_as_the_daemonset_declares_names_the_pod_container_and_user() {
             "TRANSLATOR",
             workspace().join("tests/container/podman_args.py"),
         )
+        .env("HELM", &helm)
+        .env("CHART", workspace().join("deploy/helm/picket"))
+        .env("KUBECTL", &kubectl)
+        .env("RULES_BUILT", &rules_built)
         .env(
-            "DAEMONSET",
-            workspace().join("deploy/kubernetes/30-daemonset.yaml"),
+            "RULES_CONFIGMAP",
+            workspace().join("deploy/rules-configmap"),
         )
-        .env("CONFIGMAP", &configmap)
         .output()
         .expect("running unshare");
     let log = read(work.path(), "agent.log");
@@ -248,6 +276,22 @@ fn the_image_run_as_the_daemonset_declares_names_the_pod_container_and_user() {
         read(work.path(), "podman-args"),
     );
     let context = format!("agent log:\n{log}");
+
+    // The image's OCI labels: what it is, from which commit, under which license.
+    let labels: serde_json::Value =
+        serde_json::from_str(&read(work.path(), "labels.json")).expect("labels.json");
+    let label = |name: &str| labels[format!("org.opencontainers.image.{name}")].clone();
+    assert_eq!(label("title"), "picket", "{labels:#}");
+    assert_eq!(label("version"), env!("CARGO_PKG_VERSION"), "{labels:#}");
+    assert_eq!(label("licenses"), "Apache-2.0", "{labels:#}");
+    assert!(
+        label("revision")
+            .as_str()
+            .is_some_and(|r| r.len() >= 40 && r[..40].chars().all(|c| c.is_ascii_hexdigit())),
+        "{labels:#}"
+    );
+    assert!(label("created").is_string(), "{labels:#}");
+    assert!(label("source").is_string(), "{labels:#}");
 
     // The endpoints answered.
     assert_eq!(read(work.path(), "readyz.status"), "200", "{context}");

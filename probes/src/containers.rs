@@ -34,6 +34,28 @@ pub struct ContainerMeta {
     pub pod: Option<Pod>,
 }
 
+/// containerd's per-container bundles (the second: k3s's and RKE2's embedded containerd).
+const CONTAINERD_DIRS: [&str; 2] = [
+    "/run/containerd/io.containerd.runtime.v2.task",
+    "/run/k3s/containerd/io.containerd.runtime.v2.task",
+];
+/// CRI-O's (and podman's) per-container directories.
+const CRIO_DIRS: [&str; 2] = [
+    "/run/containers/storage/overlay-containers",
+    "/var/lib/containers/storage/overlay-containers",
+];
+/// Docker's.
+const DOCKER_DIR: &str = "/var/lib/docker/containers";
+
+/// Every directory, under the host root, where a runtime's per-container metadata is read.
+pub const RUNTIME_METADATA_DIRS: [&str; 5] = [
+    CONTAINERD_DIRS[0],
+    CONTAINERD_DIRS[1],
+    CRIO_DIRS[0],
+    CRIO_DIRS[1],
+    DOCKER_DIR,
+];
+
 /// The annotation (or label) keys one runtime uses.
 struct Keys {
     image: &'static [&'static str],
@@ -125,7 +147,10 @@ impl ContainerMetadata {
     fn lookup(&self, id: &str) -> Option<ContainerMeta> {
         let at = |p: &str| self.root.join(p.trim_start_matches('/'));
         // containerd: one bundle per container, under the namespace's directory (k8s.io, moby, ...).
-        if let Ok(namespaces) = fs::read_dir(at("/run/containerd/io.containerd.runtime.v2.task")) {
+        for base in CONTAINERD_DIRS {
+            let Ok(namespaces) = fs::read_dir(at(base)) else {
+                continue;
+            };
             for ns in namespaces.flatten() {
                 if let Some(config) = read_json(&ns.path().join(id).join("config.json")) {
                     return Some(from_annotations(config.get("annotations"), &CONTAINERD));
@@ -133,19 +158,14 @@ impl ContainerMetadata {
             }
         }
         // CRI-O (and podman, whose containers carry none of the Kubernetes keys).
-        for base in [
-            "/run/containers/storage/overlay-containers",
-            "/var/lib/containers/storage/overlay-containers",
-        ] {
+        for base in CRIO_DIRS {
             let path = at(base).join(id).join("userdata").join("config.json");
             if let Some(config) = read_json(&path) {
                 return Some(from_annotations(config.get("annotations"), &CRIO));
             }
         }
         // Docker: Kubernetes' keys are labels there (cri-dockerd); else the Docker name.
-        let path = at("/var/lib/docker/containers")
-            .join(id)
-            .join("config.v2.json");
+        let path = at(DOCKER_DIR).join(id).join("config.v2.json");
         if let Some(config) = read_json(&path) {
             let mut meta = from_annotations(config.pointer("/Config/Labels"), &CRIO);
             meta.image = text(config.pointer("/Config/Image"));

@@ -54,7 +54,7 @@ mod users;
 mod verifier;
 
 pub use crate::cgroups::CgroupLoss;
-pub use crate::containers::Pod;
+pub use crate::containers::{Pod, RUNTIME_METADATA_DIRS};
 pub use crate::event::{Ancestor, OpenEvent, ProcessInfo};
 pub use crate::identity::{FileId, file_id_from_kernel, file_id_of, kernel_dev};
 pub use crate::probes::{HostPaths, Probes};

@@ -3,6 +3,8 @@
 //! One thread evaluates events; reloads of the rules directory and saves of learned state land
 //! between events.
 
+use crate::canary::{Canary, DEADLINE, EVERY_WHILE_BLIND, Verdict};
+use crate::container_metadata::Podless;
 use crate::discovery::{Discovery, Found, Targets};
 use crate::event::{Ancestor, ArgList, Container, Event, File, Pod, Process};
 use crate::kernel_report::KernelReport;
@@ -63,6 +65,15 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     let (mut engine, scan) = RuleEngine::start(&options.engine)?;
     engine.apply(scan);
     metrics.heartbeat();
+    crate::container_metadata::warn_if_missing(&options.host_paths.root);
+    metrics.set_output_unready_after(options.output_unready_after);
+    let sink = MeteredOutput::new(Outputs::open(&options.outputs, &options.output_settings)?);
+    let state_dir = options
+        .engine
+        .state
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    let mut canary = Canary::create(&state_dir)?;
     let mut probes = Probes::load_on(options.strategy, &options.host_paths)?;
     tracing::info!(strategy = %probes.strategy(), "probes attached");
     metrics.set_strategy(&probes.strategy().to_string());
@@ -79,25 +90,49 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let mut detection = Detection {
+        engine,
+        sink,
+        clock: StableClock::start(),
+        node_name: options.node_name.clone(),
+        podless: Podless::default(),
+    };
+    let mut probes = attach_proven(
+        probes,
+        &options,
+        &mut canary,
+        &mut prefilter,
+        &mut detection,
+    )
+    .await?;
+
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
-    let _watcher = engine.watch(move |scan| reload_tx.send(scan).is_ok())?;
-    metrics.set_output_unready_after(options.output_unready_after);
-    let mut sink = MeteredOutput::new(Outputs::open(&options.outputs, &options.output_settings)?);
-    let clock = StableClock::start();
+    let _watcher = detection
+        .engine
+        .watch(move |scan| reload_tx.send(scan).is_ok())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(SAVE_EVERY);
     let mut kernel_report = KernelReport::default();
-    let rules: Vec<String> = engine
+    let rules: Vec<String> = detection
+        .engine
         .pipeline()
         .rules()
         .map(|r| r.manifest.id.clone())
         .collect();
-    tracing::info!(
-        rules = ?rules,
-        rules_dir = %options.engine.rules.display(),
-        "agent ready"
-    );
+    if canary.blind() {
+        tracing::warn!(
+            rules = ?rules,
+            rules_dir = %options.engine.rules.display(),
+            "agent running blind: not ready until the kernel hook reports the canary open"
+        );
+    } else {
+        tracing::info!(
+            rules = ?rules,
+            rules_dir = %options.engine.rules.display(),
+            "agent ready"
+        );
+    }
     metrics.set_ready(true);
 
     loop {
@@ -105,30 +140,50 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
         tokio::select! {
             opened = probes.next_event() => {
                 let opened = opened?;
-                if opened.path_truncated {
-                    tracing::warn!(path = %opened.path, pid = opened.process.pid, "path too deep or too long to resolve completely");
+                if canary.is_canary(&opened) {
+                    if canary.set_blind(false) {
+                        tracing::info!(strategy = %probes.strategy(), "the kernel hook reported the canary open: no longer blind");
+                        metrics.set_blind(false);
+                    }
+                    continue;
                 }
-                // Learning and forgetting count on the boot clock, which no wall-clock step moves.
-                let ts = clock.stable(opened.ts);
-                let event = normalize(opened, ts, &options.node_name, &prefilter.found);
-                metrics.event(event.kind.as_str());
-                engine.handle(&event, &mut sink);
+                detection.handle(opened, &prefilter.found);
             }
             Some(scan) = reload_rx.recv() => {
-                if engine.apply(scan) {
-                    prefilter.sync(&engine, &mut probes);
+                if detection.engine.apply(scan) {
+                    prefilter.sync(&detection.engine, &mut probes);
                 }
             }
             Some(found) = found_rx.recv() => prefilter.set_found(found, &mut probes),
-            update = engine.next_fleet_update() => engine.apply_fleet(update, &mut sink),
+            update = detection.engine.next_fleet_update() => {
+                detection.engine.apply_fleet(update, &mut detection.sink);
+            }
             Some(request) = next_request(&mut control) => {
-                let _ = request.reply.send(engine.control(request.op));
+                let _ = request.reply.send(detection.engine.control(request.op));
             }
             _ = tick.tick() => {
-                engine.save();
-                sink.outputs_mut().tick(Some(clock.stable(std::time::SystemTime::now())));
+                detection.engine.save();
+                detection
+                    .sink
+                    .outputs_mut()
+                    .tick(Some(detection.clock.stable(std::time::SystemTime::now())));
                 kernel_report.tick(&mut probes);
                 metrics.set_kernel_events_lost(probes.lost_events());
+                match canary.tick() {
+                    Ok(Verdict::Missed) => {
+                        if canary.set_blind(true) {
+                            tracing::error!(
+                                strategy = %probes.strategy(),
+                                canary = %canary.path().display(),
+                                "blind: the kernel hook did not report the canary open within {DEADLINE:?}; \
+                                 /readyz fails and picket_probe_blind is 1 until it does"
+                            );
+                            metrics.set_blind(true);
+                        }
+                    }
+                    Ok(Verdict::Waiting) => {}
+                    Err(err) => tracing::warn!("opening the canary {}: {err}", canary.path().display()),
+                }
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -139,9 +194,9 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     kernel_report.at_stop(&mut probes);
     drop(probes);
     // Signals waiting for the fleet's answer go out, confirmed or not: none is lost.
-    engine.release_held(FLEET_GRACE, &mut sink);
-    engine.shutdown();
-    sink.into_outputs().finish(Some(OUTPUT_GRACE));
+    detection.engine.release_held(FLEET_GRACE, &mut detection.sink);
+    detection.engine.shutdown();
+    detection.sink.into_outputs().finish(Some(OUTPUT_GRACE));
     Ok(())
 }
 
@@ -152,6 +207,142 @@ async fn next_request(
     match control {
         Some(control) => control.recv().await,
         None => std::future::pending().await,
+    }
+}
+/// What turns a kernel open into signals: the rules with their state, the output, the clock.
+struct Detection {
+    engine: RuleEngine,
+    sink: MeteredOutput,
+    clock: StableClock,
+    node_name: String,
+    podless: Podless,
+}
+
+impl Detection {
+    /// Normalizes `opened` and runs the rules on it.
+    fn handle(&mut self, opened: OpenEvent, found: &Found) {
+        if opened.path_truncated {
+            tracing::warn!(path = %opened.path, pid = opened.process.pid, "path too deep or too long to resolve completely");
+        }
+        // Learning and forgetting count on the boot clock, which no wall-clock step moves.
+        let ts = self.clock.stable(opened.ts);
+        let event = normalize(opened, ts, &self.node_name, found);
+        if event.pod.is_none()
+            && let Some(id) = event.container.as_ref().and_then(|c| c.id.as_deref())
+        {
+            let image = event.container.as_ref().and_then(|c| c.image.as_deref());
+            self.podless.event(id, image);
+        }
+        crate::metrics::global().event(event.kind.as_str());
+        self.engine.handle(&event, &mut self.sink);
+    }
+}
+
+/// Proves the attached hook with the canary (see [`crate::canary`]); a hook that does not report
+/// it is replaced by the next strategy (with `--probe auto`) and the proof is repeated. When no
+/// strategy reports it, the agent goes on blind with the hook it has: not ready, and saying so.
+async fn attach_proven(
+    mut probes: Probes,
+    options: &AgentOptions,
+    canary: &mut Canary,
+    prefilter: &mut Prefilter,
+    detection: &mut Detection,
+) -> anyhow::Result<Probes> {
+    let metrics = crate::metrics::global();
+    loop {
+        if prove(&mut probes, canary, prefilter, detection).await? {
+            tracing::info!(strategy = %probes.strategy(), "the kernel hook reported the canary open");
+            canary.set_blind(false);
+            metrics.set_blind(false);
+            return Ok(probes);
+        }
+        let failed = probes.strategy();
+        tracing::warn!(
+            strategy = %failed,
+            canary = %canary.path().display(),
+            "the {failed} hook attached but did not report the canary open within {DEADLINE:?}"
+        );
+        let fallbacks = next_strategies(options.strategy, failed);
+        let mut replaced = false;
+        if !fallbacks.is_empty() {
+            // The hooks of two strategies on the same opens would report each twice.
+            drop(probes);
+            let mut loaded = None;
+            for candidate in fallbacks {
+                tracing::warn!("falling back from {failed} to {candidate}");
+                match Probes::load_on(candidate, &options.host_paths) {
+                    Ok(next) => {
+                        loaded = Some(next);
+                        break;
+                    }
+                    Err(err) => tracing::info!("strategy {candidate} refused: {err:#}"),
+                }
+            }
+            replaced = loaded.is_some();
+            probes = match loaded {
+                Some(next) => next,
+                // None of the others attaches: back to the one that did, blind.
+                None => Probes::load_on(failed, &options.host_paths)?,
+            };
+            prefilter.attach(&detection.engine, &mut probes);
+            metrics.set_strategy(&probes.strategy().to_string());
+        }
+        if !replaced {
+            tracing::error!(
+                strategy = %probes.strategy(),
+                "blind: no kernel hook reported the canary open; /readyz fails and \
+                 picket_probe_blind is 1 until one does (tried again every {EVERY_WHILE_BLIND:?}). \
+                 Check what confines the agent (AppArmor, SELinux: README) and the kernel's log"
+            );
+            canary.set_blind(true);
+            metrics.set_blind(true);
+            return Ok(probes);
+        }
+    }
+}
+
+/// The strategies to try after `failed`, the attached one: those after it in `auto`'s order
+/// when the operator asked for `auto`, none when they named one.
+fn next_strategies(requested: Strategy, failed: Strategy) -> Vec<Strategy> {
+    const ORDER: [Strategy; 3] = [Strategy::Lsm, Strategy::Fentry, Strategy::Tracepoint];
+    if requested != Strategy::Auto {
+        return Vec::new();
+    }
+    ORDER
+        .iter()
+        .skip_while(|s| **s != failed)
+        .skip(1)
+        .copied()
+        .collect()
+}
+
+/// Opens the canary and waits up to [`DEADLINE`] for the hook to report it, running the rules
+/// on the other opens meanwhile. Whether it was reported.
+async fn prove(
+    probes: &mut Probes,
+    canary: &mut Canary,
+    prefilter: &Prefilter,
+    detection: &mut Detection,
+) -> anyhow::Result<bool> {
+    let metrics = crate::metrics::global();
+    canary
+        .open()
+        .map_err(|err| anyhow::anyhow!("opening the canary {}: {err}", canary.path().display()))?;
+    let deadline = tokio::time::sleep(DEADLINE);
+    tokio::pin!(deadline);
+    let mut heartbeat = tokio::time::interval(SAVE_EVERY);
+    loop {
+        tokio::select! {
+            opened = probes.next_event() => {
+                let opened = opened?;
+                if canary.is_canary(&opened) {
+                    return Ok(true);
+                }
+                detection.handle(opened, &prefilter.found);
+            }
+            _ = heartbeat.tick() => metrics.heartbeat(),
+            _ = &mut deadline => return Ok(false),
+        }
     }
 }
 
@@ -203,6 +394,14 @@ impl Prefilter {
         }
     }
 
+    /// Gives freshly loaded probes (a fallback strategy) the approvers the old ones had.
+    fn attach(&mut self, engine: &RuleEngine, probes: &mut Probes) {
+        if let Err(err) = probes.set_identities(&self.found.ids()) {
+            tracing::error!("updating the kernel identity approvers: {err:#}");
+        }
+        self.sync(engine, probes);
+    }
+
     fn sync(&mut self, engine: &RuleEngine, probes: &mut Probes) {
         // The rules changed: an open sent before may not have reached the rules now running.
         if let Err(err) = probes.forget_repeats() {
@@ -213,7 +412,7 @@ impl Prefilter {
             self.discovery.set_targets(targets.clone());
             self.targets = targets;
         }
-        let names = match engine.basenames() {
+        let mut names = match engine.basenames() {
             Some(names) => names,
             None => {
                 if !self.warned_all {
@@ -230,6 +429,8 @@ impl Prefilter {
                     .collect::<BTreeSet<String>>()
             }
         };
+        // The agent's own canary (crate::canary), proving the hook sees opens.
+        names.insert(crate::canary::BASENAME.to_owned());
         if &names == probes.basenames() {
             return;
         }

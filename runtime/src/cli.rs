@@ -35,6 +35,18 @@ pub const EXIT_SPOOLED: u8 = 3;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr as text, or as one JSON object per line (fields in docs/cli.md).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `message` and the event's fields.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,6 +293,10 @@ impl RuleArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
+    /// Read these options from FILE (TOML, or YAML when it ends in .yaml or .yml): each key is
+    /// an option's long name; the flags given here win over the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Directory of rule modules (*.wasm), watched for changes.
     #[arg(long, value_name = "DIR", default_value = "/etc/picket/rules")]
     rules: PathBuf,
@@ -439,7 +455,7 @@ struct InspectArgs {
 
 /// Runs a parsed command line; returns the process exit status.
 pub fn main(cli: Cli) -> ExitCode {
-    init_logging();
+    init_logging(cli.log_format);
     let status = match cli.command {
         Command::Run(args) => run(args),
         Command::Replay(args) => replay(args),
@@ -456,15 +472,25 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PICKET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
-        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+            .try_init(),
+        // One flat object per line (the event's fields beside `message`), for log pipelines.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {

@@ -2,8 +2,9 @@
 //!
 //! - `GET /healthz`: 200 while the event loop turns, 503 once it has not for
 //!   [`STALE_AFTER`] (a liveness probe restarts a stuck agent);
-//! - `GET /readyz`: 200 once the probes are attached and the rules loaded, 503 before and while
-//!   stopping, and while an output has been failing for longer than `--output-unready-after`;
+//! - `GET /readyz`: 200 once the probes are attached and the rules loaded, 503 before, while
+//!   stopping, while blind (the hook did not report the canary open, [`crate::canary`]), and
+//!   while an output has been failing for longer than `--output-unready-after`;
 //! - `GET /metrics`: [`Metrics`] in the OpenMetrics text format, which Prometheus scrapes.
 //!
 //! It runs on its own thread with its own small runtime, so it answers even while the event loop
@@ -199,6 +200,13 @@ fn answer(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<Bytes
                 )
             }
         }
+        (&Method::GET, "/readyz") if metrics.blind() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "not ready: blind, the kernel hook did not report the agent's canary open \
+             (picket_probe_blind; the log says why)\n"
+                .into(),
+        ),
         (&Method::GET, "/readyz") => (
             StatusCode::SERVICE_UNAVAILABLE,
             TEXT,

@@ -7,9 +7,12 @@
 
 pub mod admission;
 pub mod agent;
+pub mod canary;
 pub mod cli;
 pub mod compile;
+pub mod config_file;
 pub mod conformance;
+pub mod container_metadata;
 pub mod control;
 pub mod discovery;
 pub mod event;

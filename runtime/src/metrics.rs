@@ -99,10 +99,14 @@ pub struct Metrics {
     output_failing: Mutex<BTreeMap<String, (Instant, String)>>,
     /// An output failing longer than this makes `/readyz` fail.
     output_unready_after: Mutex<Duration>,
+    probe_blind: Gauge,
+    ready_gauge: Gauge,
+    events_without_pod: Counter,
     started: Instant,
     /// Milliseconds after `started` of the event loop's last turn.
     last_turn_ms: AtomicU64,
     ready: AtomicBool,
+    blind: AtomicBool,
 }
 
 /// The process's metrics.
@@ -200,10 +204,14 @@ impl Metrics {
             output_oldest: Family::default(),
             output_failing: Mutex::new(BTreeMap::new()),
             output_unready_after: Mutex::new(Duration::from_secs(300)),
+            probe_blind: Gauge::default(),
+            ready_gauge: Gauge::default(),
+            events_without_pod: Counter::default(),
             registry: Registry::default(),
             started: Instant::now(),
             last_turn_ms: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            blind: AtomicBool::new(false),
         };
         let r = &mut registry;
         r.register(
@@ -324,6 +332,21 @@ impl Metrics {
             "Age of the oldest signal an output has not delivered yet (0 when none), by output",
             Unit::Seconds,
             metrics.output_oldest.clone(),
+        );
+        r.register(
+            "probe_blind",
+            "1 while the kernel hook did not report the agent's canary open (blind), else 0",
+            metrics.probe_blind.clone(),
+        );
+        r.register(
+            "ready",
+            "1 while /readyz answers 200 (probes attached and proven, rules loaded), else 0",
+            metrics.ready_gauge.clone(),
+        );
+        r.register(
+            "events_without_pod",
+            "Events from a container whose runtime metadata names no pod (metadata not found)",
+            metrics.events_without_pod.clone(),
         );
         r.register(
             "build",
@@ -516,11 +539,29 @@ impl Metrics {
     /// Probes attached and rules loaded (`true`), or not yet / no longer.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+        self.ready_gauge.set(i64::from(self.ready()));
     }
 
-    /// Whether the agent is ready.
+    /// Whether the agent is ready: started, and not blind.
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && !self.blind()
+    }
+
+    /// The kernel hook did not report the canary open (`true`), or did.
+    pub fn set_blind(&self, blind: bool) {
+        self.blind.store(blind, Ordering::Relaxed);
+        self.probe_blind.set(i64::from(blind));
+        self.ready_gauge.set(i64::from(self.ready()));
+    }
+
+    /// Whether the kernel hook is blind (see [`crate::canary`]).
+    pub fn blind(&self) -> bool {
+        self.blind.load(Ordering::Relaxed)
+    }
+
+    /// An event came from a container whose metadata names no pod.
+    pub fn event_without_pod(&self) {
+        self.events_without_pod.inc();
     }
 
     /// The metrics in the OpenMetrics text format.
@@ -560,6 +601,8 @@ mod tests {
         output.dropped_spool_full.inc();
         output.spooled.set(1);
         output.oldest.set(1.5);
+        metrics.event_without_pod();
+        metrics.set_ready(true);
         metrics
     }
 
@@ -592,6 +635,9 @@ mod tests {
             r#"picket_output_dropped_total{output="http://127.0.0.1:1/",reason="queue_full"} 0"#,
             r#"picket_output_spooled{output="http://127.0.0.1:1/"} 1"#,
             r#"picket_output_oldest_undelivered_age_seconds{output="http://127.0.0.1:1/"} 1.5"#,
+            "picket_probe_blind 0",
+            "picket_ready 1",
+            "picket_events_without_pod_total 1",
             &format!(
                 r#"picket_build_info{{version="{}"}} 1"#,
                 env!("CARGO_PKG_VERSION")
@@ -639,6 +685,14 @@ mod tests {
         metrics.heartbeat();
         assert!(metrics.since_last_turn().unwrap() < STALE_AFTER);
         metrics.set_ready(true);
+        assert!(metrics.ready());
+        // Blind: not ready, and both gauges say so, until the hook is proven again.
+        metrics.set_blind(true);
+        assert!(!metrics.ready());
+        let text = metrics.encode();
+        assert!(text.contains("\npicket_ready 0\n"), "{text}");
+        assert!(text.contains("\npicket_probe_blind 1\n"), "{text}");
+        metrics.set_blind(false);
         assert!(metrics.ready());
     }
 }

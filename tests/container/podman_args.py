@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Turns the picket DaemonSet into a `podman run` command line, so that the container test runs
-the image with exactly what the manifest declares: the same args, env, security context
-(user, capabilities, privilege escalation, read-only root, seccomp), hostPID, and every volume
-at its mountPath with its readOnly flag.
+"""Turns the picket DaemonSet (the one DaemonSet of a manifest file: the Helm chart rendered)
+into a `podman run` command line, so that the container test runs the image with exactly what
+the manifest declares: the same args, env, security context (user, capabilities, privilege
+escalation, read-only root, seccomp, AppArmor), hostPID, and every volume at its mountPath with
+its readOnly flag.
 
 What cannot be the node's own:
   - hostPath volumes outside /sys come from a fixture node directory (--node DIR): the test
@@ -49,7 +50,8 @@ def materialize_configmap(configmap, directory):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--daemonset", required=True)
-    parser.add_argument("--configmap", required=True, help="manifest of the ConfigMaps used")
+    parser.add_argument("--configmap", required=True, action="append",
+                        help="manifest of ConfigMaps used (repeatable)")
     parser.add_argument("--node", required=True, help="fixture root for non-/sys hostPaths")
     parser.add_argument("--image", required=True)
     parser.add_argument("--node-name", required=True)
@@ -57,9 +59,15 @@ def main():
     options = parser.parse_args()
 
     with open(options.daemonset) as f:
-        daemonset = yaml.safe_load(f)
-    with open(options.configmap) as f:
-        configmaps = {c["metadata"]["name"]: c for c in yaml.safe_load_all(f) if c}
+        daemonsets = [d for d in yaml.safe_load_all(f) if d and d.get("kind") == "DaemonSet"]
+    if len(daemonsets) != 1:
+        fail(f"expected one DaemonSet in {options.daemonset}, found {len(daemonsets)}")
+    daemonset = daemonsets[0]
+    configmaps = {}
+    for manifest in options.configmap:
+        with open(manifest) as f:
+            configmaps.update({c["metadata"]["name"]: c for c in yaml.safe_load_all(f)
+                               if c and c.get("kind") == "ConfigMap"})
     pod = daemonset["spec"]["template"]["spec"]
     if len(pod["containers"]) != 1:
         fail("expected one container")
@@ -90,6 +98,11 @@ def main():
         args.append(f"--cap-drop={cap.lower()}")
     for cap in capabilities.get("add") or []:
         args.append(f"--cap-add=CAP_{cap.upper()}")
+    apparmor = (security.get("appArmorProfile") or {}).get("type", "RuntimeDefault")
+    if apparmor == "Unconfined":
+        args.append("--security-opt=apparmor=unconfined")
+    elif apparmor != "RuntimeDefault":
+        fail(f"AppArmor profile {apparmor} not supported by the test")
     seccomp = (security.get("seccompProfile") or {}).get("type", "RuntimeDefault")
     if seccomp == "Unconfined":
         args.append("--security-opt=seccomp=unconfined")
@@ -123,7 +136,7 @@ def main():
         elif "configMap" in volume:
             name = volume["configMap"]["name"]
             if name not in configmaps:
-                fail(f"no ConfigMap {name} in {options.configmap}")
+                fail(f"no ConfigMap {name} in {', '.join(options.configmap)}")
             source = os.path.join(options.node, "configmaps", name)
             materialize_configmap(configmaps[name], source)
             read_only = True  # the kubelet mounts ConfigMap volumes read-only

@@ -62,12 +62,18 @@ impl StateStore {
     /// Opens (creating) `dir/state.redb`. Refuses a file that is not a picket state database of
     /// this format, rather than reusing it silently.
     pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
+        StateStore::open_file(dir, STATE_FILE)
+    }
+
+    /// [`StateStore::open`] for the file `name` in `dir` (a side file: see
+    /// [`super::open_and_load`]).
+    pub fn open_file(dir: &Path, name: &str) -> Result<StateStore, StoreError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(|err| StoreError::new(format!("state directory {}: {err}", dir.display())))?;
-        let path = dir.join(STATE_FILE);
+        let path = dir.join(name);
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
@@ -107,6 +113,17 @@ impl StateStore {
             let format = meta.get("format").map_err(|e| err(&e))?.map(|v| v.value());
             match format {
                 Some(STATE_FORMAT) => {}
+                // Written by a newer picket: left as it is (this transaction is dropped, not
+                // committed), for that picket to find again.
+                Some(newer) if newer > STATE_FORMAT => {
+                    return Err(StoreError::newer(
+                        format!(
+                            "state file {path} was written in state format {newer} by a newer \
+                             picket; this one reads format {STATE_FORMAT}"
+                        ),
+                        newer,
+                    ));
+                }
                 Some(other) => {
                     return Err(StoreError::new(format!(
                         "state file {path} was written in state format {other}, but this picket \
@@ -310,4 +327,16 @@ impl StateStore {
         self.ids.extend(added);
         Ok(())
     }
+}
+
+/// Sets the format marker of the state file at `path` (tests: a file a newer picket wrote).
+#[cfg(test)]
+pub(super) fn set_format(path: &Path, format: u64) {
+    let db = Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(META)
+        .unwrap()
+        .insert("format", format)
+        .unwrap();
+    txn.commit().unwrap();
 }

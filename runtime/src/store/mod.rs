@@ -33,6 +33,8 @@ pub struct StoreError {
     message: String,
     /// Whether the file itself is damaged (as opposed to locked, unreadable, foreign).
     damaged: bool,
+    /// The file's state format, when it is newer than this picket's (written by a newer one).
+    newer_format: Option<u64>,
 }
 
 impl StoreError {
@@ -40,6 +42,7 @@ impl StoreError {
         StoreError {
             message,
             damaged: false,
+            newer_format: None,
         }
     }
 
@@ -47,7 +50,21 @@ impl StoreError {
         StoreError {
             message,
             damaged: true,
+            newer_format: None,
         }
+    }
+
+    fn newer(message: String, format: u64) -> StoreError {
+        StoreError {
+            message,
+            damaged: false,
+            newer_format: Some(format),
+        }
+    }
+
+    /// The file's format when a newer picket wrote it (see [`open_and_load`]).
+    pub fn newer_format(&self) -> Option<u64> {
+        self.newer_format
     }
 
     /// Whether the file's content is damaged: it should be set aside, not retried.

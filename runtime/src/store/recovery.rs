@@ -1,6 +1,6 @@
 //! Opening the state file at start, and setting a damaged one aside rather than failing.
 
-use super::{StateStore, StoreError, db::STATE_FILE};
+use super::{StateStore, StoreError, db::STATE_FILE, db::STATE_FORMAT};
 use crate::state::RuleState;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,10 +22,38 @@ pub struct Restored {
 /// leaves one) is never fatal and never silent: it is moved aside as
 /// `state.redb.damaged-<unix seconds>` for whoever investigates, an error names both paths, and
 /// a fresh file is started, so the agent keeps detecting rather than crash-looping. Other
-/// failures (the file locked by another process, a foreign or newer file, no permission) are
-/// returned: those are for the operator to decide, and moving the file would hide them.
+/// failures (the file locked by another process, a foreign file, no permission) are returned:
+/// those are for the operator to decide, and moving the file would hide them.
+///
+/// A file written in a newer state format (an upgrade rolled back) is left untouched, for the
+/// newer picket to find as it left it; this one keeps its state in the side file
+/// `state.v<its format>.redb` beside it (where a newer picket leaves a copy of the file it
+/// migrated, so that a rollback finds what was learned before the upgrade), and says so.
 pub fn open_and_load(dir: &Path, capacity: usize) -> Result<Restored, StoreError> {
-    let path = dir.join(STATE_FILE);
+    match open_and_load_file(dir, STATE_FILE, capacity) {
+        Err(err) if err.newer_format().is_some() => {
+            let side = side_file();
+            let restored = open_and_load_file(dir, &side, capacity)?;
+            tracing::warn!(
+                file = %dir.join(STATE_FILE).display(),
+                kept_in = %restored.store.path().display(),
+                values = restored.values,
+                "{err}: it is left untouched for that picket, and this one keeps what it learns \
+                 in the side file (docs/new-value.md, Upgrades and rollbacks)"
+            );
+            Ok(restored)
+        }
+        other => other,
+    }
+}
+
+/// The state file of this format, used beside a newer one.
+pub fn side_file() -> String {
+    format!("state.v{STATE_FORMAT}.redb")
+}
+
+fn open_and_load_file(dir: &Path, name: &str, capacity: usize) -> Result<Restored, StoreError> {
+    let path = dir.join(name);
     let mut set_aside = None;
     if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
         set_aside = Some(move_aside(
@@ -33,7 +61,7 @@ pub fn open_and_load(dir: &Path, capacity: usize) -> Result<Restored, StoreError
             "it is empty (0 bytes): it was truncated",
         )?);
     }
-    match guarded(|| open_loaded(dir, capacity)) {
+    match guarded(|| open_loaded(dir, name, capacity)) {
         Ok(mut restored) => {
             restored.set_aside = set_aside;
             return Ok(restored);
@@ -41,13 +69,13 @@ pub fn open_and_load(dir: &Path, capacity: usize) -> Result<Restored, StoreError
         Err(err) if !err.is_damage() => return Err(err),
         Err(err) => set_aside = Some(move_aside(&path, &err.to_string())?),
     }
-    let mut restored = guarded(|| open_loaded(dir, capacity))?;
+    let mut restored = guarded(|| open_loaded(dir, name, capacity))?;
     restored.set_aside = set_aside;
     Ok(restored)
 }
 
-fn open_loaded(dir: &Path, capacity: usize) -> Result<Restored, StoreError> {
-    let store = StateStore::open(dir)?;
+fn open_loaded(dir: &Path, name: &str, capacity: usize) -> Result<Restored, StoreError> {
+    let store = StateStore::open_file(dir, name)?;
     let (states, values) = store.load(capacity)?;
     Ok(Restored {
         store,

@@ -168,3 +168,46 @@ fn changes_survive_a_reopen_including_removals() {
     assert_eq!(check(state, "h", "/d"), Verdict::Known);
     assert_eq!(check(state, "h", "/c"), Verdict::New);
 }
+
+/// An older picket given a file a newer one wrote (an upgrade rolled back) leaves it untouched
+/// and keeps its own state in the side file, across its restarts.
+#[test]
+fn a_newer_format_is_left_untouched_and_a_side_file_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store
+            .apply(&[group("s", "g", 1), value("g", "/old", 5)])
+            .unwrap();
+    }
+    let main = dir.path().join(STATE_FILE);
+    db::set_format(&main, STATE_FORMAT + 1);
+    let newer = std::fs::read(&main).unwrap();
+
+    let restored = open_and_load(dir.path(), 1000).unwrap();
+    let side = dir.path().join(recovery::side_file());
+    assert_eq!(restored.store.path(), side);
+    assert_eq!(restored.values, 0, "the newer file's values are not read");
+    assert!(restored.set_aside.is_none());
+    let mut store = restored.store;
+    store
+        .apply(&[group("s", "g", 1), value("g", "/learned-meanwhile", 9)])
+        .unwrap();
+    drop(store);
+    assert_eq!(
+        std::fs::read(&main).unwrap(),
+        newer,
+        "the newer file was changed"
+    );
+
+    // Restarted, still rolled back: the side file's state comes back.
+    let restored = open_and_load(dir.path(), 1000).unwrap();
+    assert_eq!(restored.store.path(), side);
+    assert_eq!(restored.values, 1);
+    assert_eq!(std::fs::read(&main).unwrap(), newer);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "nothing moved aside"
+    );
+}
