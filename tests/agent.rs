@@ -850,6 +850,7 @@ fn a_familiar_name_in_an_unfamiliar_chain_or_with_other_contents_is_caught() {
     let swapped = &signals[3]["event"]["process"];
     assert_eq!(swapped["exe"], read("loader").as_str());
     assert_eq!(swapped["exe_swapped_to"], interp.as_str());
+}
 
 /// `GET path` on the agent's endpoint; the whole response.
 fn http_get(addr: &str, path: &str) -> String {

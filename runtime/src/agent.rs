@@ -194,7 +194,9 @@ async fn run_until_stopped(options: AgentOptions) -> anyhow::Result<()> {
     kernel_report.at_stop(&mut probes);
     drop(probes);
     // Signals waiting for the fleet's answer go out, confirmed or not: none is lost.
-    detection.engine.release_held(FLEET_GRACE, &mut detection.sink);
+    detection
+        .engine
+        .release_held(FLEET_GRACE, &mut detection.sink);
     detection.engine.shutdown();
     detection.sink.into_outputs().finish(Some(OUTPUT_GRACE));
     Ok(())
