@@ -49,6 +49,20 @@ fn is_damage(err: &redb::DatabaseError) -> bool {
     }
 }
 
+/// The format a state file says it is in, when it is newer than this picket's; read without
+/// changing the file. `None` for anything else (no file, this format, older, unreadable: the
+/// read-write open then decides).
+fn newer_format_of(path: &Path) -> Option<u64> {
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return None;
+    }
+    let db = redb::Builder::new().open_read_only(path).ok()?;
+    let txn = db.begin_read().ok()?;
+    let meta = txn.open_table(META).ok()?;
+    let format = meta.get("format").ok()??.value();
+    (format > STATE_FORMAT).then_some(format)
+}
+
 /// The database of learned values.
 pub struct StateStore {
     db: Database,
@@ -74,6 +88,19 @@ impl StateStore {
             .create(dir)
             .map_err(|err| StoreError::new(format!("state directory {}: {err}", dir.display())))?;
         let path = dir.join(name);
+        // A file a newer picket wrote is recognised without opening it for writing: redb
+        // rewrites a file's header when it opens it read-write, and that file must stay as the
+        // newer picket left it (an upgrade rolled back, docs/new-value.md).
+        if let Some(newer) = newer_format_of(&path) {
+            return Err(StoreError::newer(
+                format!(
+                    "state file {} was written in state format {newer} by a newer picket; this \
+                     one reads format {STATE_FORMAT}",
+                    path.display()
+                ),
+                newer,
+            ));
+        }
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
