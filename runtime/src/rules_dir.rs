@@ -168,7 +168,6 @@ fn stamp(path: &Path) -> Option<Stamp> {
 
 /// A refusal waiting for its file to settle.
 struct Held {
-    hash: blake3::Hash,
     /// The file's stamp when it was read.
     stamp: Option<Stamp>,
     since: Instant,
@@ -245,7 +244,6 @@ impl RuleDirectory {
             None => scan.errors.push(error),
             Some(_) => {
                 let held = Held {
-                    hash,
                     stamp: self.stamps.get(&path).copied(),
                     since: Instant::now(),
                     error,
@@ -265,7 +263,8 @@ impl RuleDirectory {
     }
 
     /// Reports the held refusals whose files stayed unchanged for the settle time. A file that
-    /// changed meanwhile is forgotten instead: the change rescans it, and it is judged again.
+    /// changed meanwhile waits again: a change of content rescans it (and drops the refusal), and
+    /// the same bytes written again are reported once they have settled.
     pub fn settled(&mut self) -> Scan {
         let mut scan = Scan::default();
         let Some(settle) = self.settle else {
@@ -278,11 +277,17 @@ impl RuleDirectory {
             .map(|(path, _)| path.clone())
             .collect();
         for path in due {
-            let held = self.held.remove(&path).expect("listed above");
-            if held.stamp.is_some() && stamp(&path) == held.stamp {
+            let mut held = self.held.remove(&path).expect("listed above");
+            let now = stamp(&path);
+            if now.is_none() {
+                continue; // gone: nothing to report
+            }
+            if now == held.stamp {
                 scan.errors.push(held.error);
-            } else if self.refused.get(&path) == Some(&held.hash) {
-                self.refused.remove(&path);
+            } else {
+                held.stamp = now;
+                held.since = Instant::now();
+                self.held.insert(path, held);
             }
         }
         scan
@@ -676,11 +681,12 @@ mod tests {
         std::fs::write(&module, &good[..good.len() / 2]).unwrap();
         assert!(rules.scan(&sandbox).unwrap().is_empty());
         assert_eq!(rules.next_settle(), Some(Duration::ZERO));
-        // The writer went on: the file is no longer what was read, so the refusal is forgotten,
-        // and the whole module loads.
+        // The writer went on: the file is no longer what was read, so nothing is reported, and
+        // the next look loads the whole module (dropping the refusal of the half).
         std::fs::write(&module, &good).unwrap();
         assert!(rules.settled().is_empty());
         assert_eq!(installed(&rules.scan(&sandbox).unwrap()), ["install rule"]);
+        assert_eq!(rules.next_settle(), None);
 
         // A module that stays broken: reported once it is due, and only once.
         std::fs::write(&module, b"\0asm\x01\0\0\0garbage").unwrap();
@@ -697,5 +703,26 @@ mod tests {
         assert_eq!(rules.next_settle(), None);
         assert!(rules.settled().is_empty());
         assert!(rules.scan(&sandbox).unwrap().is_empty());
+
+        // The same broken bytes written again while held (the file's time changes, its content
+        // does not): reported once they settle.
+        std::fs::write(&module, b"\0asm\x01\0\0\0rubbish").unwrap();
+        assert!(rules.scan(&sandbox).unwrap().is_empty());
+        let rewritten = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(&module)
+            .unwrap()
+            .set_modified(rewritten)
+            .unwrap();
+        assert!(
+            rules.settled().is_empty(),
+            "changed since it was read: it waits"
+        );
+        assert!(
+            rules.scan(&sandbox).unwrap().is_empty(),
+            "same content: not judged again"
+        );
+        assert_eq!(rules.settled().errors.len(), 1);
     }
 }
