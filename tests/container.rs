@@ -81,14 +81,18 @@ podman image inspect --format '{{json .Labels}}' "$IMAGE_UNDER_TEST" > "$WORK/la
 minisign -G -W -p "$WORK/rules.pub" -s "$WORK/rules.key" > /dev/null
 mkdir -p "$WORK/rules"
 cp "$RULES_BUILT/eks_token.wasm" "$RULES_BUILT/k8s_sa_token.wasm" "$WORK/rules/"
-for module in "$WORK"/rules/*.wasm; do minisign -S -s "$WORK/rules.key" -m "$module" > /dev/null; done
+for module in "$WORK"/rules/*.wasm; do
+    file=$(basename "$module"); id=$(basename "$module" .wasm | tr _ -)
+    minisign -S -s "$WORK/rules.key" -m "$module" -t "picket-rule file:$file id:$id version:1" > /dev/null
+done
 "$RULES_CONFIGMAP" "$WORK"/rules/*.wasm > "$WORK/rules-configmap.yaml"
 (cd "$WORK" && "$KUBECTL" -n picket create configmap picket-trusted-keys --from-file=rules.pub \
     --dry-run=client -o yaml > "$WORK/keys-configmap.yaml")
 "$HELM" template picket "$CHART" --namespace picket \
     --set trustedKeys.configMap=picket-trusted-keys --set 'trustedKeys.files={rules.pub}' \
     > "$WORK/chart.yaml"
-grep -q -- '--trusted-key=/etc/picket/keys/rules.pub' "$WORK/chart.yaml" \
+# The chart's settings go to the agent in its config file (the picket-config ConfigMap).
+grep -q -- '- /etc/picket/keys/rules.pub' "$WORK/chart.yaml" \
     || { echo "the chart did not pass the trusted key" >&2; exit 6; }
 "$PYTHON" "$TRANSLATOR" --daemonset "$WORK/chart.yaml" --configmap "$WORK/rules-configmap.yaml" \
     --configmap "$WORK/keys-configmap.yaml" --configmap "$WORK/chart.yaml" --node "$node" \
