@@ -142,13 +142,14 @@ fn kill_9_during_heavy_learning_forgets_nothing_committed() {
 }
 
 #[test]
-fn a_foreign_state_file_is_refused_with_its_name() {
-    // (A damaged one is set aside: tests/robustness.rs.)
+fn a_newer_state_format_is_left_untouched_and_the_agent_keeps_detecting() {
+    // (A damaged file is set aside: tests/robustness.rs.)
     let rules = rules_dir();
-    // A redb file from some other program, or a future picket's state format.
+    // A future picket's state format: an upgrade rolled back (docs/new-value.md).
     let future = temp_dir();
+    let file = future.path().join("state.redb");
     {
-        let db = redb::Database::create(future.path().join("state.redb")).unwrap();
+        let db = redb::Database::create(&file).unwrap();
         let txn = db.begin_write().unwrap();
         {
             let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
@@ -156,14 +157,22 @@ fn a_foreign_state_file_is_refused_with_its_name() {
         }
         txn.commit().unwrap();
     }
+    let before = std::fs::read(&file).unwrap();
     let out = run(&mut replay_with_state(rules.path(), future.path()), "");
-    assert_ne!(out.code, Some(0));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("written in state format 99, but this picket reads format 1"),
+            .contains("was written in state format 99 by a newer picket")
+            && out.stderr.contains("state.v1.redb"),
         "{}",
         out.stderr
     );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the newer file was changed"
+    );
+    assert!(future.path().join("state.v1.redb").is_file());
 }
 
 /// Runs `script` as root in a private mount namespace; fails without root.
