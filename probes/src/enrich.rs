@@ -62,8 +62,12 @@ impl Enricher {
         if at_open && cached.as_ref() == Some(&from_leaf) {
             return from_leaf;
         }
+        // A cache that says "no container" yields to the leaf: a process that moved into a
+        // container's cgroup after it was forked outside one (only a host process with rights
+        // over the cgroup tree can) is in that container; a process already in a container
+        // keeps its container whatever a child cgroup is named.
         process::live_container_id(&self.proc, tgid)
-            .or(cached)
+            .or(cached.filter(Option::is_some))
             .unwrap_or(from_leaf)
     }
 
