@@ -75,6 +75,21 @@ fn routine() -> Vec<String> {
     ]
 }
 
+/// `picket replay -` sharing state through `server`, fed by the test as it goes, logging at
+/// `log`.
+fn streaming_agent(rules: &tempfile::TempDir, server: &RedisServer, log: &str) -> Streaming {
+    Streaming::spawn(
+        picket()
+            .env("PICKET_LOG", log)
+            .arg("replay")
+            .args(RELAXED)
+            .arg("--rules")
+            .arg(rules.path())
+            .args(["--shared-state", &server.url()])
+            .arg("-"),
+    )
+}
+
 fn values(signals: &[serde_json::Value]) -> Vec<String> {
     signals
         .iter()
@@ -154,17 +169,7 @@ fn twenty_agents_seeing_the_same_new_reader_at_once_raise_one_signal() {
     let rules = bundled_rules();
     replay(&rules, &server, &routine());
     let mut agents: Vec<Streaming> = (0..20)
-        .map(|_| {
-            Streaming::spawn(
-                picket()
-                    .arg("replay")
-                    .args(RELAXED)
-                    .arg("--rules")
-                    .arg(rules.path())
-                    .args(["--shared-state", &server.url()])
-                    .arg("-"),
-            )
-        })
+        .map(|_| streaming_agent(&rules, &server, "info"))
         .collect();
     for agent in &agents {
         assert!(
@@ -193,16 +198,7 @@ fn an_outage_costs_no_detection_and_is_reconciled_when_the_store_returns() {
     let mut server = RedisServer::start();
     let rules = bundled_rules();
     replay(&rules, &server, &routine());
-    let mut agent = Streaming::spawn(
-        picket()
-            .env("PICKET_LOG", "info")
-            .arg("replay")
-            .args(RELAXED)
-            .arg("--rules")
-            .arg(rules.path())
-            .args(["--shared-state", &server.url()])
-            .arg("-"),
-    );
+    let mut agent = streaming_agent(&rules, &server, "info");
     assert!(
         agent.wait_for_log("joined the fleet", WAIT),
         "{}",
@@ -249,16 +245,7 @@ fn allow_silences_a_reader_on_every_agent_and_forget_makes_it_new_again() {
     let rules = bundled_rules();
     replay(&rules, &server, &routine());
     // An agent that runs while the operator approves.
-    let mut running = Streaming::spawn(
-        picket()
-            .env("PICKET_LOG", "info,picket::state::fleet=debug")
-            .arg("replay")
-            .args(RELAXED)
-            .arg("--rules")
-            .arg(rules.path())
-            .args(["--shared-state", &server.url()])
-            .arg("-"),
-    );
+    let mut running = streaming_agent(&rules, &server, "info,picket::state::fleet=debug");
     assert!(
         running.wait_for_log("joined the fleet", WAIT),
         "{}",
@@ -336,16 +323,7 @@ fn malformed_entries_in_the_store_are_skipped_counted_and_never_make_a_value_kno
         agent.stderr
     );
     // A malformed log entry is skipped by an agent following the log.
-    let mut running = Streaming::spawn(
-        picket()
-            .env("PICKET_LOG", "info")
-            .arg("replay")
-            .args(RELAXED)
-            .arg("--rules")
-            .arg(rules.path())
-            .args(["--shared-state", &server.url()])
-            .arg("-"),
-    );
+    let mut running = streaming_agent(&rules, &server, "info");
     assert!(
         running.wait_for_log("joined the fleet", WAIT),
         "{}",

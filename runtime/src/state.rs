@@ -886,11 +886,7 @@ impl RuleState {
 
     /// Restores a value, as read back from a durable store; its group must be restored first.
     pub fn restore_value(&mut self, state: &str, group: &str, value: &str, last_seen_ns: i64) {
-        let Some(entry) = self
-            .states
-            .get_mut(state.as_bytes())
-            .and_then(|groups| groups.get_mut(group.as_bytes()))
-        else {
+        let Some(entry) = group_mut(&mut self.states, state, group) else {
             return;
         };
         let last_seen = entry.values.entry_ref(value.as_bytes()).or_insert_with(|| {
@@ -955,11 +951,7 @@ impl RuleState {
     /// known here too, and its last sighting is the latest anywhere. The group must exist
     /// ([`RuleState::merge_group`] first); a value for an unknown group is ignored.
     pub fn merge_value(&mut self, state: &str, group: &str, value: &str, seen_ns: i64) {
-        let Some(entry) = self
-            .states
-            .get_mut(state.as_bytes())
-            .and_then(|groups| groups.get_mut(group.as_bytes()))
-        else {
+        let Some(entry) = group_mut(&mut self.states, state, group) else {
             return;
         };
         let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
@@ -996,11 +988,7 @@ impl RuleState {
     /// An operator made `value` be forgotten in `group`: it is new again when it returns.
     /// Returns whether it was known.
     pub fn forget_value(&mut self, state: &str, group: &str, value: &str) -> bool {
-        let Some(entry) = self
-            .states
-            .get_mut(state.as_bytes())
-            .and_then(|groups| groups.get_mut(group.as_bytes()))
-        else {
+        let Some(entry) = group_mut(&mut self.states, state, group) else {
             return false;
         };
         if entry.values.remove(value.as_bytes()).is_none() {
@@ -1141,6 +1129,17 @@ fn sighting(state: &[u8], group: &[u8], started_ns: i64, value: &[u8], seen_ns: 
         value: text(value),
         seen_ns,
     }
+}
+
+/// The group `group` of state `state`, if there is one.
+fn group_mut<'s>(
+    states: &'s mut HashMap<Key, Groups>,
+    state: &str,
+    group: &str,
+) -> Option<&'s mut Group> {
+    states
+        .get_mut(state.as_bytes())
+        .and_then(|groups| groups.get_mut(group.as_bytes()))
 }
 
 fn text_ref(key: &[u8]) -> &str {
