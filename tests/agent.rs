@@ -8,7 +8,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use support::{require_root, rule_wasm, temp_dir};
+use support::{require_root, rule_wasm, temp_dir, workspace_binary};
 
 /// The kubelet's token layout, built in a private mount namespace: /run becomes a tmpfs there
 /// (the machine's own /run is untouched), each serviceaccount directory a tmpfs of its own as a
@@ -41,6 +41,15 @@ wait_for() {
     echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
 }
 
+# A step that fails (set -e) must not leave an agent running: it holds the test's output pipes.
+trap 'status=$?; [ -z "${agent:-}" ] || kill -KILL "$agent" 2>/dev/null || :; exit $status' EXIT
+
+# signal_for NAME: until a signal's new value is about $WORK/bin/NAME. (Not just the name
+# anywhere: a signal carries its reader's ancestors' command lines, and this script is one.)
+signal_for() {
+    wait_for "$WORK/signals.jsonl" "\"value\":\"$WORK/bin/$1"
+}
+
 # start_agent LOG: starts picket run in the background; $agent is its pid.
 start_agent() {
     "$PICKET" run --rules "$WORK/rules" --state "$WORK/state" --learning-period 0s \
@@ -56,7 +65,7 @@ start_agent() {
 settle() {
     cp "$(command -v cat)" "$WORK/bin/settle-$1"
     "$WORK/bin/settle-$1" "$K8S" >/dev/null
-    wait_for "$WORK/signals.jsonl" "bin/settle-$1"
+    signal_for "settle-$1"
 }
 
 # metric LOG SERIES: the value of SERIES on /metrics of the agent whose log is LOG (started with
@@ -76,7 +85,7 @@ signals() {
         [ "$(cat "$WORK/signals.jsonl" 2>/dev/null | wc -l)" -ge "$1" ] && return 0
         sleep 0.1
     done
-    echo "expected $1 signals" >&2; return 1
+    echo "expected $1 signals, got:" >&2; cat "$WORK/signals.jsonl" >&2; return 1
 }
 "#;
 
@@ -131,7 +140,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever(
 ' "$port" "$WORK/received" &
 receiver=$!
 run_agent "$WORK/agent2.log"
-wait_for "$WORK/received" "bin/xcat"
+wait_for "$WORK/received" "\"value\":\"$WORK/bin/xcat"
 kill -TERM $agent
 wait $agent
 kill $receiver
@@ -326,6 +335,40 @@ settle rotation
 kill -TERM $agent
 wait $agent
 "#;
+/// The lineage and the executable's identity: a familiar chain (the app running its
+/// interpreter) is learned and stays silent; the interpreter run from a shell the workload never
+/// runs, the interpreter's file written over in place, a short-lived reader whose parent exited
+/// before it read, and a process that borrowed a learned program as its executable after its
+/// exec (`prctl(PR_SET_MM_EXE_FILE)`) each raise one signal.
+const LINEAGE: &str = r#"
+start_agent "$WORK/agent.log"
+for name in app shell; do cp "$(command -v sh)" "$WORK/bin/$name"; done
+for name in interp orphan; do cp "$(command -v cat)" "$WORK/bin/$name"; done
+# ("; true" keeps the shell from exec'ing its last command in place: the reader is its child.)
+# The familiar chain, learned silently (the group's first values), then again: silent.
+"$WORK/bin/app" -c '"$0" "$1" >/dev/null; true' "$WORK/bin/interp" "$K8S"
+"$WORK/bin/app" -c '"$0" "$1" >/dev/null; true' "$WORK/bin/interp" "$K8S"
+# The same interpreter, run from a shell the workload never ran it from: signal 1.
+"$WORK/bin/shell" -c '"$0" "$1" >/dev/null; true' "$WORK/bin/interp" "$K8S"
+# The interpreter's file written over in place (same path and inode, other bytes), run by the
+# app: signal 2, with the new contents' digest.
+cp "$(command -v head)" "$WORK/bin/interp"
+sha256sum "$WORK/bin/interp" | cut -d' ' -f1 > "$WORK/interp.sha256"
+"$WORK/bin/app" -c '"$0" "$1" >/dev/null; true' "$WORK/bin/interp" "$K8S"
+# A reader of a millisecond whose parent (the app) has exited and been reaped before it runs:
+# signal 3, with the app as its parent. ($$ in the subshell is the app's pid.)
+"$WORK/bin/app" -c '( while kill -0 $$ 2>/dev/null; do sleep 0.01; done; exec "$0" "$1" >/dev/null ) & exit 0'     "$WORK/bin/orphan" "$K8S"
+signal_for orphan
+# Started through the dynamic loader, the swapper points its executable at the learned
+# interpreter, then reads: signal 4, its executable being the loader it exec'd.
+readlink -f /lib64/ld-linux-x86-64.so.2 > "$WORK/loader"
+"$(cat "$WORK/loader")" "$EXE_SWAPPER" "$WORK/bin/interp" "$K8S" >/dev/null
+signals 4
+settle lineage
+kill -TERM $agent
+wait $agent
+"#;
+
 /// Runs `steps` after [`SETUP`] in a private mount namespace, with the named rule modules in
 /// the rules directory, and returns the work directory. Fails without root.
 fn scenario(steps: &str, rules: &[&str]) -> tempfile::TempDir {
@@ -763,6 +806,68 @@ fn a_running_agent_in_a_fleet_is_seen_and_edited_through_its_control_socket() {
         values.contains(&ycat.as_str()) && values.contains(&xcat.as_str()),
         "{shown}"
     );
+}
+
+#[test]
+#[ignore = "needs root: BPF and mounts (./run-tests runs it)"]
+fn a_familiar_name_in_an_unfamiliar_chain_or_with_other_contents_is_caught() {
+    let swapper = workspace_binary("picket-test-reader", "exe-swapper");
+    let work = scenario_with(LINEAGE, &["k8s-sa-token"], &[("EXE_SWAPPER", &swapper)]);
+    let dir = work.path();
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    let bin = |name: &str| dir.join("bin").join(name).display().to_string();
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let signals = read_signals(dir);
+    let seen: Vec<(&str, &str)> = signals
+        .iter()
+        .map(|s| {
+            (
+                s["new_value"]["field"].as_str().unwrap(),
+                s["new_value"]["value"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let interp = bin("interp");
+    assert_eq!(
+        seen,
+        [
+            (
+                "process.parent.exe",
+                format!("{interp} <- {}", bin("shell")).as_str()
+            ),
+            (
+                "process.exe_digest",
+                format!("{interp} sha256:{}", read("interp.sha256")).as_str()
+            ),
+            ("process.exe", bin("orphan").as_str()),
+            ("process.exe_swapped_to", interp.as_str()),
+        ],
+        "agent log:\n{log}"
+    );
+    for signal in &signals {
+        let process = &signal["event"]["process"];
+        assert_eq!(process["euid"], 0, "{signal}");
+        assert!(process["parent"]["exe"].is_string(), "{signal}");
+    }
+    // The orphan's parent had exited (it was re-parented: ppid is no longer the app's), and is
+    // still its parent, with the app's own parent after it.
+    let orphan = &signals[2]["event"]["process"];
+    assert_eq!(orphan["parent"]["exe"], bin("app").as_str());
+    assert_ne!(orphan["parent"]["pid"], orphan["ppid"]);
+    assert!(orphan["ancestors"][0]["exe"].is_string(), "{orphan}");
+    assert_eq!(orphan["args"][0], bin("orphan").as_str());
+    // The interpreter run from the shell: the shell and its command line.
+    let from_shell = &signals[0]["event"]["process"];
+    assert_eq!(from_shell["parent"]["args"][0], bin("shell").as_str());
+    // The swapper is what it exec'd, the loader, and says what it passed for.
+    let swapped = &signals[3]["event"]["process"];
+    assert_eq!(swapped["exe"], read("loader").as_str());
+    assert_eq!(swapped["exe_swapped_to"], interp.as_str());
 }
 
 /// `GET path` on the agent's endpoint; the whole response.

@@ -35,6 +35,12 @@ until_in() {
     echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
 }
 
+# until a signal's new value is about $WORK/bin/NAME. (Not just the name anywhere: a signal
+# carries its reader's ancestors' command lines, and this script is one.)
+until_signal_for() {
+    until_in "$WORK/signals.jsonl" "\"value\":\"$WORK/bin/$1"
+}
+
 start_agent() {
     "$PICKET" run --rules "$WORK/rules" --state "$WORK/state" --learning-period 0s \
         --output "$WORK/signals.jsonl" 2>"$WORK/agent.log" &
@@ -58,7 +64,7 @@ readers() {
 # comes after every earlier open's (the ring buffer keeps their order)
 until_drained() {
     "$WORK/bin/last" "$K8S" >/dev/null
-    until_in "$WORK/signals.jsonl" "bin/last"
+    until_signal_for last
 }
 
 stop_agent() {
@@ -77,7 +83,7 @@ for _ in $(seq 8); do
     flooders="$flooders $!"
 done
 # The flood is on once its first open has raised the flooder's own signal.
-until_in "$WORK/signals.jsonl" "bin/flooder"
+until_signal_for flooder
 readers
 kill $flooders
 wait $flooders 2>/dev/null || true
@@ -203,8 +209,8 @@ fn a_flood_hides_no_reader_even_while_the_agent_is_stalled() {
 fn assert_every_reader_signalled(work: &tempfile::TempDir) {
     let log = agent_log(work.path());
     let bin = |name: &str| work.path().join("bin").join(name).display().to_string();
-    let mut raised: Vec<String> = std::fs::read_to_string(work.path().join("signals.jsonl"))
-        .unwrap()
+    let signals = std::fs::read_to_string(work.path().join("signals.jsonl")).unwrap();
+    let mut raised: Vec<String> = signals
         .lines()
         .map(|line| {
             let signal: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -218,7 +224,7 @@ fn assert_every_reader_signalled(work: &tempfile::TempDir) {
     expected.push(bin("flooder"));
     expected.push(bin("last"));
     expected.sort();
-    assert_eq!(raised, expected, "agent log:\n{log}");
+    assert_eq!(raised, expected, "signals:\n{signals}\nagent log:\n{log}");
     // The flood was real, and dropped in the kernel: the agent says how much at its stop.
     let dropped = logged_number(&log, "repeated opens dropped in the kernel", "total")
         .unwrap_or_else(|| panic!("no report of dropped repeats in:\n{log}"));

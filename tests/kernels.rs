@@ -323,7 +323,7 @@ run_strategy() {
     run_cases
     # Opens reach the agent in order: once this one's signal is out, every case's is.
     /readers/zz-sentinel open "$K8S" >/dev/null
-    wait_for "$dir/signals.jsonl" /readers/zz-sentinel 300 || say timeout "$s" sentinel
+    wait_for "$dir/signals.jsonl" "\"value\":\"/readers/zz-sentinel" 300 || say timeout "$s" sentinel
     kill -TERM $agent
     wait $agent
     say exit "$s" $?

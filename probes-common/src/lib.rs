@@ -533,12 +533,23 @@ pub struct FileIdentity {
     pub generation: u64,
 }
 
-/// What makes two opens the same for every rule: the same executable (same path, same inode) in
-/// the same cgroup, with the same root, user and group, opening the same file the same way.
-/// The same process opening the same file again is a special case.
+/// What makes two opens the same for every rule: the same process (its tgid and memory map: an
+/// exec gives it a new map) running the same executable (same path, same inode) in the same
+/// cgroup, with the same root, user and group, opening the same file the same way.
+///
+/// The process is part of the key because an event carries more of it than the executable: its
+/// parent and ancestors, its arguments, its executable's content digest. Two processes of one
+/// program (the app's interpreter, and the same interpreter started by a shell; a program
+/// before and after its file was written over) can be answered differently, so only a process
+/// opening the same file again, the flood a loop makes, is a repeat.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RepeatKey {
+    /// The thread group id (`bpf_get_current_pid_tgid() >> 32`).
+    pub tgid: u64,
+    /// `task->mm`: with the tgid, a process as it runs one program (a pid reused within the
+    /// window would also need the same map's address).
+    pub mm: u64,
     /// `bpf_get_current_cgroup_id()` (cgroup v2).
     pub cgroup: u64,
     /// `bpf_get_current_uid_gid()`.

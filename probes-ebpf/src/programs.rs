@@ -997,6 +997,8 @@ unsafe fn fill_repeat_key(key: *mut RepeatKey, task: u64, file: u64, f_mode: u32
     let (root_dentry, root_mnt) = task_root(task);
     // SAFETY: key is writable (caller); the helpers have no preconditions.
     unsafe {
+        (*key).tgid = bpf_get_current_pid_tgid() >> 32;
+        (*key).mm = mm;
         (*key).cgroup = bpf_get_current_cgroup_id();
         (*key).uid_gid = bpf_get_current_uid_gid();
         (*key).access = u64::from(f_mode & (FMODE_READ | FMODE_WRITE));

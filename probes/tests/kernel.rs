@@ -789,49 +789,80 @@ fn repeats_are_dropped_but_never_hide_another_reader() {
     );
 
     let xcat = &scratch.xcat;
+    let t = token_str;
+    let sh = |script: &str| run_in(None, &xsh, &["-c", script]);
     let mut sent = Vec::new();
-    let mut dropped = Vec::new();
-    sent.push(run_in(None, xcat, &[token_str])); // the first: sent
-    dropped.push(run_in(None, xcat, &[token_str])); // same exe, cgroup, file, mode: dropped
-    sent.push(run_in(None, &ycat, &[token_str])); // another executable
-    sent.push(run_in(None, &hard_link, &[token_str])); // the same inode by another path
-    sent.push(run_in(None, &xsh, &["-c", &format!(": < '{token_str}'")]));
-    dropped.push(run_in(None, &xsh, &["-c", &format!(": < '{token_str}'")]));
-    sent.push(run_in(None, &xsh, &["-c", &format!(": <> '{token_str}'")])); // read-write
-    sent.push(run_in(Some(&cgroup), xcat, &[token_str])); // another cgroup
-    sent.push(run_in(None, xcat, &["/run/bound/token"])); // the file by another mount
-    probes.forget_repeats().unwrap(); // as on a rule change
-    sent.push(run_in(None, xcat, &[token_str]));
-    // The first open after the window is sent.
+    // One process opening the file again: the second open is dropped.
+    sent.push(sh(&format!(": < '{t}'; : < '{t}'")));
+    let dropped = 1;
+    // The same program in other processes (each may have another parent, other arguments, other
+    // contents behind the path): each sent. Then other programs, the same inode by another path.
+    sent.push(sh(&format!(": < '{t}'")));
+    sent.push(run_in(None, xcat, &[t]));
+    sent.push(run_in(None, xcat, &[t]));
+    sent.push(run_in(None, &ycat, &[t]));
+    sent.push(run_in(None, &hard_link, &[t]));
+    // One process opening the file read-write, then from another cgroup, then by another mount:
+    // each open sent.
+    let other_ways = sh(&format!(
+        ": < '{t}'; : <> '{t}'; echo $$ > '{}/cgroup.procs'; : <> '{t}'; : <> /run/bound/token",
+        cgroup.display()
+    ));
+    sent.extend([other_ways; 4]);
+    // Forgotten (as on a rule change) between a process's two opens: both sent. The process says
+    // when its first open is done, and waits for the go.
+    let (opened, go) = (scratch.dir.join("opened"), scratch.dir.join("go"));
+    for fifo in [&opened, &go] {
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "{fifo:?}");
+    }
+    let forgotten = Command::new(&xsh)
+        .arg("-c")
+        .arg(format!(
+            ": < '{t}'; echo > '{}'; read _ < '{}'; : < '{t}'",
+            opened.display(),
+            go.display()
+        ))
+        .spawn()
+        .unwrap();
+    fs::read(&opened).unwrap();
+    probes.forget_repeats().unwrap();
+    fs::write(&go, "\n").unwrap();
+    let forgotten_pid = forgotten.id();
+    assert!(forgotten.wait_with_output().unwrap().status.success());
+    sent.extend([forgotten_pid; 2]);
+    // Past the window, a repeat is sent again: the time passing is what is tested here.
     probes
         .set_repeat_window(Some(Duration::from_millis(100)))
         .unwrap();
-    sent.push(run_in(None, xcat, &[token_str]));
-    // The time passing is what is tested here: past the window, a repeat is sent again.
-    std::thread::sleep(Duration::from_millis(150));
-    sent.push(run_in(None, xcat, &[token_str]));
+    sent.extend([sh(&format!(": < '{t}'; sleep 0.15; : < '{t}'")); 2]);
     probes.forget_repeats().unwrap();
     let sentinel = scratch.cat(sentinel_file.to_str().unwrap(), None, "s");
 
-    let pids: HashSet<u32> = sent.iter().chain(&dropped).copied().collect();
+    let pids: HashSet<u32> = sent.iter().copied().collect();
     let events = runtime().block_on(until_sentinel(&mut probes, &pids, sentinel));
     let got: Vec<u32> = events.iter().map(|e| e.process.pid).collect();
     assert_eq!(got, sent, "{events:#?}");
-    // The exact list above proves that the repeats were the opens dropped; the counter is the
+    // The exact list above proves that the repeat was the open dropped; the counter is the
     // kernel's for every process, and the other tests of this binary, running in parallel, open
     // files with watched names too (repeats of theirs count here as well).
     assert!(
-        probes.repeats_dropped() >= dropped.len() as u64,
-        "{} repeats dropped, {} expected at least",
+        probes.repeats_dropped() >= dropped,
+        "{} repeats dropped, {dropped} expected at least",
         probes.repeats_dropped(),
-        dropped.len()
     );
     let exe_of = |i: usize| events[i].process.exe.as_str();
-    assert_eq!(exe_of(3), xsh.to_str().unwrap());
-    assert_eq!(events[3].access, Some(Access::Read));
-    assert_eq!(events[4].access, Some(Access::ReadWrite));
-    assert_eq!(exe_of(2), hard_link.to_str().unwrap());
-    assert_eq!(events[6].path, "/run/bound/token");
+    assert_eq!(exe_of(0), xsh.to_str().unwrap());
+    assert_eq!(
+        (exe_of(2), exe_of(3)),
+        (xcat.to_str().unwrap(), xcat.to_str().unwrap())
+    );
+    assert_eq!(exe_of(5), hard_link.to_str().unwrap());
+    assert_eq!(events[6].access, Some(Access::Read));
+    assert_eq!(events[7].access, Some(Access::ReadWrite));
+    assert_eq!(events[8].access, Some(Access::ReadWrite));
+    assert_eq!(events[9].path, "/run/bound/token");
 }
 
 #[test]

@@ -81,7 +81,7 @@ impl KernelReport {
             dropped = dropped - self.repeats,
             total = dropped,
             window = ?window,
-            "repeated opens dropped in the kernel (same executable, cgroup and file within the window)"
+            "repeated opens dropped in the kernel (same process, executable, cgroup and file within the window)"
         );
         self.repeats = dropped;
     }
