@@ -4,7 +4,7 @@
  * allocation, no memcpy; every function is static inline.
  *
  * The contract itself is docs/abi.md in picket's repository; this header spells it in C:
- *   - the three imports the host provides (module "picket"): picket_new_value,
+ *   - the imports the host provides (module "picket"): picket_new_value, picket_is_known,
  *     picket_emit_signal, picket_log;
  *   - PICKET_EXPORT for the four functions a rule exports (picket_abi_version, picket_manifest,
  *     picket_alloc, picket_on_event; the linker exports `memory` itself);
@@ -36,6 +36,10 @@
 PICKET_IMPORT("new_value")
 int32_t picket_new_value(const char *state, int32_t state_len, const char *group,
                          int32_t group_len, const char *value, int32_t value_len);
+/* Whether `value` is known for `group` in `state` (1) or not (0), learning nothing. */
+PICKET_IMPORT("is_known")
+int32_t picket_is_known(const char *state, int32_t state_len, const char *group,
+                        int32_t group_len, const char *value, int32_t value_len);
 /* Raises the encoded signal request at ptr..ptr+len for the event being handled; returns 0. */
 PICKET_IMPORT("emit_signal")
 int32_t picket_emit_signal(const uint8_t *ptr, int32_t len);
@@ -326,6 +330,19 @@ static inline int picket_encode_new_value(picket_buf *buf, picket_str field, pic
     picket_put_str(buf, field);
     picket_put_str(buf, value);
     picket_put_str(buf, group);
+    return buf->overflow;
+}
+
+/* Appends key-value context to a request picket_encode_new_value just wrote: `count` pairs,
+ * keys[i] and values[i] (keys `[a-z][a-z0-9_.]*`, at most 64 bytes, each once; at most 16
+ * pairs). Call it once, after the new value; 0 when it fit. */
+static inline int picket_encode_context(picket_buf *buf, uint32_t count, const picket_str *keys,
+                                        const picket_str *values) {
+    picket_put_varint(buf, count);
+    for (uint32_t i = 0; i < count; i++) {
+        picket_put_str(buf, keys[i]);
+        picket_put_str(buf, values[i]);
+    }
     return buf->overflow;
 }
 

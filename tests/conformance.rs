@@ -32,6 +32,19 @@ fn every_bundled_rule_passes_all_of_its_cases() {
     }
 }
 
+/// The rule API beyond `new_value`, through a real module built with the SDK: learning settings
+/// per state, `is_known` (which learns nothing) and context in signals, checked by the cases of
+/// tests/rules/state-api.
+#[test]
+fn the_state_api_test_rule_passes_its_cases() {
+    let dir = support::workspace().join("tests/rules/state-api/cases");
+    let out = run(
+        picket().arg("test").arg(rule_wasm("state-api")).arg(&dir),
+        "",
+    );
+    assert_all_cases_passed("state-api", &out, 1);
+}
+
 fn write_case(dir: &std::path::Path, name: &str, case: &serde_json::Value) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, serde_json::to_string_pretty(case).unwrap()).unwrap();

@@ -214,6 +214,13 @@ fn walk_manifest(c: &mut Cursor<'_>) -> Result<(), DecodeFailure> {
     }
     c.varint("new_value.learning_period_ns")?;
     c.varint("new_value.forget_after_ns")?;
+    if c.at < c.bytes.len() {
+        for i in 0..c.len("states")? {
+            c.string(&format!("states[{i}].name"))?;
+            c.varint(&format!("states[{i}].learning_period_ns"))?;
+            c.varint(&format!("states[{i}].forget_after_ns"))?;
+        }
+    }
     c.end()
 }
 
@@ -222,6 +229,12 @@ fn walk_signal_request(c: &mut Cursor<'_>) -> Result<(), DecodeFailure> {
     if c.option("new_value")? {
         for field in ["new_value.field", "new_value.value", "new_value.group"] {
             c.string(field)?;
+        }
+    }
+    if c.at < c.bytes.len() {
+        for i in 0..c.len("context")? {
+            c.string(&format!("context[{i}].key"))?;
+            c.string(&format!("context[{i}].value"))?;
         }
     }
     c.end()
@@ -280,6 +293,11 @@ mod tests {
                 learning_period_ns: 7 * 86_400_000_000_000,
                 forget_after_ns: 300,
             },
+            states: vec![crate::StateSettings {
+                name: "process.parent.exe".into(),
+                learning_period_ns: 14 * 86_400_000_000_000,
+                forget_after_ns: 600,
+            }],
         }
     }
 
@@ -301,13 +319,20 @@ mod tests {
         };
         walk_manifest(&mut cursor).unwrap();
         for request in [
-            SignalRequest { new_value: None },
+            SignalRequest {
+                new_value: None,
+                context: Vec::new(),
+            },
             SignalRequest {
                 new_value: Some(NewValueView {
                     field: "process.exe",
                     value: "/tmp/x",
                     group: "g",
                 }),
+                context: vec![crate::ContextEntry {
+                    key: "parent.exe",
+                    value: "/bin/sh",
+                }],
             },
         ] {
             let bytes = encoded(&request);
@@ -320,6 +345,24 @@ mod tests {
             assert_eq!(decode_signal_request(&bytes).unwrap(), request);
         }
         assert_eq!(decode_manifest(&encoded(&manifest())).unwrap(), manifest());
+    }
+
+    /// A module built before the optional trailing fields existed encodes none: it still
+    /// decodes, with none, and an encoding without them is what such a module wrote.
+    #[test]
+    fn the_optional_trailing_fields_may_be_absent() {
+        let mut old = manifest();
+        old.states.clear();
+        let bytes = encoded(&old);
+        assert_eq!(decode_manifest(&bytes).unwrap(), old);
+        let full = encoded(&manifest());
+        assert_eq!(&full[..bytes.len()], &bytes[..]);
+        let request = SignalRequest {
+            new_value: None,
+            context: Vec::new(),
+        };
+        assert_eq!(encoded(&request), [0]);
+        assert_eq!(decode_signal_request(&[0]).unwrap(), request);
     }
 
     #[test]
@@ -355,7 +398,9 @@ mod tests {
 
     #[test]
     fn a_short_manifest_names_the_cut_field() {
-        let bytes = encoded(&manifest());
+        let mut without_states = manifest();
+        without_states.states.clear();
+        let bytes = encoded(&without_states);
         // Cut inside the second path prefix ("/x/"), before the two durations (9 + 3 bytes).
         let cut = &bytes[..bytes.len() - 12 - 1];
         let failure = decode_manifest(cut).unwrap_err();
@@ -386,8 +431,9 @@ mod tests {
         assert_eq!(failure.field, "new_value.value");
         assert_eq!(failure.offset, 3);
         assert!(failure.problem.contains("not UTF-8"), "{failure}");
-        let failure = decode_signal_request(&[0, 0]).unwrap_err();
-        assert_eq!(failure.offset, 1);
+        // No new value, an empty context, and a byte too many.
+        let failure = decode_signal_request(&[0, 0, 0]).unwrap_err();
+        assert_eq!(failure.offset, 2);
         assert!(failure.problem.contains("1 more byte(s)"), "{failure}");
     }
 }

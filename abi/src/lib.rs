@@ -134,6 +134,19 @@ macro_rules! for_each_import {
             fn emit_signal(ptr: i32, len: i32) -> i32;
             /// A UTF-8 log line; `level` is a [`LogLevel`].
             fn log(level: i32, ptr: i32, len: i32);
+            /// `(state, group, value)`: whether `value` is known for `group` in the named
+            /// new-value state, without learning it; returns [`IS_KNOWN_KNOWN`] or
+            /// [`IS_KNOWN_UNKNOWN`]. Nothing changes: no value is learned or refreshed, no group
+            /// starts learning. (Added in ABI 1 after the first three; a module that does not
+            /// call it does not import it, and loads on hosts that lack it.)
+            fn is_known(
+                state_ptr: i32,
+                state_len: i32,
+                group_ptr: i32,
+                group_len: i32,
+                value_ptr: i32,
+                value_len: i32
+            ) -> i32;
         }
     };
 }
@@ -147,6 +160,8 @@ pub const IMPORT_NEW_VALUE: &str = IMPORTS[0].name;
 pub const IMPORT_EMIT_SIGNAL: &str = IMPORTS[1].name;
 /// The name of the `log` import; its signature and meaning are in [`for_each_import!`].
 pub const IMPORT_LOG: &str = IMPORTS[2].name;
+/// The name of the `is_known` import; its signature and meaning are in [`for_each_import!`].
+pub const IMPORT_IS_KNOWN: &str = IMPORTS[3].name;
 
 /// Export: `() -> i32`, the [`ABI_VERSION`] the module was built against.
 pub const EXPORT_ABI_VERSION: &str = "picket_abi_version";
@@ -196,6 +211,10 @@ pub const HANDLER_BAD_EVENT: i32 = 1;
 pub const NEW_VALUE_NEW: i32 = 1;
 /// `new_value` answer: the value is known, or the group is still learning.
 pub const NEW_VALUE_NOT_NEW: i32 = 0;
+/// `is_known` answer: the value is known (learned, and not forgotten).
+pub const IS_KNOWN_KNOWN: i32 = 1;
+/// `is_known` answer: the value is not known (never seen, forgotten, or evicted).
+pub const IS_KNOWN_UNKNOWN: i32 = 0;
 
 /// Largest encoded manifest the host accepts.
 pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
@@ -224,6 +243,10 @@ pub const MAX_PATH_PREFIXES: usize = 64;
 pub const MAX_PATH_PREFIX_BYTES: usize = 4096;
 /// Longest rule id.
 pub const MAX_RULE_ID_BYTES: usize = 64;
+/// Most key-value pairs of context one signal may carry.
+pub const MAX_CONTEXT_ENTRIES: usize = 16;
+/// Longest context key (`[a-z0-9_.]`, starting with a letter).
+pub const MAX_CONTEXT_KEY_BYTES: usize = 64;
 
 /// The one bincode configuration used on both sides of the boundary.
 pub const CONFIG: bincode::config::Configuration = bincode::config::standard();
@@ -332,7 +355,7 @@ pub struct NewValueDefaults {
 }
 
 /// What a rule module says about itself.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
     /// Stable identifier, `[a-z0-9][a-z0-9-]*`; new-value state is kept under it.
     pub id: String,
@@ -350,6 +373,70 @@ pub struct Manifest {
     pub subscription: Subscription,
     /// New-value defaults.
     pub new_value: NewValueDefaults,
+    /// States whose learning settings differ from [`Manifest::new_value`]. Optional on the
+    /// wire: an encoding that ends after `new_value` (every module built before it existed)
+    /// decodes with none.
+    pub states: Vec<StateSettings>,
+}
+
+/// The learning settings of one new-value state, in place of the rule's defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct StateSettings {
+    /// The state's name, as the rule gives it to `new_value` (at most
+    /// [`MAX_STATE_NAME_BYTES`]); each listed once.
+    pub name: String,
+    /// Nanoseconds from a group's first event during which the state's values are learned
+    /// silently.
+    pub learning_period_ns: u64,
+    /// Nanoseconds after which an unseen value of the state is forgotten.
+    pub forget_after_ns: u64,
+}
+
+/// Whether bytes follow in what is being decoded: the optional trailing fields of
+/// [`Manifest`] and [`SignalRequest`] are read only when they do. Only a slice reader can tell
+/// (the host and SDK decode from slices); any other reads as ended.
+fn more_follows<R: bincode::de::read::Reader>(reader: &mut R) -> bool {
+    reader.peek_read(1).is_some()
+}
+
+impl Encode for Manifest {
+    fn encode<E: bincode::enc::Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.id.encode(encoder)?;
+        self.title.encode(encoder)?;
+        self.description.encode(encoder)?;
+        self.severity.encode(encoder)?;
+        self.tactic.encode(encoder)?;
+        self.technique.encode(encoder)?;
+        self.subscription.encode(encoder)?;
+        self.new_value.encode(encoder)?;
+        // Left out when empty, so that a host older than the field loads the module.
+        if !self.states.is_empty() {
+            self.states.encode(encoder)?;
+        }
+        Ok(())
+    }
+}
+
+impl<Context> Decode<Context> for Manifest {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, DecodeError> {
+        Ok(Manifest {
+            id: Decode::decode(decoder)?,
+            title: Decode::decode(decoder)?,
+            description: Decode::decode(decoder)?,
+            severity: Decode::decode(decoder)?,
+            tactic: Decode::decode(decoder)?,
+            technique: Decode::decode(decoder)?,
+            subscription: Decode::decode(decoder)?,
+            new_value: Decode::decode(decoder)?,
+            states: if more_follows(decoder.reader()) {
+                Decode::decode(decoder)?
+            } else {
+                Vec::new()
+            },
+        })
+    }
 }
 
 /// A command line kept as its arguments joined by NUL bytes, which no Linux argument can contain;
@@ -400,11 +487,50 @@ pub struct NewValueView<'a> {
     pub group: &'a str,
 }
 
-/// What a rule sends with `emit_signal`. The host adds the rule's manifest fields and the event.
+/// One key-value pair of a signal's context: what the rule wants the reader of the signal to
+/// see first (the reader's parent, its user...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct ContextEntry<'a> {
+    /// `[a-z][a-z0-9_.]*`, at most [`MAX_CONTEXT_KEY_BYTES`]; each key once per signal.
+    pub key: &'a str,
+    /// At most [`MAX_STRING_BYTES`].
+    pub value: &'a str,
+}
+
+/// What a rule sends with `emit_signal`. The host adds the rule's manifest fields and the event.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignalRequest<'a> {
     /// The new value that raised the signal, for new-value rules.
     pub new_value: Option<NewValueView<'a>>,
+    /// Key-value context, in the rule's order (at most [`MAX_CONTEXT_ENTRIES`]). Optional on the
+    /// wire: a request that ends after `new_value` has none.
+    pub context: Vec<ContextEntry<'a>>,
+}
+
+impl Encode for SignalRequest<'_> {
+    fn encode<E: bincode::enc::Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.new_value.encode(encoder)?;
+        // Left out when empty, so that a host older than the field takes the signal.
+        if !self.context.is_empty() {
+            self.context.encode(encoder)?;
+        }
+        Ok(())
+    }
+}
+
+impl<'de, Context> BorrowDecode<'de, Context> for SignalRequest<'de> {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, DecodeError> {
+        Ok(SignalRequest {
+            new_value: BorrowDecode::borrow_decode(decoder)?,
+            context: if more_follows(decoder.reader()) {
+                BorrowDecode::borrow_decode(decoder)?
+            } else {
+                Vec::new()
+            },
+        })
+    }
 }
 
 /// Levels of the `log` import.
@@ -500,16 +626,40 @@ mod tests {
                 value: "v",
                 group: "g",
             }),
+            context: Vec::new(),
         };
         encode_into_vec(&request, &mut buf).unwrap();
         assert_eq!(buf, [1, 1, b'f', 1, b'v', 1, b'g']);
+        // With context: the list follows, as a length and (key, value) pairs.
+        buf.clear();
+        let with_context = SignalRequest {
+            context: alloc::vec![ContextEntry {
+                key: "k",
+                value: "v"
+            }],
+            ..request
+        };
+        encode_into_vec(&with_context, &mut buf).unwrap();
+        assert_eq!(buf, [1, 1, b'f', 1, b'v', 1, b'g', 1, 1, b'k', 1, b'v']);
+        assert_eq!(
+            decode_borrowed::<SignalRequest<'_>>(&buf).unwrap(),
+            with_context
+        );
     }
 
     #[test]
     fn trailing_bytes_are_refused() {
         let mut buf = Vec::new();
-        encode_into_vec(&SignalRequest { new_value: None }, &mut buf).unwrap();
-        buf.push(0);
+        encode_into_vec(
+            &SignalRequest {
+                new_value: None,
+                context: Vec::new(),
+            },
+            &mut buf,
+        )
+        .unwrap();
+        // An empty context list, then a byte too many.
+        buf.extend([0, 9]);
         assert!(decode_borrowed::<SignalRequest<'_>>(&buf).is_err());
     }
 
@@ -517,8 +667,16 @@ mod tests {
     fn import_names_and_signatures_come_from_one_list() {
         use alloc::string::ToString;
         let names: Vec<&str> = IMPORTS.iter().map(|f| f.name).collect();
-        assert_eq!(names, [IMPORT_NEW_VALUE, IMPORT_EMIT_SIGNAL, IMPORT_LOG]);
-        assert_eq!(names, ["new_value", "emit_signal", "log"]);
+        assert_eq!(
+            names,
+            [
+                IMPORT_NEW_VALUE,
+                IMPORT_EMIT_SIGNAL,
+                IMPORT_LOG,
+                IMPORT_IS_KNOWN
+            ]
+        );
+        assert_eq!(names, ["new_value", "emit_signal", "log", "is_known"]);
         assert_eq!(
             IMPORTS[0].to_string(),
             "(i32, i32, i32, i32, i32, i32) -> (i32)"

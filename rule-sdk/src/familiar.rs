@@ -53,3 +53,43 @@ pub fn unfamiliar_process_as(event: &Event<'_>, group: &str, exe: &str) -> Optio
     }
     first
 }
+
+/// The triage context of a signal about the event's process: `process.chain`, its executable
+/// and its ancestors' (`/usr/bin/python3 <- /bin/sh <- /usr/bin/containerd-shim`, nearest first,
+/// as far as known), `process.parent.cmdline` (the parent's command line, arguments joined by
+/// spaces) and `process.euid` (else `process.uid`): who read the file, started by what, as
+/// whom. Each value is cut to the ABI's 4096 bytes. Entries the event does not carry are left
+/// out.
+pub fn process_context(event: &Event<'_>) -> Vec<(&'static str, String)> {
+    let mut context = Vec::with_capacity(3);
+    let ancestors = event.ancestors();
+    let mut chain = String::from(event.exe());
+    for ancestor in ancestors.as_slice() {
+        chain.push_str(" <- ");
+        chain.push_str(ancestor.exe);
+    }
+    context.push(("process.chain", cut(chain)));
+    if let Some(args) = ancestors.parent().and_then(|parent| parent.args) {
+        let cmdline = args.iter().collect::<Vec<_>>().join(" ");
+        context.push(("process.parent.cmdline", cut(cmdline)));
+    }
+    match (event.euid(), event.uid()) {
+        (Some(euid), _) => context.push(("process.euid", euid.to_string())),
+        (None, Some(uid)) => context.push(("process.uid", uid.to_string())),
+        (None, None) => {}
+    }
+    context
+}
+
+/// `text` cut to at most [`picket_abi::MAX_STRING_BYTES`], at a character boundary.
+fn cut(mut text: String) -> String {
+    let max = picket_abi::MAX_STRING_BYTES;
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}

@@ -1,4 +1,4 @@
-//! The ABI's imports a rule calls (`new_value`, `emit_signal`, `log`): the wasm imports
+//! The ABI's imports a rule calls (`new_value`, `is_known`, `emit_signal`, `log`): the wasm imports
 //! themselves on wasm32, functions supplied by the caller elsewhere ([`native`]).
 
 use picket_abi::{LogLevel, SignalRequest};
@@ -27,11 +27,17 @@ fn arg(n: usize) -> i32 {
     n as i32
 }
 
+/// Calls `import`, `new_value` or `is_known`, which take the same `(state, group, value)`.
 #[cfg(target_arch = "wasm32")]
-pub fn new_value(state: &str, group: &str, value: &str) -> bool {
+fn ask(
+    import: unsafe extern "C" fn(i32, i32, i32, i32, i32, i32) -> i32,
+    state: &str,
+    group: &str,
+    value: &str,
+) -> i32 {
     // SAFETY: each pointer and length describes a live &str; the host only reads them.
-    let answer = unsafe {
-        raw::new_value(
+    unsafe {
+        import(
             arg(state.as_ptr() as usize),
             arg(state.len()),
             arg(group.as_ptr() as usize),
@@ -39,8 +45,17 @@ pub fn new_value(state: &str, group: &str, value: &str) -> bool {
             arg(value.as_ptr() as usize),
             arg(value.len()),
         )
-    };
-    answer == picket_abi::NEW_VALUE_NEW
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+pub fn new_value(state: &str, group: &str, value: &str) -> bool {
+    ask(raw::new_value, state, group, value) == picket_abi::NEW_VALUE_NEW
+}
+
+#[cfg(target_arch = "wasm32")]
+pub fn is_known(state: &str, group: &str, value: &str) -> bool {
+    ask(raw::is_known, state, group, value) == picket_abi::IS_KNOWN_KNOWN
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -84,6 +99,8 @@ pub mod native {
     pub trait NativeImports {
         /// Answers [`crate::new_value`].
         fn new_value(&self, state: &str, group: &str, value: &str) -> bool;
+        /// Answers [`crate::is_known`].
+        fn is_known(&self, state: &str, group: &str, value: &str) -> bool;
         /// Receives [`crate::Signal::emit`].
         fn emit_signal(&self, request: &SignalRequest<'_>);
         /// Receives [`crate::log`].
@@ -119,6 +136,11 @@ pub mod native {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn new_value(state: &str, group: &str, value: &str) -> bool {
     native::with(|imports| imports.new_value(state, group, value))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub fn is_known(state: &str, group: &str, value: &str) -> bool {
+    native::with(|imports| imports.is_known(state, group, value))
 }
 
 #[cfg(not(target_arch = "wasm32"))]

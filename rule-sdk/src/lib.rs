@@ -58,7 +58,7 @@ pub use image::image_repository;
 pub use manifest::{ManifestBuilder, days, hours, minutes};
 pub use picket_abi::{
     ABI_VERSION, Access, AncestorFields, Ancestors, Args, EventFields, EventKind, LINEAGE_DEPTH,
-    Manifest, NewValueDefaults, Severity, Subscription,
+    Manifest, NewValueDefaults, Severity, StateSettings, Subscription,
 };
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -94,6 +94,14 @@ pub fn new_value(state: &str, group: &str, value: &str) -> bool {
     imports::new_value(state, group, value)
 }
 
+/// Asks the host whether `value` is known for `group` in the new-value state named `state`,
+/// without learning it: nothing changes, whatever the answer (no value learned or refreshed, no
+/// group started). For a rule that judges by one state and learns in another, or that adds to a
+/// signal what else is (un)familiar.
+pub fn is_known(state: &str, group: &str, value: &str) -> bool {
+    imports::is_known(state, group, value)
+}
+
 /// Levels for [`log`].
 pub use picket_abi::LogLevel;
 
@@ -104,16 +112,17 @@ pub fn log(level: LogLevel, message: &str) {
 
 /// A signal to raise for the event being handled. The host adds the rule's title, severity and
 /// MITRE fields and the event itself.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 #[must_use = "a signal is only raised by calling emit()"]
 pub struct Signal<'a> {
     new_value: Option<picket_abi::NewValueView<'a>>,
+    context: Vec<(&'a str, std::borrow::Cow<'a, str>)>,
 }
 
 impl<'a> Signal<'a> {
     /// A signal with no details yet.
     pub fn new() -> Self {
-        Signal { new_value: None }
+        Signal::default()
     }
 
     /// Records the unfamiliar value behind the signal: the event `field` it came from, the
@@ -127,10 +136,34 @@ impl<'a> Signal<'a> {
         self
     }
 
+    /// Adds one key-value pair of context, which the signal carries as `context.KEY` (docs:
+    /// signals.md): what answers the first triage question without reading the whole event.
+    /// Keys are `[a-z][a-z0-9_.]*`, at most 64 bytes, each once; at most 16 pairs, values at most
+    /// 4096 bytes. The host refuses a signal that breaks these (the call traps, naming the
+    /// key).
+    pub fn context(mut self, key: &'a str, value: impl Into<std::borrow::Cow<'a, str>>) -> Self {
+        self.context.push((key, value.into()));
+        self
+    }
+
+    /// Adds the context that says who the event's process is ([`familiar::process_context`]):
+    /// `process.chain` (its executable and its ancestors'), `process.parent.cmdline`,
+    /// `process.euid`.
+    pub fn process_context(self, event: &Event<'_>) -> Self {
+        familiar::process_context(event)
+            .into_iter()
+            .fold(self, |signal, (key, value)| signal.context(key, value))
+    }
+
     /// Raises the signal.
     pub fn emit(self) {
         imports::emit_signal(&picket_abi::SignalRequest {
             new_value: self.new_value,
+            context: self
+                .context
+                .iter()
+                .map(|(key, value)| picket_abi::ContextEntry { key, value })
+                .collect(),
         })
     }
 }

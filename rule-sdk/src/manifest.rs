@@ -1,6 +1,6 @@
 //! Building a rule's manifest.
 
-use picket_abi::{EventKind, Manifest, NewValueDefaults, Severity, Subscription};
+use picket_abi::{EventKind, Manifest, NewValueDefaults, Severity, StateSettings, Subscription};
 
 /// Nanoseconds in `n` minutes, for [`ManifestBuilder::learning_period`] and
 /// [`ManifestBuilder::forget_after`].
@@ -55,6 +55,7 @@ impl ManifestBuilder {
                     learning_period_ns: days(7),
                     forget_after_ns: days(28),
                 },
+                states: Vec::new(),
             },
         }
     }
@@ -123,6 +124,25 @@ impl ManifestBuilder {
     /// Default time after which an unseen value is forgotten, in nanoseconds.
     pub fn forget_after(mut self, ns: u64) -> Self {
         self.manifest.new_value.forget_after_ns = ns;
+        self
+    }
+
+    /// Learning settings for one new-value state, in place of the rule's defaults
+    /// ([`learning_period`](Self::learning_period), [`forget_after`](Self::forget_after)):
+    /// a state that pairs values (`process.parent.exe`) can learn longer than the rule's
+    /// main one, or forget sooner. Given twice for one state, the second wins. An operator's
+    /// `--learning-period` or `--forget-after` still overrides every state.
+    pub fn state(mut self, name: &str, learning_period_ns: u64, forget_after_ns: u64) -> Self {
+        let settings = StateSettings {
+            name: name.into(),
+            learning_period_ns,
+            forget_after_ns,
+        };
+        let states = &mut self.manifest.states;
+        match states.iter_mut().find(|state| state.name == name) {
+            Some(existing) => *existing = settings,
+            None => states.push(settings),
+        }
         self
     }
 

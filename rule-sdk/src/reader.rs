@@ -72,20 +72,23 @@ impl UnfamiliarReader {
             return;
         }
         let group = event.workload();
+        // Who read it, started by what, as whom: the signal answers the first triage question.
+        let raise = |field: &str, value: &str| {
+            Signal::new()
+                .new_value(field, value, group)
+                .process_context(event)
+                .emit();
+        };
         if let Some(claimed) = event.exe_swapped_to() {
             // Not a matter of familiarity: the process made itself look like another program
             // after its exec (prctl PR_SET_MM_MAP), which only evasion needs.
-            Signal::new()
-                .new_value("process.exe_swapped_to", claimed, group)
-                .emit();
+            raise("process.exe_swapped_to", claimed);
             return;
         }
         // The path, the file's content and the parent: a learned path with other bytes, or a
         // learned program started by an unfamiliar parent, is unfamiliar (docs/new-value.md).
         if let Some(unfamiliar) = crate::familiar::unfamiliar_process(event, group) {
-            Signal::new()
-                .new_value(unfamiliar.field, &unfamiliar.value, group)
-                .emit();
+            raise(unfamiliar.field, &unfamiliar.value);
         }
     }
 }

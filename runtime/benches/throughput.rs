@@ -54,6 +54,12 @@ impl NativeImports for NativeRuleImports {
             .check(self.ts_ns.get(), state, group, value);
         matches!(verdict, Ok(Verdict::New))
     }
+    fn is_known(&self, state: &str, group: &str, value: &str) -> bool {
+        let ts_ns = self.ts_ns.get();
+        self.state
+            .borrow()
+            .is_known(ts_ns, state.as_bytes(), group.as_bytes(), value.as_bytes())
+    }
     fn emit_signal(&self, _request: &SignalRequest<'_>) {
         self.signals.set(self.signals.get() + 1);
     }

@@ -745,6 +745,11 @@ pub fn manifest_json(manifest: &Manifest) -> serde_json::Value {
         "new_value": {
             "learning_period": format_duration(manifest.new_value.learning_period_ns),
             "forget_after": format_duration(manifest.new_value.forget_after_ns),
+            "states": manifest.states.iter().map(|state| serde_json::json!({
+                "name": state.name,
+                "learning_period": format_duration(state.learning_period_ns),
+                "forget_after": format_duration(state.forget_after_ns),
+            })).collect::<Vec<_>>(),
         },
         "abi_version": ABI_VERSION,
     })

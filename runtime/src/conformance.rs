@@ -61,6 +61,10 @@ pub struct Expectation {
     pub tactic: Option<String>,
     /// Its `technique`.
     pub technique: Option<String>,
+    /// Entries its `context` must hold, each with this value (others it holds are not
+    /// checked).
+    #[serde(default)]
+    pub context: std::collections::BTreeMap<String, String>,
 }
 
 /// A signal a case raised, reduced to what expectations can check.
@@ -84,6 +88,8 @@ pub struct Observed {
     pub field: Option<String>,
     /// `new_value.group`.
     pub group: Option<String>,
+    /// `context`, in the rule's order.
+    pub context: Vec<(String, String)>,
 }
 
 /// The result of one case.
@@ -216,6 +222,14 @@ pub fn compare(expected: &[Expectation], observed: &[Observed]) -> Vec<String> {
         check("severity", want.severity.as_deref(), Some(&got.severity));
         check("tactic", want.tactic.as_deref(), Some(&got.tactic));
         check("technique", want.technique.as_deref(), Some(&got.technique));
+        for (key, value) in &want.context {
+            let have = got
+                .context
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str());
+            check(&format!("context.{key}"), Some(value), have);
+        }
     }
     if !problems.is_empty() {
         for got in observed {
@@ -228,6 +242,9 @@ pub fn compare(expected: &[Expectation], observed: &[Observed]) -> Vec<String> {
             }
             if let Some(group) = &got.group {
                 let _ = write!(line, ", group {group:?}");
+            }
+            for (key, value) in &got.context {
+                let _ = write!(line, ", context.{key} {value:?}");
             }
             problems.push(line);
         }
@@ -255,6 +272,7 @@ impl Sink for Recorder {
             new_value: signal.new_value.map(|nv| nv.value.clone()),
             field: signal.new_value.map(|nv| nv.field.clone()),
             group: signal.new_value.map(|nv| nv.group.clone()),
+            context: signal.context.0.clone(),
         });
     }
 

@@ -9,7 +9,7 @@
 
 use crate::event::Event;
 use crate::rule_states::{RuleStates, StateId};
-use crate::sandbox::{LoadedModule, NewValue, RuleError, RuleInstance, Sandbox};
+use crate::sandbox::{Context, LoadedModule, NewValue, RuleError, RuleInstance, Sandbox};
 use crate::state::{DEFAULT_CAPACITY, DEFAULT_RULE_BYTES, DEFAULT_TOTAL_BYTES, Settings};
 use picket_abi::{EventKind, Manifest, Subscription};
 use std::collections::BTreeSet;
@@ -25,6 +25,24 @@ pub struct Overrides {
 }
 
 impl Overrides {
+    /// The settings of the states the manifest gives settings of their own, with the
+    /// overrides applied to each as to the rule's.
+    pub fn state_settings_for<'m>(
+        &self,
+        manifest: &'m Manifest,
+    ) -> impl Iterator<Item = (&'m str, Settings)> + use<'m> {
+        let overrides = *self;
+        manifest.states.iter().map(move |state| {
+            let settings = Settings {
+                learning_period_ns: overrides
+                    .learning_period_ns
+                    .unwrap_or(state.learning_period_ns),
+                forget_after_ns: overrides.forget_after_ns.unwrap_or(state.forget_after_ns),
+            };
+            (state.name.as_str(), settings)
+        })
+    }
+
     /// The settings for a rule with this manifest.
     pub fn settings_for(&self, manifest: &Manifest) -> Settings {
         Settings {
@@ -78,6 +96,8 @@ pub struct OutputSignal<'a> {
     pub rule: &'a Manifest,
     /// The new value behind it.
     pub new_value: Option<&'a NewValue>,
+    /// The context the rule attached.
+    pub context: &'a Context,
     /// The event that raised it.
     pub event: &'a Event<'a>,
     /// What the fleet said of it, when the state is shared (`None`: not shared, or the rule
@@ -278,6 +298,9 @@ impl Pipeline {
         // The state stays where it is, under the rule id: a new version of a running rule, or
         // a rule that returns, finds what was learned before.
         let state = self.states.prepare(&id, settings);
+        self.states
+            .get_mut(state)
+            .set_state_settings(self.config.overrides.state_settings_for(&module.manifest));
         let slot = Slot {
             status: RuleStatus {
                 manifest: Arc::clone(&module.manifest),
@@ -380,6 +403,7 @@ impl Pipeline {
                 sink.signal(&OutputSignal {
                     rule: &slot.status.manifest,
                     new_value: raised.new_value.as_ref(),
+                    context: &raised.context,
                     event,
                     fleet: None,
                 });

@@ -526,6 +526,7 @@ impl Sink for Gate<'_> {
             OwnedSignal {
                 rule: Arc::new(signal.rule.clone()),
                 new_value: signal.new_value.cloned(),
+                context: signal.context.clone(),
             },
         ));
     }
@@ -583,6 +584,7 @@ impl FleetLink {
                         sink.signal(&OutputSignal {
                             rule: &signal.rule,
                             new_value: signal.new_value.as_ref(),
+                            context: &signal.context,
                             event,
                             fleet: None,
                         });

@@ -262,6 +262,8 @@ type Groups = HashMap<Key, Group>;
 #[derive(Debug)]
 pub struct RuleState {
     settings: Settings,
+    /// States whose settings differ from `settings` (the manifest's `states`), by name.
+    state_settings: HashMap<Key, Settings>,
     capacity: usize,
     max_bytes: usize,
     states: HashMap<Key, Groups>,
@@ -302,6 +304,7 @@ impl RuleState {
     pub fn new(settings: Settings, capacity: usize) -> RuleState {
         let mut state = RuleState {
             settings,
+            state_settings: HashMap::new(),
             capacity: capacity.max(2),
             max_bytes: usize::MAX,
             states: HashMap::new(),
@@ -328,6 +331,44 @@ impl RuleState {
     /// The settings in force.
     pub fn settings(&self) -> Settings {
         self.settings
+    }
+
+    /// The settings of the state named `state`: its own, else the rule's.
+    pub fn settings_of(&self, state: &[u8]) -> Settings {
+        self.state_settings
+            .get(state)
+            .copied()
+            .unwrap_or(self.settings)
+    }
+
+    /// The states with settings of their own, by name.
+    pub fn state_settings(&self) -> impl Iterator<Item = (&str, Settings)> {
+        self.state_settings
+            .iter()
+            .map(|(name, settings)| (std::str::from_utf8(name).unwrap_or(""), *settings))
+    }
+
+    /// Gives these states settings of their own (replacing any given before); every other state
+    /// follows the rule's. What was learned is kept.
+    pub fn set_state_settings<'a>(
+        &mut self,
+        states: impl IntoIterator<Item = (&'a str, Settings)>,
+    ) {
+        self.state_settings = states
+            .into_iter()
+            .map(|(name, settings)| (Key::from(name.as_bytes()), settings))
+            .collect();
+    }
+
+    /// Whether `value` is known for `group` in `state` at event time `ts_ns`: learned, and not
+    /// unseen past forget-after. Changes nothing (the `is_known` import).
+    pub fn is_known(&self, ts_ns: i64, state: &[u8], group: &[u8], value: &[u8]) -> bool {
+        let forget_after = clamp_i64(self.settings_of(state).forget_after_ns);
+        self.states
+            .get(state)
+            .and_then(|groups| groups.get(group))
+            .and_then(|entry| entry.values.get(value))
+            .is_some_and(|last_seen| ts_ns.saturating_sub(*last_seen) <= forget_after)
     }
 
     /// Changes the settings (a reloaded rule with new defaults, an operator override); what was
@@ -381,11 +422,11 @@ impl RuleState {
 
     /// Groups still learning and groups detecting, at the stream's time.
     pub fn group_status(&self) -> (usize, usize) {
-        let period = clamp_i64(self.settings.learning_period_ns);
         let now = self.stream_ns;
         let mut learning = 0;
         let mut total = 0;
-        for groups in self.states.values() {
+        for (state, groups) in &self.states {
+            let period = clamp_i64(self.settings_of(state).learning_period_ns);
             for group in groups.values() {
                 total += 1;
                 if group.started_ns == NOT_STARTED || now < group.started_ns.saturating_add(period)
@@ -484,8 +525,9 @@ impl RuleState {
         group: &[u8],
         value: &[u8],
     ) -> Result<Verdict, StateError> {
-        let learning_period = clamp_i64(self.settings.learning_period_ns);
-        let forget_after = clamp_i64(self.settings.forget_after_ns);
+        let settings = self.settings_of(state);
+        let learning_period = clamp_i64(settings.learning_period_ns);
+        let forget_after = clamp_i64(settings.forget_after_ns);
         let granularity = self.journal_granularity_ns;
         let outbox_granularity = self.outbox_granularity_ns;
         let states = self.states.len();
@@ -641,14 +683,22 @@ impl RuleState {
 
     /// Drops values unseen for longer than forget-after, relative to the newest event time.
     fn sweep_expired(&mut self) {
-        let forget_after = clamp_i64(self.settings.forget_after_ns);
-        let interval = (forget_after / 8).max(MIN_SWEEP_INTERVAL_NS);
+        // As often as the shortest forget-after of any state asks.
+        let shortest = self
+            .state_settings
+            .values()
+            .map(|settings| settings.forget_after_ns)
+            .fold(self.settings.forget_after_ns, u64::min);
+        let interval = (clamp_i64(shortest) / 8).max(MIN_SWEEP_INTERVAL_NS);
         self.next_sweep_ns = self.stream_ns.saturating_add(interval);
-        let cutoff = self.stream_ns.saturating_sub(forget_after);
+        let stream_ns = self.stream_ns;
+        let (default, per_state) = (self.settings, &self.state_settings);
         let mut journal = Journal(self.journal.as_mut(), &mut self.journal_bytes);
         let mut removed = 0;
         let mut freed = 0;
         for (state, groups) in &mut self.states {
+            let forget_after = per_state.get(state).unwrap_or(&default).forget_after_ns;
+            let cutoff = stream_ns.saturating_sub(clamp_i64(forget_after));
             for (group, entry) in groups.iter_mut() {
                 let mut group_freed = 0;
                 entry.values.retain(|value, last_seen| {
@@ -731,7 +781,6 @@ impl RuleState {
         keep: Option<(&[u8], &[u8])>,
         ts_ns: Option<i64>,
     ) {
-        let period = clamp_i64(self.settings.learning_period_ns);
         // Whether a group is still learning is judged at the latest time known: the event being
         // answered or the stream's time. A time too late can only make learning groups look
         // finished, and so protected; one too early (the stream lags after a gap of days, until
@@ -751,6 +800,7 @@ impl RuleState {
             .states
             .iter()
             .flat_map(|(state, groups)| {
+                let period = clamp_i64(self.settings_of(state).learning_period_ns);
                 groups.iter().map(move |(group, entry)| {
                     let detecting = !entry.learning(now, period);
                     (detecting, entry.last_seen_ns, &state[..], &group[..])
@@ -1316,6 +1366,48 @@ mod tests {
 
     fn check(state: &mut RuleState, ts: i64, group: &str, value: &str) -> Verdict {
         state.check(ts, "process.exe", group, value).unwrap()
+    }
+
+    /// A state with settings of its own learns and forgets on them; the rule's other states on
+    /// the rule's. `is_known` answers from what is learned and changes nothing.
+    #[test]
+    fn a_state_with_settings_of_its_own_learns_and_forgets_on_them() {
+        let mut st = state(1, 28);
+        st.set_state_settings([(
+            "pair",
+            Settings {
+                learning_period_ns: (3 * DAY) as u64,
+                forget_after_ns: (2 * DAY) as u64,
+            },
+        )]);
+        for name in ["process.exe", "pair"] {
+            assert_eq!(st.check(0, name, "g", "/a").unwrap(), Verdict::Learning);
+        }
+        // Day 2: the rule's state detects, the pair still learns.
+        assert_eq!(
+            st.check(2 * DAY, "process.exe", "g", "/b").unwrap(),
+            Verdict::New
+        );
+        assert_eq!(
+            st.check(2 * DAY, "pair", "g", "/b").unwrap(),
+            Verdict::Learning
+        );
+        // Asking changes nothing: not learned, and a known value keeps its last sighting.
+        assert!(!st.is_known(2 * DAY, b"pair", b"g", b"/c"));
+        assert!(!st.is_known(2 * DAY, b"pair", b"g", b"/c"));
+        assert!(st.is_known(2 * DAY, b"pair", b"g", b"/a"));
+        assert!(!st.is_known(2 * DAY, b"pair", b"other", b"/a"));
+        // Day 5: `/a` of the pair was last seen 5 days ago, past its 2 days: forgotten (for the
+        // rule's state, 28 days, it is still known).
+        assert!(!st.is_known(5 * DAY, b"pair", b"g", b"/a"));
+        assert!(st.is_known(5 * DAY, b"process.exe", b"g", b"/a"));
+        assert_eq!(st.check(5 * DAY, "pair", "g", "/a").unwrap(), Verdict::New);
+        assert_eq!(
+            st.check(5 * DAY, "process.exe", "g", "/a").unwrap(),
+            Verdict::Known
+        );
+        assert_eq!(st.settings_of(b"pair").forget_after_ns, (2 * DAY) as u64);
+        assert_eq!(st.settings_of(b"other").forget_after_ns, (28 * DAY) as u64);
     }
 
     #[test]

@@ -627,6 +627,7 @@ pub fn manifest_bytes(id: &str, title: &str) -> Vec<u8> {
             learning_period_ns: 0,
             forget_after_ns: u64::MAX,
         },
+        states: Vec::new(),
     };
     let mut bytes = Vec::new();
     picket_abi::encode_into_vec(&manifest, &mut bytes).unwrap();

@@ -50,12 +50,14 @@ fn on_event(event: &Event) {
     if let Some(claimed) = event.exe_swapped_to() {
         Signal::new()
             .new_value("process.exe_swapped_to", claimed, group)
+            .process_context(event)
             .emit();
         return;
     }
     if let Some(unfamiliar) = unfamiliar_process(event, group) {
         Signal::new()
             .new_value(unfamiliar.field, &unfamiliar.value, group)
+            .process_context(event)
             .emit();
     }
 }

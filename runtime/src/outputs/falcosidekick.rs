@@ -155,6 +155,13 @@ fn output_fields(signal: &ParsedSignal<'_>) -> Map<String, Value> {
         let args: Vec<&str> = args.iter().collect();
         put("proc.cmdline", json!(args.join(" ")));
     }
+    if let Some(parent) = &event.process.parent {
+        put("proc.pexepath", json!(parent.exe));
+        if let Some(args) = &parent.args {
+            let args: Vec<&str> = args.iter().collect();
+            put("proc.pcmdline", json!(args.join(" ")));
+        }
+    }
     put("user.uid", json!(event.process.uid));
     put("user.name", json!(event.process.user));
     put("group.gid", json!(event.process.gid));
@@ -174,6 +181,9 @@ fn output_fields(signal: &ParsedSignal<'_>) -> Map<String, Value> {
         put("picket.new_value.field", json!(new_value.field));
         put("picket.new_value.value", json!(new_value.value));
         put("picket.new_value.group", json!(new_value.group));
+    }
+    for (key, value) in &signal.context {
+        put(&format!("picket.context.{key}"), json!(value));
     }
     if let Some(folded) = &signal.folded {
         put("picket.folded", json!(folded.count));

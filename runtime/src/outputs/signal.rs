@@ -4,7 +4,7 @@
 
 use crate::event::Event;
 use crate::pipeline::{FleetMark, OutputSignal};
-use crate::sandbox::NewValue;
+use crate::sandbox::{Context, NewValue};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,8 @@ struct SignalRecord<'a> {
     technique: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     new_value: Option<&'a NewValue>,
+    #[serde(skip_serializing_if = "Context::is_empty")]
+    context: &'a Context,
     #[serde(skip_serializing_if = "Option::is_none")]
     fleet: Option<&'a FleetMark>,
     event: &'a Event<'a>,
@@ -62,6 +64,7 @@ pub fn signal_line(signal: &OutputSignal<'_>) -> Vec<u8> {
         tactic: &signal.rule.tactic,
         technique: &signal.rule.technique,
         new_value: signal.new_value,
+        context: signal.context,
         fleet: signal.fleet,
         event: signal.event,
     };
@@ -121,6 +124,9 @@ pub struct ParsedSignal<'a> {
     /// The new value, if any.
     #[serde(borrow, default)]
     pub new_value: Option<ParsedNewValue<'a>>,
+    /// The rule's context.
+    #[serde(borrow, default)]
+    pub context: std::collections::BTreeMap<std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>>,
     /// The event.
     #[serde(borrow)]
     pub event: Event<'a>,

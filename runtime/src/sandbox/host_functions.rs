@@ -1,14 +1,15 @@
 //! The host functions: what the host provides for the imports a rule may declare
-//! (`picket_abi::IMPORTS`, docs/abi.md): `new_value`, `emit_signal`, `log`.
+//! (`picket_abi::IMPORTS`, docs/abi.md): `new_value`, `is_known`, `emit_signal`, `log`.
 //!
 //! Every pointer and length a module passes is checked against its memory before it is read, and
 //! every string against a size bound; a bad one becomes a trap with a message naming the import
 //! and argument, never a host panic or an out-of-bounds read.
 
-use super::instance::{NewValue, RaisedSignal, RuleCtx};
+use super::instance::{Context, NewValue, RaisedSignal, RuleCtx};
 use crate::state::Verdict;
 use picket_abi::{
-    FuncSig, IMPORT_EMIT_SIGNAL, IMPORT_LOG, IMPORT_MODULE, IMPORT_NEW_VALUE, LogLevel,
+    FuncSig, IMPORT_EMIT_SIGNAL, IMPORT_IS_KNOWN, IMPORT_LOG, IMPORT_MODULE, IMPORT_NEW_VALUE,
+    IS_KNOWN_KNOWN, IS_KNOWN_UNKNOWN, LogLevel, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_KEY_BYTES,
     MAX_LOG_LINE_BYTES as MAX_LOG_LINE, MAX_SIGNAL_BYTES, MAX_STATE_NAME_BYTES as MAX_STATE_NAME,
     MAX_STRING_BYTES as MAX_STRING, NEW_VALUE_NEW, NEW_VALUE_NOT_NEW, SignalRequest, ValType,
 };
@@ -40,6 +41,9 @@ pub(super) fn linker(engine: &Engine) -> anyhow::Result<Linker<RuleCtx>> {
     linker
         .func_wrap(IMPORT_MODULE, IMPORT_LOG, log)
         .map_err(wrap)?;
+    linker
+        .func_wrap(IMPORT_MODULE, IMPORT_IS_KNOWN, is_known)
+        .map_err(wrap)?;
     Ok(linker)
 }
 
@@ -55,6 +59,38 @@ pub(super) fn matches(ty: &FuncType, sig: &FuncSig) -> bool {
     same(ty.params(), sig.params) && same(ty.results(), sig.results)
 }
 
+/// The `(state, group, value)` arguments of `new_value` and `is_known`, as pointer and length
+/// each.
+type StateQuery = (i32, i32, i32, i32, i32, i32);
+
+/// Runs `answer` on the arguments of a `new_value` or `is_known` call, checked against the
+/// module's memory and the ABI's limits, and the state lent for the call under way. Bytes, not
+/// &str: the state checks UTF-8 only for what it has to learn, so the common query, for a known
+/// value, validates nothing.
+fn state_query(
+    caller: &mut Caller<'_, RuleCtx>,
+    import: &str,
+    (state_ptr, state_len, group_ptr, group_len, value_ptr, value_len): StateQuery,
+    answer: impl FnOnce(&mut crate::state::RuleState, i64, [&[u8]; 3]) -> Result<i32, HostError>,
+) -> wasmtime::Result<i32> {
+    let memory = bound_memory(caller, import)?;
+    let (data, ctx) = memory.data_and_store_mut(caller);
+    let arg = |ptr, len, what, limit| guest_bytes(data, ptr, len, import, what, limit);
+    let query = [
+        arg(state_ptr, state_len, "state name", MAX_STATE_NAME)?,
+        arg(group_ptr, group_len, "group", MAX_STRING)?,
+        arg(value_ptr, value_len, "value", MAX_STRING)?,
+    ];
+    let ts_ns = ctx.ts_ns;
+    let Some(rule_state) = ctx.state.get() else {
+        return Err(HostError(format!(
+            "{import} was called outside a call from the host (from a start function?)"
+        ))
+        .into());
+    };
+    Ok(answer(rule_state, ts_ns, query)?)
+}
+
 fn new_value(
     mut caller: Caller<'_, RuleCtx>,
     state_ptr: i32,
@@ -64,25 +100,89 @@ fn new_value(
     value_ptr: i32,
     value_len: i32,
 ) -> wasmtime::Result<i32> {
-    let memory = bound_memory(&caller, IMPORT_NEW_VALUE)?;
-    let (data, ctx) = memory.data_and_store_mut(&mut caller);
-    // Bytes, not &str: the state checks UTF-8 only for what it has to learn, so the common
-    // query, for a known value, validates nothing.
-    let arg = |ptr, len, what, limit| guest_bytes(data, ptr, len, IMPORT_NEW_VALUE, what, limit);
-    let state = arg(state_ptr, state_len, "state name", MAX_STATE_NAME)?;
-    let group = arg(group_ptr, group_len, "group", MAX_STRING)?;
-    let value = arg(value_ptr, value_len, "value", MAX_STRING)?;
-    let Some(rule_state) = ctx.state.get() else {
+    let args = (
+        state_ptr, state_len, group_ptr, group_len, value_ptr, value_len,
+    );
+    state_query(
+        &mut caller,
+        IMPORT_NEW_VALUE,
+        args,
+        |rule_state, ts_ns, [state, group, value]| match rule_state
+            .check_bytes(ts_ns, state, group, value)
+        {
+            Ok(Verdict::New) => Ok(NEW_VALUE_NEW),
+            Ok(Verdict::Known | Verdict::Learning) => Ok(NEW_VALUE_NOT_NEW),
+            Err(err) => Err(HostError(format!("{IMPORT_NEW_VALUE}: {err}"))),
+        },
+    )
+}
+
+fn is_known(
+    mut caller: Caller<'_, RuleCtx>,
+    state_ptr: i32,
+    state_len: i32,
+    group_ptr: i32,
+    group_len: i32,
+    value_ptr: i32,
+    value_len: i32,
+) -> wasmtime::Result<i32> {
+    let args = (
+        state_ptr, state_len, group_ptr, group_len, value_ptr, value_len,
+    );
+    state_query(
+        &mut caller,
+        IMPORT_IS_KNOWN,
+        args,
+        |rule_state, ts_ns, [state, group, value]| {
+            Ok(if rule_state.is_known(ts_ns, state, group, value) {
+                IS_KNOWN_KNOWN
+            } else {
+                IS_KNOWN_UNKNOWN
+            })
+        },
+    )
+}
+
+/// The context of a signal request, checked against docs/abi.md's limits.
+fn checked_context(request: &SignalRequest<'_>) -> Result<Context, HostError> {
+    let entries = &request.context;
+    if entries.len() > MAX_CONTEXT_ENTRIES {
         return Err(HostError(format!(
-            "{IMPORT_NEW_VALUE} was called outside a call from the host (from a start function?)"
-        ))
-        .into());
-    };
-    match rule_state.check_bytes(ctx.ts_ns, state, group, value) {
-        Ok(Verdict::New) => Ok(NEW_VALUE_NEW),
-        Ok(Verdict::Known | Verdict::Learning) => Ok(NEW_VALUE_NOT_NEW),
-        Err(err) => Err(HostError(format!("{IMPORT_NEW_VALUE}: {err}")).into()),
+            "{IMPORT_EMIT_SIGNAL}: {} context entries, more than {MAX_CONTEXT_ENTRIES}",
+            entries.len()
+        )));
     }
+    let mut context = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let key = entry.key;
+        let well_formed = key.len() <= MAX_CONTEXT_KEY_BYTES
+            && key.starts_with(|c: char| c.is_ascii_lowercase())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+        if !well_formed {
+            return Err(HostError(format!(
+                "{IMPORT_EMIT_SIGNAL}: context[{i}].key {:?} is not a key (`[a-z][a-z0-9_.]*`, at \
+                 most {MAX_CONTEXT_KEY_BYTES} bytes)",
+                key.chars()
+                    .take(MAX_CONTEXT_KEY_BYTES + 8)
+                    .collect::<String>()
+            )));
+        }
+        if entries[..i].iter().any(|earlier| earlier.key == key) {
+            return Err(HostError(format!(
+                "{IMPORT_EMIT_SIGNAL}: context key `{key}` is given twice"
+            )));
+        }
+        if entry.value.len() > MAX_STRING {
+            return Err(HostError(format!(
+                "{IMPORT_EMIT_SIGNAL}: context `{key}` is {} bytes, more than {MAX_STRING}",
+                entry.value.len()
+            )));
+        }
+        context.push((key.to_owned(), entry.value.to_owned()));
+    }
+    Ok(Context(context))
 }
 
 fn emit_signal(mut caller: Caller<'_, RuleCtx>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
@@ -133,7 +233,8 @@ fn emit_signal(mut caller: Caller<'_, RuleCtx>, ptr: i32, len: i32) -> wasmtime:
             })
         }
     };
-    ctx.signals.push(RaisedSignal { new_value });
+    let context = checked_context(&request)?;
+    ctx.signals.push(RaisedSignal { new_value, context });
     Ok(0)
 }
 
@@ -222,6 +323,47 @@ fn guest_bytes<'m>(
 mod tests {
     use super::*;
     use crate::sandbox::test_module;
+    use picket_abi::ContextEntry;
+
+    fn context_of(entries: &[(&'static str, &'static str)]) -> Result<Context, HostError> {
+        checked_context(&SignalRequest {
+            new_value: None,
+            context: entries
+                .iter()
+                .map(|&(key, value)| ContextEntry { key, value })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn context_is_kept_in_order_and_held_to_the_limits() {
+        let context = context_of(&[("process.chain", "a <- b"), ("user_2", "")]).unwrap();
+        assert_eq!(
+            context.0,
+            [
+                ("process.chain".to_string(), "a <- b".to_string()),
+                ("user_2".to_string(), String::new())
+            ]
+        );
+        for (entries, says) in [
+            (&[("Upper", "v")][..], "is not a key"),
+            (&[("9lives", "v")][..], "is not a key"),
+            (&[("a\nforged", "v")][..], "is not a key"),
+            (&[("", "v")][..], "is not a key"),
+            (&[("k", "1"), ("k", "2")][..], "given twice"),
+        ] {
+            let err = context_of(entries).unwrap_err().to_string();
+            assert!(err.contains(says), "{entries:?}: {err}");
+        }
+        let long: &'static str = "x".repeat(MAX_STRING + 1).leak();
+        let err = context_of(&[("k", long)]).unwrap_err().to_string();
+        assert!(err.contains("more than 4096"), "{err}");
+        let many: Vec<(&'static str, &'static str)> = (0..=MAX_CONTEXT_ENTRIES)
+            .map(|i| (&*format!("k{i}").leak(), "v"))
+            .collect();
+        let err = context_of(&many).unwrap_err().to_string();
+        assert!(err.contains("context entries, more than 16"), "{err}");
+    }
 
     /// The functions defined here are the ABI's imports, with its signatures: a module that
     /// imports all of them as `picket_abi::IMPORTS` says links, and one with a signature off

@@ -20,11 +20,36 @@ pub struct NewValue {
     pub group: String,
 }
 
+/// Key-value context a rule attached to a signal, in the rule's order, each key once; written
+/// as the signal's `context` object (docs/signals.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Context(pub Vec<(String, String)>);
+
+impl Context {
+    /// Whether the rule attached none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl serde::Serialize for Context {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
 /// A signal a rule raised for the event being handled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaisedSignal {
     /// The new value behind it, if the rule gave one.
     pub new_value: Option<NewValue>,
+    /// The context the rule attached.
+    pub context: Context,
 }
 
 /// Why a rule failed on one event.

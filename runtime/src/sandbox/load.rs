@@ -270,6 +270,30 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), String> {
             return Err(format!("{field} is longer than {limit} bytes"));
         }
     }
+    if manifest.states.len() > picket_abi::MAX_STATES_PER_RULE {
+        return Err(format!(
+            "gives settings to more than {} states",
+            picket_abi::MAX_STATES_PER_RULE
+        ));
+    }
+    for (i, state) in manifest.states.iter().enumerate() {
+        let name = &state.name;
+        if name.is_empty() || name.len() > picket_abi::MAX_STATE_NAME_BYTES {
+            return Err(format!(
+                "states[{i}]: a state name is 1 to {} bytes",
+                picket_abi::MAX_STATE_NAME_BYTES
+            ));
+        }
+        if manifest.states[..i]
+            .iter()
+            .any(|earlier| &earlier.name == name)
+        {
+            return Err(format!(
+                "states[{i}]: state `{}` is given settings twice",
+                name.escape_debug()
+            ));
+        }
+    }
     let subscription = &manifest.subscription;
     if subscription.kinds.is_empty() {
         return Err("subscribes to no event kind".into());
@@ -343,7 +367,7 @@ mod tests {
         assert_eq!(
             refusal(unknown),
             "bad.wasm: imports `picket.exec`, which picket does not provide; a rule may import \
-             only picket.new_value, picket.emit_signal, picket.log"
+             only picket.new_value, picket.emit_signal, picket.log, picket.is_known"
         );
         let mut wrong = picket_abi::IMPORTS[2];
         wrong.params = &[ValType::I32];

@@ -11,7 +11,7 @@ mod load;
 #[cfg(test)]
 pub(crate) mod test_module;
 
-pub use instance::{NewValue, RaisedSignal, RuleError, RuleInstance};
+pub use instance::{Context, NewValue, RaisedSignal, RuleError, RuleInstance};
 pub use load::{LoadError, LoadedModule};
 
 use crate::module_cache::{CacheKey, ModuleCache};

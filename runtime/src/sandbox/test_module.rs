@@ -25,6 +25,7 @@ pub(crate) fn manifest(id: &str) -> Manifest {
             learning_period_ns: 0,
             forget_after_ns: u64::MAX,
         },
+        states: Vec::new(),
     }
 }
 
@@ -41,7 +42,14 @@ pub(crate) fn rule(manifest: &Manifest, trap_on: &[u32]) -> Vec<u8> {
     let mut encoded = Vec::new();
     picket_abi::encode_into_vec(manifest, &mut encoded).unwrap();
     let mut signal = Vec::new();
-    picket_abi::encode_into_vec(&SignalRequest { new_value: None }, &mut signal).unwrap();
+    picket_abi::encode_into_vec(
+        &SignalRequest {
+            new_value: None,
+            context: Vec::new(),
+        },
+        &mut signal,
+    )
+    .unwrap();
     let traps: String = trap_on
         .iter()
         .map(|n| format!("(if (i32.eq (global.get $n) (i32.const {n})) (then unreachable))\n"))

@@ -6,7 +6,7 @@ use super::store::ClaimAnswer;
 use super::sync::ClaimOutcome;
 use crate::event::Event;
 use crate::pipeline::{FleetMark, OutputSignal, Sink};
-use crate::sandbox::NewValue;
+use crate::sandbox::{Context, NewValue};
 use picket_abi::Manifest;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ pub struct OwnedSignal {
     pub rule: Arc<Manifest>,
     /// The new value behind it.
     pub new_value: Option<NewValue>,
+    /// The context the rule attached.
+    pub context: Context,
 }
 
 struct Held {
@@ -113,6 +115,7 @@ impl HeldSignals {
             sink.signal(&OutputSignal {
                 rule: &signal.rule,
                 new_value: signal.new_value.as_ref(),
+                context: &signal.context,
                 event: &held.event,
                 fleet: Some(&mark),
             });
